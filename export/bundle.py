@@ -1,0 +1,184 @@
+"""Writing bundles: `export_bundle` (foundation + adapters -> a new bundle) and `add_adapter`.
+
+Every input is validated before the slow work starts, and a bundle appears under its final name
+only when complete.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, ContextManager
+
+from .adapter_file import ProgramSlots, write_adapter_ptd
+from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
+from .errors import AdapterError, BundleError
+from .files import staged_directory
+from .foundation import config_summary, load_foundation
+from .manifest import (
+    ADAPTER_DIR,
+    FOUNDATION_FILE,
+    PROGRAM_FILE,
+    AdapterRecord,
+    FileRecord,
+    FoundationRecord,
+    Manifest,
+    ProgramRecord,
+    read_manifest,
+)
+from .program import Backend, ProgramSpec, lower_program
+
+Step = Callable[[str], ContextManager]
+
+
+def _no_progress(_: str) -> ContextManager:
+    return nullcontext()
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    max_rank: int | None = None
+    target_modules: str | None = None  # "q_proj,v_proj" or "all-linear"; None = union of adapters
+    adapter_slots: int = 1
+    max_seq_len: int = 512
+    backend: Backend = Backend.XNNPACK
+
+
+def adapter_record(adapter: LoraAdapter, file: str) -> AdapterRecord:
+    return AdapterRecord(
+        file=file,
+        rank=adapter.rank,
+        alpha=adapter.alpha,
+        scaling=adapter.scaling,
+        use_rslora=adapter.use_rslora,
+        target_modules=adapter.target_modules,
+        base_model=adapter.base_model,
+        source=adapter.source,
+    )
+
+
+def _program_spec(shape, adapters: list[LoraAdapter], options: ExportOptions) -> ProgramSpec:
+    largest = max((adapter.rank for adapter in adapters), default=0)
+    max_rank = options.max_rank if options.max_rank is not None else largest
+    if max_rank < 1:
+        raise AdapterError("--max-rank: expected a rank >= 1 (or at least one adapter to take it from)")
+    if options.adapter_slots < 1:
+        raise AdapterError(f"--adapter-slots: expected >= 1, received {options.adapter_slots}")
+    if options.max_seq_len < 2:
+        raise AdapterError(f"--max-seq-len: expected >= 2, received {options.max_seq_len}")
+    target_modules = resolve_target_modules(options.target_modules, adapters)
+    return ProgramSpec(
+        sites=tuple(program_sites(shape, target_modules)),
+        target_modules=tuple(target_modules),
+        max_rank=max_rank,
+        adapter_slots=options.adapter_slots,
+        max_seq_len=options.max_seq_len,
+        backend=options.backend,
+    )
+
+
+def export_bundle(
+    model_path: str | Path,
+    adapter_dirs: dict[str, str | Path],
+    out_dir: str | Path,
+    options: ExportOptions = ExportOptions(),
+    step: Step = _no_progress,
+) -> Manifest:
+    out_dir = Path(out_dir)
+    with step("loading foundation"):
+        foundation = load_foundation(model_path)
+    with step("loading adapters"):
+        adapters = [load_adapter(name, path, foundation.shape) for name, path in adapter_dirs.items()]
+        spec = _program_spec(foundation.shape, adapters, options)
+        slots = spec.slots(foundation)
+        for adapter in adapters:  # fail on rank or target problems before lowering
+            _check_fits(adapter, slots)
+    with step("lowering program"):
+        lowered = lower_program(foundation, spec)
+    with step("writing bundle"), staged_directory(out_dir) as staging:
+        (staging / PROGRAM_FILE).write_bytes(lowered.program_bytes)
+        (staging / FOUNDATION_FILE).write_bytes(lowered.foundation_bytes)
+        records = {}
+        for adapter in adapters:
+            relative = f"{ADAPTER_DIR}/{adapter.name}.ptd"
+            write_adapter_ptd(adapter, slots, staging / relative)
+            records[adapter.name] = adapter_record(adapter, relative)
+        files = [PROGRAM_FILE, FOUNDATION_FILE, *(record.file for record in records.values())]
+        manifest = Manifest(
+            program=ProgramRecord(
+                file=PROGRAM_FILE,
+                backend=spec.backend.value,
+                max_rank=spec.max_rank,
+                adapter_slots=spec.adapter_slots,
+                max_seq_len=spec.max_seq_len,
+                sites=list(spec.sites),
+                site_dims=[list(dims) for dims in slots.site_dims],
+                target_modules=list(spec.target_modules),
+            ),
+            foundation=FoundationRecord(
+                file=FOUNDATION_FILE,
+                fingerprint=foundation.fingerprint,
+                source=foundation.source,
+                config=config_summary(foundation),
+            ),
+            files={name: FileRecord.of(staging / name) for name in files},
+            adapters=records,
+        )
+        manifest.write(staging)
+    return manifest
+
+
+def _check_fits(adapter: LoraAdapter, slots: ProgramSlots) -> None:
+    from .adapter_file import padded_adapter_tensors
+
+    padded_adapter_tensors(adapter, slots)  # raises AdapterError naming rank or target problems
+
+
+def bundle_slots(manifest: Manifest) -> ProgramSlots:
+    return ProgramSlots(
+        sites=tuple(manifest.program.sites),
+        site_dims=tuple(tuple(dims) for dims in manifest.program.site_dims),
+        max_rank=manifest.program.max_rank,
+        foundation_fingerprint=manifest.foundation.fingerprint,
+    )
+
+
+def add_adapter(bundle_dir: str | Path, name: str, adapter_dir: str | Path, replace_existing: bool = False) -> Manifest:
+    """Add one adapter to an existing bundle without touching its program or foundation."""
+    from .model import LlamaShape
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    check_adapter_name(name)
+    if name in manifest.adapters and not replace_existing:
+        raise AdapterError(
+            f"{bundle_dir}: adapter {name!r} already exists (hint: choose another name or pass --replace)"
+        )
+    shape = LlamaShape(**manifest.foundation.config)
+    adapter = load_adapter(name, adapter_dir, shape)
+    relative = f"{ADAPTER_DIR}/{name}.ptd"
+    write_adapter_ptd(adapter, bundle_slots(manifest), bundle_dir / relative)
+    updated = replace(
+        manifest,
+        files={**manifest.files, relative: FileRecord.of(bundle_dir / relative)},
+        adapters={**manifest.adapters, name: adapter_record(adapter, relative)},
+    )
+    updated.write(bundle_dir)
+    return updated
+
+
+def remove_adapter(bundle_dir: str | Path, name: str) -> Manifest:
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    if name not in manifest.adapters:
+        raise BundleError(f"{bundle_dir}: no adapter named {name!r} (has: {sorted(manifest.adapters)})")
+    record = manifest.adapters[name]
+    updated = replace(
+        manifest,
+        files={k: v for k, v in manifest.files.items() if k != record.file},
+        adapters={k: v for k, v in manifest.adapters.items() if k != name},
+    )
+    updated.write(bundle_dir)
+    (bundle_dir / record.file).unlink(missing_ok=True)
+    return updated

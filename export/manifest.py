@@ -1,0 +1,126 @@
+"""manifest.json: the typed view of a bundle, read and written in one place (docs/bundle-format.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import BundleError
+from .files import sha256_file, write_atomically
+
+FORMAT_NAME = "etlora-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PROGRAM_FILE = "model.pte"
+FOUNDATION_FILE = "foundation.ptd"
+ADAPTER_DIR = "adapters"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    size: int
+    sha256: str
+
+    @staticmethod
+    def of(path: Path) -> "FileRecord":
+        return FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
+
+
+@dataclass(frozen=True)
+class ProgramRecord:
+    file: str
+    backend: str
+    max_rank: int
+    adapter_slots: int
+    max_seq_len: int
+    sites: list[str]
+    site_dims: list[list[int]]
+    target_modules: list[str]
+
+
+@dataclass(frozen=True)
+class FoundationRecord:
+    file: str
+    fingerprint: str
+    source: str
+    config: dict
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    file: str
+    rank: int
+    alpha: float
+    scaling: float
+    use_rslora: bool
+    target_modules: list[str]
+    base_model: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    program: ProgramRecord
+    foundation: FoundationRecord
+    files: dict[str, FileRecord]
+    adapters: dict[str, AdapterRecord] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def write(self, bundle_dir: Path) -> None:
+        write_atomically(Path(bundle_dir) / MANIFEST_NAME, self.to_json().encode())
+
+
+def _parse(data: dict, path: Path) -> Manifest:
+    if data.get("format") != FORMAT_NAME:
+        raise BundleError(f"{path}: expected format {FORMAT_NAME!r}, received {data.get('format')!r}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {version}, this etlora reads version {FORMAT_VERSION} "
+            "(hint: re-export the bundle with this etlora, or upgrade etlora)"
+        )
+    try:
+        return Manifest(
+            program=ProgramRecord(**data["program"]),
+            foundation=FoundationRecord(**data["foundation"]),
+            files={name: FileRecord(**record) for name, record in data["files"].items()},
+            adapters={name: AdapterRecord(**record) for name, record in data["adapters"].items()},
+            format=data["format"],
+            format_version=version,
+        )
+    except (KeyError, TypeError) as error:
+        raise BundleError(f"{path}: manifest is missing or has unexpected fields ({error})") from None
+
+
+def read_manifest(bundle_dir: str | Path) -> Manifest:
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: not an etlora bundle ({MANIFEST_NAME} not found)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return _parse(data, path)
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
+    """Problems with listed files (missing, wrong size, wrong sha256); empty when all is well."""
+    problems = []
+    for name, record in sorted(manifest.files.items()):
+        path = Path(bundle_dir) / name
+        if not path.is_file():
+            problems.append(f"{path}: missing (manifest lists {record.size} bytes)")
+            continue
+        size = path.stat().st_size
+        if size != record.size:
+            problems.append(f"{path}: size {size} bytes, manifest says {record.size} (damaged or replaced)")
+        elif sha256_file(path) != record.sha256:
+            problems.append(f"{path}: sha256 differs from the manifest (damaged or replaced)")
+    return problems
