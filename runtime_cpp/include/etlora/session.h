@@ -1,0 +1,84 @@
+// A loaded etlora program (model.pte + foundation.ptd) ready to run with any
+// adapters of the same foundation. See docs/bundle-format.md for the contract.
+//
+// A Session is not thread-safe: use one per thread, or lock around it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <etlora/adapter_file.h>
+#include <etlora/status.h>
+
+namespace etlora {
+
+// The format version this runtime reads.
+constexpr int64_t kFormatVersion = 1;
+
+// What the program's constant methods say about its input layout.
+struct ProgramInfo {
+  int64_t format_version = 0;
+  std::string foundation_fingerprint;
+  std::vector<std::string> sites;               // in input order
+  std::vector<std::pair<int64_t, int64_t>> site_shapes;  // (in, out) per site
+  int64_t max_rank = 0;
+  int64_t adapter_slots = 0;
+  int64_t max_seq_len = 0;
+  int64_t vocab_size = 0;
+};
+
+// An adapter to activate: its file and how strongly to apply it.
+struct AdapterChoice {
+  std::string path;
+  float strength = 1.0f;
+};
+
+class Session {
+ public:
+  // Loads the program with its foundation weights (both memory-mapped) and
+  // reads the constant methods. No adapter is active until set_adapters().
+  static StatusOr<std::unique_ptr<Session>> open(const std::string& program_path,
+                                                const std::string& foundation_path);
+
+  const ProgramInfo& info() const { return info_; }
+  const std::string& program_path() const { return program_path_; }
+
+  // Points the adapter inputs of `forward` at these files (at most
+  // adapter_slots; the remaining slots get zeros and scale 0). Checks every
+  // file fully before changing anything, so a failure leaves the previous
+  // adapters active. Never reloads the program or the foundation.
+  Status set_adapters(const std::vector<AdapterChoice>& adapters);
+
+  // Runs `tokens` at positions start_pos.. and returns the logits of the last
+  // one (vocab_size floats). The KV cache keeps what earlier calls wrote.
+  StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
+
+  // forward() from position 0: a fresh prefill.
+  StatusOr<std::vector<float>> logits(const std::vector<int64_t>& tokens) {
+    return forward(tokens, 0);
+  }
+
+  // Adapters currently bound to the slots, in slot order.
+  const std::vector<AdapterChoice>& active_adapters() const { return active_; }
+
+  // How many inputs of `forward` ExecuTorch memory-planned. The exporter
+  // plans none, so inputs are shared, not copied; a nonzero count still works
+  // but copies adapter weights into the arena at every set_adapters().
+  size_t memory_planned_inputs() const;
+
+  ~Session();
+
+ private:
+  struct Impl;  // ExecuTorch objects, kept out of this header
+  Session();
+
+  std::string program_path_;
+  ProgramInfo info_;
+  std::vector<AdapterChoice> active_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace etlora

@@ -1,0 +1,160 @@
+// etlora._runtime: the Python face of the C++ Session (same library, no
+// second implementation). Errors become Python exceptions carrying the C++
+// message: ValueError for bad input or incompatible files, FileNotFoundError
+// (also a ValueError) for missing files, RuntimeError for ExecuTorch failures.
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <etlora/session.h>
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+py::object& missing_file_error() {
+  static py::object type;  // set once at import, lives as long as the module
+  return type;
+}
+
+[[noreturn]] void raise_status(const etlora::Status& status) {
+  PyObject* type = PyExc_RuntimeError;
+  switch (status.code()) {
+    case etlora::StatusCode::kNotFound:
+      type = missing_file_error().ptr();
+      break;
+    case etlora::StatusCode::kInvalidArgument:
+    case etlora::StatusCode::kIncompatible:
+      type = PyExc_ValueError;
+      break;
+    default:
+      break;
+  }
+  PyErr_SetString(type, status.message().c_str());
+  throw py::error_already_set();
+}
+
+// Tokens as a list of ints or an integer array of shape [T] or [1, T].
+std::vector<int64_t> to_tokens(const py::object& tokens) {
+  if (py::isinstance<py::array>(tokens)) {
+    auto array = py::reinterpret_borrow<py::array>(tokens);
+    const char kind = array.dtype().kind();
+    if (kind != 'i' && kind != 'u') {
+      throw py::value_error("tokens: expected an integer array, got dtype " +
+                            std::string(py::str(array.dtype())));
+    }
+    if (array.ndim() > 2 || (array.ndim() == 2 && array.shape(0) != 1)) {
+      throw py::value_error("tokens: expected shape [T] or [1, T], got " +
+                            std::string(py::str(py::tuple(tokens.attr("shape")))));
+    }
+  }
+  auto flat = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(tokens);
+  if (!flat) throw py::value_error("tokens: expected a list of ints or an int64 array");
+  return std::vector<int64_t>(flat.data(), flat.data() + flat.size());
+}
+
+py::array_t<float> to_array(std::vector<float>&& values) {
+  py::array_t<float> array(values.size());
+  std::copy(values.begin(), values.end(), array.mutable_data());
+  return array;
+}
+
+// Owns a Session; the mutex keeps two Python threads from running one
+// Session at once while the GIL is released.
+class PySession {
+ public:
+  PySession(const std::string& program_path, const std::string& foundation_path) {
+    etlora::StatusOr<std::unique_ptr<etlora::Session>> opened =
+        etlora::Status(etlora::StatusCode::kRuntimeError, "not opened");
+    {
+      py::gil_scoped_release release;
+      opened = etlora::Session::open(program_path, foundation_path);
+    }
+    if (!opened.ok()) raise_status(opened.status());
+    session_ = std::move(*opened);
+  }
+
+  void set_adapters(const std::vector<std::tuple<std::string, float>>& adapters) {
+    std::vector<etlora::AdapterChoice> choices;
+    for (const auto& [path, strength] : adapters) choices.push_back({path, strength});
+    etlora::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = session_->set_adapters(choices);
+    }
+    if (!status.ok()) raise_status(status);
+  }
+
+  py::array_t<float> forward(const py::object& tokens, int64_t start_pos) {
+    std::vector<int64_t> ids = to_tokens(tokens);
+    etlora::StatusOr<std::vector<float>> logits = std::vector<float>();
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      logits = session_->forward(ids, start_pos);
+    }
+    if (!logits.ok()) raise_status(logits.status());
+    return to_array(std::move(*logits));
+  }
+
+  const etlora::Session& session() const { return *session_; }
+
+ private:
+  std::unique_ptr<etlora::Session> session_;
+  std::mutex mutex_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_runtime, m) {
+  m.doc() = "etlora C++ runtime: run an etlora bundle with switchable adapters";
+  missing_file_error() = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(&PyType_Type))(
+      "MissingFileError",
+      py::make_tuple(py::handle(PyExc_FileNotFoundError), py::handle(PyExc_ValueError)),
+      py::dict("__module__"_a = "etlora._runtime"));
+  m.attr("MissingFileError") = missing_file_error();
+  m.attr("FORMAT_VERSION") = etlora::kFormatVersion;
+
+  py::class_<PySession>(m, "Session")
+      .def(py::init<const std::string&, const std::string&>(), py::arg("program_path"),
+           py::arg("foundation_path"),
+           "Load model.pte with foundation.ptd (memory-mapped); no adapter active.")
+      .def("set_adapters", &PySession::set_adapters, py::arg("adapters"),
+           "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.")
+      .def("forward", &PySession::forward, py::arg("tokens"), py::arg("start_pos"),
+           "Run tokens at positions start_pos.. and return the last position's logits.")
+      .def(
+          "logits", [](PySession& s, const py::object& tokens) { return s.forward(tokens, 0); },
+          py::arg("tokens"), "forward(tokens, 0): a fresh prefill.")
+      .def_property_readonly("sites", [](const PySession& s) { return s.session().info().sites; })
+      .def_property_readonly("site_shapes",
+                             [](const PySession& s) { return s.session().info().site_shapes; })
+      .def_property_readonly("max_rank",
+                             [](const PySession& s) { return s.session().info().max_rank; })
+      .def_property_readonly("adapter_slots",
+                             [](const PySession& s) { return s.session().info().adapter_slots; })
+      .def_property_readonly("max_seq_len",
+                             [](const PySession& s) { return s.session().info().max_seq_len; })
+      .def_property_readonly("vocab_size",
+                             [](const PySession& s) { return s.session().info().vocab_size; })
+      .def_property_readonly("format_version",
+                             [](const PySession& s) { return s.session().info().format_version; })
+      .def_property_readonly(
+          "foundation_fingerprint",
+          [](const PySession& s) { return s.session().info().foundation_fingerprint; })
+      .def_property_readonly(
+          "memory_planned_inputs",
+          [](const PySession& s) { return s.session().memory_planned_inputs(); })
+      .def_property_readonly("active_adapters", [](const PySession& s) {
+        std::vector<std::tuple<std::string, float>> active;
+        for (const auto& a : s.session().active_adapters()) active.emplace_back(a.path, a.strength);
+        return active;
+      });
+}

@@ -1,0 +1,175 @@
+// Reads adapter .ptd files with ExecuTorch's own FlatTensor reader.
+#include <etlora/adapter_file.h>
+
+#include <sys/stat.h>
+
+#include <climits>
+#include <cstdlib>
+#include <mutex>
+#include <sstream>
+
+#include <executorch/extension/data_loader/mmap_data_loader.h>
+#include <executorch/extension/flat_tensor/flat_tensor_data_map.h>
+
+#include "format_util.h"
+
+namespace etlora {
+
+using executorch::extension::FlatTensorDataMap;
+using executorch::extension::MmapDataLoader;
+using executorch::runtime::FreeableBuffer;
+using executorch::aten::ScalarType;
+
+struct AdapterFile::Mapping {
+  std::unique_ptr<MmapDataLoader> loader;  // must outlive data_map
+  std::unique_ptr<FlatTensorDataMap> data_map;
+  std::vector<FreeableBuffer> buffers;     // keep the loaded segments mapped
+};
+
+AdapterFile::~AdapterFile() {
+  if (mapping_) {
+    mapping_->buffers.clear();
+    mapping_->data_map.reset();
+  }
+}
+
+namespace {
+
+constexpr const char* kVersionKey = "etlora.format_version";
+constexpr const char* kFingerprintKey = "etlora.foundation_fingerprint";
+constexpr const char* kScalingKey = "etlora.scaling";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Identity of a file on disk: a rewritten file gets a new cache entry.
+std::string cache_key(const std::string& canonical, const struct stat& st) {
+  std::ostringstream key;
+  key << canonical << '|' << st.st_ino << '|' << st.st_size << '|'
+      << st.st_mtim.tv_sec << '.' << st.st_mtim.tv_nsec;
+  return key.str();
+}
+
+std::mutex& cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<std::string, std::weak_ptr<const AdapterFile>>& cache() {
+  static std::map<std::string, std::weak_ptr<const AdapterFile>> files;
+  return files;
+}
+
+}  // namespace
+
+StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Status(StatusCode::kNotFound,
+                  "adapter file " + path + " not found (expected a .ptd file written by etlora)");
+  }
+  char resolved[PATH_MAX];
+  std::string canonical = ::realpath(path.c_str(), resolved) ? resolved : path;
+  const std::string key = cache_key(canonical, st);
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  if (auto cached = cache()[key].lock()) {
+    return cached;
+  }
+
+  auto loader = MmapDataLoader::from(path.c_str(), MmapDataLoader::MlockConfig::NoMlock);
+  if (!loader.ok()) {
+    return Status(StatusCode::kRuntimeError,
+                  "adapter file " + path + " could not be memory-mapped (" +
+                      error_name(loader.error()) + ")");
+  }
+  std::unique_ptr<AdapterFile> file(new AdapterFile());
+  file->path_ = path;
+  file->mapping_ = std::make_unique<Mapping>();
+  Mapping& m = *file->mapping_;
+  m.loader = std::make_unique<MmapDataLoader>(std::move(*loader));
+  auto data_map = FlatTensorDataMap::load(m.loader.get());
+  if (!data_map.ok()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "adapter file " + path + " is not a FlatTensor (.ptd) file: expected magic FT01, "
+                  "loading failed with " + error_name(data_map.error()) +
+                  "; hint: pass an adapters/<name>.ptd from an etlora bundle");
+  }
+  m.data_map = std::make_unique<FlatTensorDataMap>(std::move(*data_map));
+
+  auto num_keys = m.data_map->get_num_keys();
+  if (!num_keys.ok()) {
+    return Status(StatusCode::kRuntimeError, "adapter file " + path + ": cannot list its keys");
+  }
+  bool has_version = false, has_fingerprint = false;
+  for (uint32_t i = 0; i < *num_keys; ++i) {
+    auto key_name = m.data_map->get_key(i);
+    if (!key_name.ok()) {
+      return Status(StatusCode::kRuntimeError, "adapter file " + path + ": cannot read key " +
+                                                   std::to_string(i));
+    }
+    const std::string name = *key_name;
+    auto layout = m.data_map->get_tensor_layout(name);
+    auto data = m.data_map->get_data(name);
+    if (!layout.ok() || !data.ok()) {
+      return Status(StatusCode::kRuntimeError,
+                    "adapter file " + path + ": cannot read entry " + name);
+    }
+    const ScalarType dtype = layout->scalar_type();
+    std::vector<int32_t> sizes(layout->sizes().begin(), layout->sizes().end());
+    const auto* bytes = static_cast<const char*>(data->data());
+    const size_t nbytes = data->size();
+    m.buffers.push_back(std::move(*data));
+
+    if (name == kVersionKey || name == kFingerprintKey) {
+      if (dtype != ScalarType::Byte) {
+        return Status(StatusCode::kInvalidArgument,
+                      "adapter file " + path + ": " + name + " is expected to be uint8 text, got " +
+                          dtype_name(dtype));
+      }
+      std::string text(bytes, nbytes);
+      if (name == kVersionKey) {
+        has_version = true;
+        if (text != std::to_string(kAdapterFormatVersion)) {
+          return Status(StatusCode::kIncompatible,
+                        "adapter file " + path + ": format version expected " +
+                            std::to_string(kAdapterFormatVersion) + ", got \"" + text +
+                            "\"; hint: re-export the adapter with this etlora version");
+        }
+      } else {
+        has_fingerprint = true;
+        file->fingerprint_ = text;
+      }
+    } else if (name == kScalingKey) {
+      if (dtype != ScalarType::Float || nbytes != sizeof(float)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "adapter file " + path + ": " + name + " is expected to be float32 [1], got " +
+                          dtype_name(dtype) + " " + shape_text(sizes));
+      }
+      file->scaling_ = *reinterpret_cast<const float*>(bytes);
+    } else if (ends_with(name, ".lora_a") || ends_with(name, ".lora_b")) {
+      if (dtype != ScalarType::Float) {
+        return Status(StatusCode::kInvalidArgument,
+                      "adapter file " + path + ": " + name + " is expected to be float32, got " +
+                          dtype_name(dtype) + "; hint: re-export the adapter in float32");
+      }
+      file->tensors_[name] = AdapterTensor{reinterpret_cast<const float*>(bytes), sizes};
+    } else {
+      return Status(StatusCode::kInvalidArgument,
+                    "adapter file " + path + ": unexpected key " + name +
+                        " (expected <site>.lora_a, <site>.lora_b or etlora.* metadata)");
+    }
+  }
+  if (!has_version || !has_fingerprint) {
+    return Status(StatusCode::kInvalidArgument,
+                  "adapter file " + path + " has no " +
+                      (has_version ? kFingerprintKey : kVersionKey) +
+                      " entry: expected an etlora adapter file; hint: a .ptd of another tool, "
+                      "or a foundation.ptd, is not an adapter");
+  }
+  std::shared_ptr<const AdapterFile> shared(file.release());
+  cache()[key] = shared;
+  return shared;
+}
+
+}  // namespace etlora

@@ -1,0 +1,392 @@
+// Session: one ExecuTorch Module running an etlora program. Adapter weights
+// are method inputs (bundle-format.md), so switching adapters only re-points
+// inputs 2.. of `forward`; the program and the foundation stay loaded.
+#include <etlora/session.h>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor_ptr.h>
+
+#include "format_util.h"
+
+namespace etlora {
+
+using executorch::aten::ScalarType;
+using executorch::extension::TensorPtr;
+using executorch::extension::make_tensor_ptr;
+using executorch::extension::module::Module;
+using executorch::runtime::EValue;
+using executorch::runtime::Error;
+
+namespace {
+
+constexpr size_t kTokensInput = 0;
+constexpr size_t kPositionsInput = 1;
+constexpr size_t kScalesInput = 2;
+constexpr size_t kFirstAdapterInput = 3;
+
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The values a constant method returns (a list is flattened into outputs).
+StatusOr<std::vector<EValue>> run_constant_method(Module& module, const std::string& program,
+                                                  const std::string& name) {
+  auto outputs = module.execute(name);
+  if (!outputs.ok()) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program + " has no readable constant method " + name + " (" +
+                      error_name(outputs.error()) +
+                      "); hint: model.pte must be exported by etlora (bundle-format.md)");
+  }
+  std::vector<EValue> values = std::move(*outputs);
+  module.unload_method(name);
+  return values;
+}
+
+StatusOr<std::vector<int64_t>> read_ints(Module& module, const std::string& program,
+                                         const std::string& name) {
+  auto values = run_constant_method(module, program, name);
+  if (!values.ok()) return values.status();
+  std::vector<int64_t> ints;
+  for (const EValue& v : *values) {
+    if (!v.isInt()) {
+      return Status(StatusCode::kIncompatible,
+                    "program " + program + ": constant method " + name +
+                        " is expected to return ints, got another type");
+    }
+    ints.push_back(v.toInt());
+  }
+  return ints;
+}
+
+StatusOr<int64_t> read_int(Module& module, const std::string& program, const std::string& name) {
+  auto ints = read_ints(module, program, name);
+  if (!ints.ok()) return ints.status();
+  if (ints->size() != 1) {
+    return Status(StatusCode::kIncompatible, "program " + program + ": constant method " + name +
+                                                 " is expected to return one int, got " +
+                                                 std::to_string(ints->size()) + " values");
+  }
+  return (*ints)[0];
+}
+
+StatusOr<std::vector<std::string>> read_strings(Module& module, const std::string& program,
+                                                const std::string& name) {
+  auto values = run_constant_method(module, program, name);
+  if (!values.ok()) return values.status();
+  std::vector<std::string> strings;
+  for (const EValue& v : *values) {
+    if (!v.isString()) {
+      return Status(StatusCode::kIncompatible,
+                    "program " + program + ": constant method " + name +
+                        " is expected to return strings, got another type");
+    }
+    strings.emplace_back(v.toString());
+  }
+  return strings;
+}
+
+}  // namespace
+
+struct Session::Impl {
+  std::unique_ptr<Module> module;
+  // Input storage. The exporter keeps inputs out of memory planning, so
+  // ExecuTorch points the method's inputs at these buffers (no copy): they
+  // must stay where they are for the Session's lifetime.
+  std::vector<int64_t> tokens;
+  std::vector<int64_t> positions;
+  std::vector<float> scales;
+  std::vector<float> zeros;  // shared by every slot/site without an adapter
+  std::vector<TensorPtr> adapter_inputs;  // TensorPtrs over files or zeros
+  std::vector<std::shared_ptr<const AdapterFile>> files;  // keep mappings alive
+  std::unordered_map<std::string, size_t> site_index;
+  size_t memory_planned_inputs = 0;
+};
+
+Session::Session() : impl_(std::make_unique<Impl>()) {}
+Session::~Session() = default;
+
+size_t Session::memory_planned_inputs() const { return impl_->memory_planned_inputs; }
+
+StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path,
+                                                 const std::string& foundation_path) {
+  if (!is_file(program_path)) {
+    return Status(StatusCode::kNotFound, "program file " + program_path +
+                                             " not found (expected model.pte of an etlora bundle)");
+  }
+  if (!is_file(foundation_path)) {
+    return Status(StatusCode::kNotFound,
+                  "foundation file " + foundation_path +
+                      " not found (expected foundation.ptd beside model.pte)");
+  }
+  std::unique_ptr<Session> session(new Session());
+  session->program_path_ = program_path;
+  Impl& impl = *session->impl_;
+  impl.module = std::make_unique<Module>(program_path, std::vector<std::string>{foundation_path},
+                                         Module::LoadMode::Mmap);
+  Module& module = *impl.module;
+  if (Error err = module.load(); err != Error::Ok) {
+    return Status(StatusCode::kRuntimeError,
+                  "program " + program_path + " with foundation " + foundation_path +
+                      " could not be loaded (" + error_name(err) +
+                      "); hint: both files must come from the same etlora export");
+  }
+
+  // Constant methods: the input layout of `forward`.
+  auto names = module.method_names();
+  if (!names.ok() || !names->count("etlora_format_version")) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path +
+                      " is not an etlora program: expected constant method etlora_format_version, "
+                      "found none; hint: export it with etlora, not with another ExecuTorch tool");
+  }
+  ProgramInfo& info = session->info_;
+  auto version = read_int(module, program_path, "etlora_format_version");
+  if (!version.ok()) return version.status();
+  info.format_version = *version;
+  if (info.format_version != kFormatVersion) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path + ": format version expected " +
+                      std::to_string(kFormatVersion) + ", got " +
+                      std::to_string(info.format_version) +
+                      "; hint: use the etlora runtime that matches the exporter");
+  }
+  auto fingerprint = read_strings(module, program_path, "etlora_foundation_fingerprint");
+  auto sites = read_strings(module, program_path, "etlora_sites");
+  auto shapes = read_ints(module, program_path, "etlora_site_shapes");
+  auto rank = read_int(module, program_path, "etlora_max_rank");
+  auto slots = read_int(module, program_path, "etlora_adapter_slots");
+  auto seq_len = read_int(module, program_path, "etlora_max_seq_len");
+  auto vocab = read_int(module, program_path, "etlora_vocab_size");
+  for (const Status* s : {&fingerprint.status(), &sites.status(), &shapes.status(),
+                          &rank.status(), &slots.status(), &seq_len.status(), &vocab.status()}) {
+    if (!s->ok()) return *s;
+  }
+  if (fingerprint->size() != 1) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path +
+                      ": etlora_foundation_fingerprint is expected to return one string");
+  }
+  info.foundation_fingerprint = (*fingerprint)[0];
+  info.sites = *sites;
+  info.max_rank = *rank;
+  info.adapter_slots = *slots;
+  info.max_seq_len = *seq_len;
+  info.vocab_size = *vocab;
+  if (shapes->size() != 2 * info.sites.size()) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path + ": etlora_site_shapes expected " +
+                      std::to_string(2 * info.sites.size()) + " ints (in, out per site), got " +
+                      std::to_string(shapes->size()));
+  }
+  size_t largest_site = 0;
+  for (size_t i = 0; i < info.sites.size(); ++i) {
+    info.site_shapes.emplace_back((*shapes)[2 * i], (*shapes)[2 * i + 1]);
+    impl.site_index[info.sites[i]] = i;
+    largest_site = std::max<size_t>(largest_site, std::max((*shapes)[2 * i], (*shapes)[2 * i + 1]));
+  }
+  if (info.max_rank < 1 || info.adapter_slots < 0 || info.max_seq_len < 1 || info.vocab_size < 1) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path + ": constant methods give an impossible layout "
+                  "(max_rank " + std::to_string(info.max_rank) + ", adapter_slots " +
+                      std::to_string(info.adapter_slots) + ", max_seq_len " +
+                      std::to_string(info.max_seq_len) + ", vocab_size " +
+                      std::to_string(info.vocab_size) + ")");
+  }
+
+  // Load `forward` once; it stays loaded for the Session's lifetime.
+  if (Error err = module.load_method("forward"); err != Error::Ok) {
+    return Status(StatusCode::kRuntimeError,
+                  "program " + program_path + ": method forward could not be loaded with "
+                  "foundation " + foundation_path + " (" + error_name(err) +
+                      "); hint: foundation.ptd must be the one exported with this model.pte");
+  }
+  auto meta = module.method_meta("forward");
+  const size_t expected_inputs =
+      kFirstAdapterInput + 2 * info.sites.size() * static_cast<size_t>(info.adapter_slots);
+  if (!meta.ok() || meta->num_inputs() != expected_inputs) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path + ": forward is expected to take " +
+                      std::to_string(expected_inputs) + " inputs (3 + 2 * sites * slots), it takes " +
+                      (meta.ok() ? std::to_string(meta->num_inputs()) : std::string("?")));
+  }
+  for (size_t i = 0; i < expected_inputs; ++i) {
+    auto tensor_meta = meta->input_tensor_meta(i);
+    if (tensor_meta.ok() && tensor_meta->is_memory_planned()) ++impl.memory_planned_inputs;
+  }
+
+  impl.tokens.assign(info.max_seq_len, 0);
+  impl.positions.assign(info.max_seq_len, 0);
+  impl.scales.assign(std::max<int64_t>(info.adapter_slots, 1), 0.0f);
+  impl.zeros.assign(largest_site * info.max_rank, 0.0f);
+  Status no_adapters = session->set_adapters({});
+  if (!no_adapters.ok()) return no_adapters;
+  return session;
+}
+
+Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
+  Impl& impl = *impl_;
+  const size_t num_sites = info_.sites.size();
+  const int64_t rank = info_.max_rank;
+  if (static_cast<int64_t>(adapters.size()) > info_.adapter_slots) {
+    return Status(StatusCode::kInvalidArgument,
+                  std::to_string(adapters.size()) + " adapters given, program " + program_path_ +
+                      " has " + std::to_string(info_.adapter_slots) +
+                      " adapter slot(s); hint: export with more adapter slots");
+  }
+
+  // Check everything first so that a bad file leaves the session unchanged.
+  std::vector<std::shared_ptr<const AdapterFile>> files;
+  for (const AdapterChoice& choice : adapters) {
+    if (!std::isfinite(choice.strength)) {
+      return Status(StatusCode::kInvalidArgument,
+                    "adapter " + choice.path + ": strength must be a finite number");
+    }
+    auto opened = AdapterFile::open(choice.path);
+    if (!opened.ok()) return opened.status();
+    const AdapterFile& file = **opened;
+    if (file.foundation_fingerprint() != info_.foundation_fingerprint) {
+      return Status(StatusCode::kIncompatible,
+                    "adapter file " + file.path() + " is for foundation " +
+                        file.foundation_fingerprint() + ", program " + program_path_ +
+                        " has foundation " + info_.foundation_fingerprint +
+                        "; hint: adapter made for another foundation");
+    }
+    for (const auto& [key, tensor] : file.tensors()) {
+      const bool is_a = key.size() > 7 && key.compare(key.size() - 7, 7, ".lora_a") == 0;
+      const std::string site = key.substr(0, key.size() - 7);
+      auto found = impl.site_index.find(site);
+      if (found == impl.site_index.end()) {
+        return Status(StatusCode::kIncompatible,
+                      "adapter file " + file.path() + " targets " + site + ", program " +
+                          program_path_ + " has no slot for it; hint: export the program with "
+                          "target modules that include this layer");
+      }
+      const auto [in, out] = info_.site_shapes[found->second];
+      const std::vector<int64_t> expected =
+          is_a ? std::vector<int64_t>{1, in, rank} : std::vector<int64_t>{1, rank, out};
+      const std::vector<int64_t> received(tensor.sizes.begin(), tensor.sizes.end());
+      if (received != expected) {
+        return Status(StatusCode::kIncompatible,
+                      "adapter file " + file.path() + ": key " + key + " expected shape " +
+                          shape_text(expected) + ", got " + shape_text(received) +
+                          "; hint: the adapter rank must be padded to the program's max rank " +
+                          std::to_string(rank) + " (re-export the adapter for this program)");
+      }
+      const std::string partner = site + (is_a ? ".lora_b" : ".lora_a");
+      if (!file.tensors().count(partner)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "adapter file " + file.path() + " has " + key + " but no " + partner +
+                          "; hint: the file is incomplete, re-export it");
+      }
+    }
+    files.push_back(*opened);
+  }
+
+  // Bind: scales, then lora_a/lora_b per slot per site (bundle-format.md).
+  std::vector<TensorPtr> inputs;
+  inputs.push_back(make_tensor_ptr({static_cast<int32_t>(info_.adapter_slots)},
+                                   impl.scales.data(), ScalarType::Float));
+  std::vector<float> scales(impl.scales.size(), 0.0f);
+  for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
+    const AdapterFile* file = slot < static_cast<int64_t>(files.size()) ? files[slot].get() : nullptr;
+    if (file) scales[slot] = adapters[slot].strength * file->scaling();
+    for (size_t i = 0; i < num_sites; ++i) {
+      const auto [in, out] = info_.site_shapes[i];
+      for (const char* suffix : {".lora_a", ".lora_b"}) {
+        const bool is_a = suffix[6] == 'a';
+        void* data = impl.zeros.data();
+        if (file) {
+          auto it = file->tensors().find(info_.sites[i] + suffix);
+          // ExecuTorch never writes method inputs it is given for reading.
+          if (it != file->tensors().end()) data = const_cast<float*>(it->second.data);
+        }
+        std::vector<int32_t> sizes = is_a ? std::vector<int32_t>{1, int32_t(in), int32_t(rank)}
+                                          : std::vector<int32_t>{1, int32_t(rank), int32_t(out)};
+        inputs.push_back(make_tensor_ptr(std::move(sizes), data, ScalarType::Float));
+      }
+    }
+  }
+  std::copy(scales.begin(), scales.end(), impl.scales.begin());
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const size_t index = kScalesInput + k;
+    if (Error err = impl.module->set_input("forward", *inputs[k], index); err != Error::Ok) {
+      return Status(StatusCode::kRuntimeError,
+                    "program " + program_path_ + ": ExecuTorch refused adapter input " +
+                        std::to_string(index) + " (" + error_name(err) +
+                        "); hint: the program's input layout differs from its constant methods");
+    }
+  }
+  impl.adapter_inputs = std::move(inputs);
+  impl.files = std::move(files);
+  active_.assign(adapters.begin(), adapters.end());
+  return Status::ok_status();
+}
+
+StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens,
+                                              int64_t start_pos) {
+  Impl& impl = *impl_;
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  if (count < 1 || count > info_.max_seq_len) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tokens: expected 1 to " + std::to_string(info_.max_seq_len) +
+                      " tokens (max_seq_len), got " + std::to_string(count));
+  }
+  if (start_pos < 0 || start_pos + count > info_.max_seq_len) {
+    return Status(StatusCode::kInvalidArgument,
+                  "start_pos: expected 0 <= start_pos and start_pos + tokens <= " +
+                      std::to_string(info_.max_seq_len) + " (max_seq_len), got start_pos " +
+                      std::to_string(start_pos) + " with " + std::to_string(count) +
+                      " tokens; hint: the KV cache is full, start again from position 0");
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= info_.vocab_size) {
+      return Status(StatusCode::kInvalidArgument,
+                    "tokens[" + std::to_string(i) + "]: expected an id in [0, " +
+                        std::to_string(info_.vocab_size) + "), got " + std::to_string(tokens[i]));
+    }
+    impl.tokens[i] = tokens[i];
+    impl.positions[i] = start_pos + i;
+  }
+  auto tokens_tensor =
+      make_tensor_ptr({1, static_cast<int32_t>(count)}, impl.tokens.data(), ScalarType::Long);
+  auto positions_tensor =
+      make_tensor_ptr({static_cast<int32_t>(count)}, impl.positions.data(), ScalarType::Long);
+  for (auto [tensor, index] : {std::pair{&tokens_tensor, kTokensInput},
+                               std::pair{&positions_tensor, kPositionsInput}}) {
+    if (Error err = impl.module->set_input("forward", **tensor, index); err != Error::Ok) {
+      return Status(StatusCode::kRuntimeError,
+                    "program " + program_path_ + ": ExecuTorch refused input " +
+                        std::to_string(index) + " (" + error_name(err) + ")");
+    }
+  }
+  auto outputs = impl.module->execute("forward");
+  if (!outputs.ok()) {
+    return Status(StatusCode::kRuntimeError, "program " + program_path_ +
+                                                 ": forward failed (" +
+                                                 error_name(outputs.error()) + ")");
+  }
+  if (outputs->empty() || !(*outputs)[0].isTensor()) {
+    return Status(StatusCode::kRuntimeError,
+                  "program " + program_path_ + ": forward returned no logits tensor");
+  }
+  const auto& logits = (*outputs)[0].toTensor();
+  if (logits.scalar_type() != ScalarType::Float || logits.numel() < info_.vocab_size) {
+    return Status(StatusCode::kRuntimeError,
+                  "program " + program_path_ + ": logits expected float32 with " +
+                      std::to_string(info_.vocab_size) + " values, got " +
+                      dtype_name(logits.scalar_type()) + " with " +
+                      std::to_string(logits.numel()));
+  }
+  const float* last = logits.const_data_ptr<float>() + (logits.numel() - info_.vocab_size);
+  return std::vector<float>(last, last + info_.vocab_size);
+}
+
+}  // namespace etlora
