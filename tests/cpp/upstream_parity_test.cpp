@@ -24,7 +24,8 @@ namespace {
 
 std::vector<int64_t> ints_of(Module& module, const char* method) {
   std::vector<int64_t> ints;
-  for (const EValue& v : *module.execute(method)) ints.push_back(v.toInt());
+  auto outputs = module.execute(method);  // keep alive: the loop reads into it
+  for (const EValue& v : *outputs) ints.push_back(v.toInt());
   return ints;
 }
 
@@ -37,7 +38,8 @@ std::vector<float> upstream_logits(const std::string& bundle, const std::string&
     return {};
   }
   std::vector<std::string> sites;
-  for (const EValue& v : *module.execute("etlora_sites")) sites.emplace_back(v.toString());
+  auto site_names = module.execute("etlora_sites");
+  for (const EValue& v : *site_names) sites.emplace_back(v.toString());
   const std::vector<int64_t> shapes = ints_of(module, "etlora_site_shapes");
   const int64_t rank = ints_of(module, "etlora_max_rank")[0];
   const int64_t slots = ints_of(module, "etlora_adapter_slots")[0];
