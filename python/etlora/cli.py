@@ -1,0 +1,203 @@
+"""The `etlora` command: export, add-adapter, remove-adapter, inspect.
+
+Errors print as one line (`etlora: error: ...`) with exit code 2; --verbose adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from etlora.export.errors import EtloraError
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.2f} MB" if size >= 1e5 else f"{size / 1e3:,.1f} kB"
+
+
+def _parse_adapter(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=ADAPTER_DIR, received {text!r}")
+    return name, path
+
+
+@contextmanager
+def _step(name: str):
+    """One long step with a spinner, then its time."""
+    started = time.perf_counter()
+    with console.status(f"{name}..."):
+        yield
+    console.print(f"[green]✓[/] {name} ({time.perf_counter() - started:.1f} s)")
+
+
+def _print_summary(bundle_dir: Path, seconds: float) -> None:
+    from etlora.inspect_bundle import inspect_bundle
+
+    report = inspect_bundle(bundle_dir)
+    files = ", ".join(f"{row.name} {_megabytes(row.size)}" for row in report.files)
+    stdout.print(f"{bundle_dir}: {files}; total {_megabytes(report.total_size)} in {seconds:.1f} s")
+
+
+def cmd_export(args) -> int:
+    from etlora.export import Backend, ExportOptions, export_bundle
+
+    adapters = dict(args.adapter or [])
+    if len(adapters) != len(args.adapter or []):
+        raise EtloraError("--adapter: the same adapter name is given twice")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise EtloraError(f"{out}: exists and is not empty (hint: pass --force to replace it)")
+    started = time.perf_counter()
+    options = ExportOptions(
+        max_rank=args.max_rank,
+        target_modules=args.target_modules,
+        adapter_slots=args.adapter_slots,
+        max_seq_len=args.max_seq_len,
+        backend=Backend(args.backend),
+    )
+    export_bundle(args.model, adapters, out, options, step=_step)
+    _print_summary(out, time.perf_counter() - started)
+    return 0
+
+
+def cmd_add_adapter(args) -> int:
+    from etlora.export import add_adapter
+
+    started = time.perf_counter()
+    for name, path in args.adapter:
+        with _step(f"adding adapter {name}"):
+            add_adapter(args.bundle, name, path, replace_existing=args.replace)
+    _print_summary(Path(args.bundle), time.perf_counter() - started)
+    return 0
+
+
+def cmd_remove_adapter(args) -> int:
+    from etlora.export import remove_adapter
+
+    remove_adapter(args.bundle, args.name)
+    stdout.print(f"removed adapter {args.name} from {args.bundle}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from etlora.inspect_bundle import inspect_bundle
+
+    report = inspect_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 1 if report.problems else 0
+    stdout.print(
+        f"[bold]{report.bundle}[/]  format v{report.format_version}, backend {report.backend}, "
+        f"max rank {report.max_rank}, {report.adapter_slots} slot(s), max seq {report.max_seq_len}, "
+        f"targets {','.join(report.target_modules)}, foundation {report.foundation_fingerprint[:12]}"
+    )
+    files = Table("file", "role", "size", "check")
+    for row in report.files:
+        files.add_row(row.name, row.role, _megabytes(row.size), "ok" if row.status == "ok" else "[red]BAD[/]")
+    files.add_row("total", "", _megabytes(report.total_size), "")
+    stdout.print(files)
+    adapters = Table("adapter", "rank", "alpha", "scaling", "targets", "size")
+    for row in report.adapters:
+        adapters.add_row(
+            row.name, str(row.rank), f"{row.alpha:g}", f"{row.scaling:g}", ",".join(row.target_modules), _megabytes(row.size)
+        )
+    stdout.print(adapters)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    return 1 if report.problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="etlora",
+        description="Ship one language model with many LoRA adapters on ExecuTorch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  etlora export --model smollm2/ --adapter support=adapters/support --out bundle/",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser(
+        "export",
+        help="foundation + PEFT adapters -> bundle (model.pte, foundation.ptd, adapters/*.ptd)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  etlora export --model llama/ --adapter support=out/support "
+        "--adapter legal=out/legal --max-rank 16 --target-modules all-linear --out bundle/",
+    )
+    export.add_argument("--model", required=True, help="Hugging Face Llama checkpoint directory, or a .gguf file")
+    export.add_argument(
+        "--adapter", action="append", type=_parse_adapter, metavar="NAME=DIR",
+        help="a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors); repeatable",
+    )
+    export.add_argument("--out", required=True, help="bundle directory to create")
+    export.add_argument(
+        "--max-rank", type=int, help="LoRA rank the program is built for (default: largest adapter rank)"
+    )
+    export.add_argument(
+        "--target-modules",
+        help="modules that get adapter slots: comma list (q_proj,v_proj,...) or all-linear "
+        "(default: union of the adapters' targets)",
+    )
+    export.add_argument("--adapter-slots", type=int, default=1, help="adapters active at once (default 1)")
+    export.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (default 512)")
+    export.add_argument("--backend", choices=["xnnpack"], default="xnnpack", help="delegate (default xnnpack)")
+    export.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    export.set_defaults(run=cmd_export)
+
+    add = commands.add_parser(
+        "add-adapter",
+        help="add PEFT adapters to a bundle without re-exporting the program",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  etlora add-adapter bundle/ --adapter sql=out/sql",
+    )
+    add.add_argument("bundle", help="bundle directory")
+    add.add_argument("--adapter", action="append", type=_parse_adapter, required=True, metavar="NAME=DIR",
+                     help="a PEFT LoRA adapter directory; repeatable")
+    add.add_argument("--replace", action="store_true", help="overwrite an adapter of the same name")
+    add.set_defaults(run=cmd_add_adapter)
+
+    remove = commands.add_parser("remove-adapter", help="delete an adapter from a bundle",
+                                 epilog="example: etlora remove-adapter bundle/ sql")
+    remove.add_argument("bundle", help="bundle directory")
+    remove.add_argument("name", help="adapter name")
+    remove.set_defaults(run=cmd_remove_adapter)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="files, sizes, adapters, ranks, targets; verifies sizes and sha256 (exit 1 if damaged)",
+        epilog="example: etlora inspect bundle/ --json",
+    )
+    inspect.add_argument("bundle", help="bundle directory")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    inspect.set_defaults(run=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except EtloraError as error:
+        if args.verbose:
+            console.print_exception()
+        console.print(f"[red]etlora: error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("etlora: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`etlora inspect`: what a bundle holds, verified against its manifest and the adapter files."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from etlora.export.adapter_file import read_adapter_ptd
+from etlora.export.errors import BundleError
+from etlora.export.manifest import read_manifest, verify_files
+
+
+@dataclass(frozen=True)
+class FileRow:
+    name: str
+    role: str  # program | foundation | adapter
+    size: int
+    status: str  # ok | problem text
+
+
+@dataclass(frozen=True)
+class AdapterRow:
+    name: str
+    rank: int
+    alpha: float
+    scaling: float
+    target_modules: list[str]
+    size: int
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    bundle: str
+    format_version: int
+    backend: str
+    max_rank: int
+    adapter_slots: int
+    max_seq_len: int
+    target_modules: list[str]
+    foundation_fingerprint: str
+    files: list[FileRow]
+    adapters: list[AdapterRow]
+    problems: list[str]
+
+    @property
+    def total_size(self) -> int:
+        return sum(row.size for row in self.files)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_size": self.total_size, "ok": not self.problems}
+
+
+def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    problems = verify_files(bundle_dir, manifest)
+    for name, record in sorted(manifest.adapters.items()):
+        path = bundle_dir / record.file
+        if not path.is_file():
+            continue  # already reported by verify_files
+        try:
+            contents = read_adapter_ptd(path)
+        except BundleError as error:
+            problems.append(str(error))
+            continue
+        if contents.foundation_fingerprint != manifest.foundation.fingerprint:
+            problems.append(
+                f"{path}: made for foundation {contents.foundation_fingerprint[:12]}, bundle "
+                f"foundation is {manifest.foundation.fingerprint[:12]} (file from another bundle?)"
+            )
+    roles = {manifest.program.file: "program", manifest.foundation.file: "foundation"}
+    files = []
+    for name, record in sorted(manifest.files.items()):
+        bad = [p for p in problems if p.startswith(str(bundle_dir / name))]
+        files.append(FileRow(name, roles.get(name, "adapter"), record.size, bad[0] if bad else "ok"))
+    adapters = [
+        AdapterRow(name, r.rank, r.alpha, r.scaling, r.target_modules, manifest.files[r.file].size)
+        for name, r in sorted(manifest.adapters.items())
+    ]
+    return BundleReport(
+        bundle=str(bundle_dir),
+        format_version=manifest.format_version,
+        backend=manifest.program.backend,
+        max_rank=manifest.program.max_rank,
+        adapter_slots=manifest.program.adapter_slots,
+        max_seq_len=manifest.program.max_seq_len,
+        target_modules=manifest.program.target_modules,
+        foundation_fingerprint=manifest.foundation.fingerprint,
+        files=files,
+        adapters=adapters,
+        problems=problems,
+    )

@@ -1,0 +1,111 @@
+"""The Python session: bundle-level checks in Python, all running in the C++ runtime (etlora._runtime).
+
+The manifest is read here so that a wrong adapter name or a missing file is reported by name
+before the runtime is touched; the runtime itself checks each adapter file's fingerprint and
+shapes against the program, so a file that travels without its manifest is still refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from etlora.export.errors import BundleError, EtloraError
+from etlora.export.manifest import Manifest, read_manifest
+
+
+class Session:
+    """One loaded program with its foundation; adapters switch without reloading either."""
+
+    def __init__(self, bundle_dir: str | Path, manifest: Manifest):
+        from etlora import _runtime
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest
+        self._check_files_present()
+        try:
+            self._runtime = _runtime.Session(
+                str(self.bundle_dir / manifest.program.file),
+                str(self.bundle_dir / manifest.foundation.file),
+            )
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(str(error)) from None
+        if self._runtime.foundation_fingerprint != manifest.foundation.fingerprint:
+            raise BundleError(
+                f"{self.bundle_dir / manifest.program.file}: program made for foundation "
+                f"{self._runtime.foundation_fingerprint[:12]}, manifest says "
+                f"{manifest.foundation.fingerprint[:12]} (hint: files from different bundles)"
+            )
+        self._active: dict[str, float] = {}
+
+    def _check_files_present(self) -> None:
+        for name in (self.manifest.program.file, self.manifest.foundation.file):
+            path = self.bundle_dir / name
+            record = self.manifest.files[name]
+            if not path.is_file():
+                raise BundleError(f"{path}: missing (manifest lists {record.size} bytes)")
+            if path.stat().st_size != record.size:
+                raise BundleError(
+                    f"{path}: {path.stat().st_size} bytes, manifest says {record.size} "
+                    "(hint: damaged, or a file from another bundle)"
+                )
+
+    @property
+    def active_adapters(self) -> dict[str, float]:
+        return dict(self._active)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._runtime.vocab_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self._runtime.max_seq_len
+
+    def set_adapters(self, adapters: Mapping[str, float] | None) -> None:
+        """Activate adapters by name with their strengths; {} or None runs the foundation alone."""
+        adapters = dict(adapters or {})
+        slots = self.manifest.program.adapter_slots
+        if len(adapters) > slots:
+            raise EtloraError(
+                f"{len(adapters)} adapters requested, this program has {slots} adapter slot(s) "
+                "(hint: export with --adapter-slots N)"
+            )
+        paths = []
+        for name, strength in adapters.items():
+            record = self.manifest.adapters.get(name)
+            if record is None:
+                raise EtloraError(
+                    f"{self.bundle_dir}: no adapter named {name!r} (bundle has: "
+                    f"{', '.join(sorted(self.manifest.adapters)) or 'none'})"
+                )
+            path = self.bundle_dir / record.file
+            if not path.is_file():
+                raise BundleError(f"adapter {name!r}: file {path} not found (hint: bundle incomplete?)")
+            paths.append((str(path), float(strength)))
+        try:
+            self._runtime.set_adapters(paths)
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(str(error)) from None
+        self._active = {name: float(strength) for name, strength in adapters.items()}
+
+    def forward(self, token_ids: Sequence[int], start_pos: int) -> np.ndarray:
+        """Append tokens at `start_pos` to the KV cache; logits of the last one, float32 [vocab]."""
+        tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        try:
+            return self._runtime.forward(tokens, int(start_pos))
+        except ValueError as error:
+            raise EtloraError(str(error)) from None
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Prefill `token_ids` from an empty cache; the last position's logits, float32 [vocab]."""
+        return self.forward(token_ids, 0)
+
+
+def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None) -> Session:
+    """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`."""
+    session = Session(bundle_dir, read_manifest(bundle_dir))
+    session.set_adapters(adapters)
+    return session

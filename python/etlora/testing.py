@@ -1,0 +1,83 @@
+"""Generated fixtures: tiny random Llama checkpoints and PEFT adapters, made on the spot.
+
+Used by the tests and the tiny demo so that nothing is downloaded. Adapters get random non-zero A
+and B (PEFT's default init leaves B at zero, which would hide any bug in the adapter path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+
+    fields = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def make_tiny_llama(out_dir: str | Path, seed: int = 0, **config_overrides) -> Path:
+    """A random Llama saved as a Hugging Face checkpoint (config.json + model.safetensors)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(**config_overrides))
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def make_lora_adapter(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    rank: int,
+    target_modules: list[str],
+    alpha: float | None = None,
+    seed: int = 1,
+    **lora_overrides,
+) -> Path:
+    """A PEFT LoRA adapter with random non-zero weights, saved with PEFT's own writer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    foundation = LlamaForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else 2 * rank,
+        target_modules=target_modules,
+        init_lora_weights=False,
+        **lora_overrides,
+    )
+    model = get_peft_model(foundation, config)
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def peft_logits(model_dir: str | Path, adapter_dir: str | Path | None, token_ids: list[int], strength: float = 1.0):
+    """Reference: last-position logits from transformers (+ PEFT), adapter scaled by `strength`."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        if strength != 1.0:
+            for module in model.modules():
+                if hasattr(module, "scaling") and isinstance(module.scaling, dict):
+                    module.scaling = {k: v * strength for k, v in module.scaling.items()}
+    model.eval()
+    with torch.no_grad():
+        return model(torch.tensor([token_ids])).logits[0, -1].numpy()

@@ -1,0 +1,62 @@
+"""Session fixtures: one tiny random Llama, three PEFT adapters, and bundles exported from them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from etlora.testing import make_lora_adapter, make_tiny_llama
+
+# Two adapters of different ranks and target sets, plus one added later with add-adapter.
+ADAPTERS = {
+    "support": dict(rank=4, target_modules=["q_proj", "v_proj"], seed=11),
+    "legal": dict(rank=8, target_modules=["q_proj", "o_proj", "down_proj"], seed=12, use_rslora=True),
+    "sql": dict(rank=6, target_modules=["v_proj", "down_proj"], seed=13),
+}
+MAX_SEQ_LEN = 64
+TOKENS = [1, 17, 42, 99, 3, 250, 7, 64]
+TARGETS = "q_proj,v_proj,o_proj,down_proj"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end tests on the real model (minutes)")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fixtures")
+    model = make_tiny_llama(root / "model", seed=0)
+    for name, spec in ADAPTERS.items():
+        make_lora_adapter(model, root / name, **spec)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_dir(fixtures_dir) -> Path:
+    return fixtures_dir / "model"
+
+
+@pytest.fixture(scope="session")
+def bundle(fixtures_dir, tmp_path_factory) -> Path:
+    """support + legal exported; the program sized for sql too (max rank 8, union of targets)."""
+    from etlora.export import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "main"
+    export_bundle(
+        fixtures_dir / "model",
+        {"support": fixtures_dir / "support", "legal": fixtures_dir / "legal"},
+        out,
+        ExportOptions(max_seq_len=MAX_SEQ_LEN, target_modules=TARGETS, adapter_slots=2),
+    )
+    return out
+
+
+@pytest.fixture
+def bundle_copy(bundle, tmp_path) -> Path:
+    """A private copy for tests that modify or damage the bundle."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    return copy
