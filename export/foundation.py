@@ -65,6 +65,7 @@ def _load_hf_directory(directory: Path):
             "config.json is missing (hint: pass a .gguf file with --model FILE.gguf)"
         )
     config = AutoConfig.from_pretrained(directory)
+    _check_llama(config, directory)  # before reading gigabytes of weights
     shards = sorted(directory.glob("*.safetensors"))
     if not shards:
         raise EtloraError(f"{directory}: expected model weights in *.safetensors, found none")
@@ -96,8 +97,11 @@ def load_foundation(path: str | Path) -> Foundation:
     source = Path(path)
     if not source.exists():
         raise EtloraError(f"{source}: model not found (expected a checkpoint directory or .gguf file)")
-    config, state_dict = _load_gguf(source) if source.is_file() else _load_hf_directory(source)
-    _check_llama(config, source)
+    if source.is_file():
+        config, state_dict = _load_gguf(source)
+        _check_llama(config, source)
+    else:
+        config, state_dict = _load_hf_directory(source)
     shape = LlamaShape.from_hf_config(config)
     if shape.tie_word_embeddings:
         state_dict.pop("lm_head.weight", None)
