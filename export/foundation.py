@@ -64,7 +64,10 @@ def _load_hf_directory(directory: Path):
             f"{directory}: expected a Hugging Face checkpoint (config.json + *.safetensors), "
             "config.json is missing (hint: pass a .gguf file with --model FILE.gguf)"
         )
-    config = AutoConfig.from_pretrained(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (ValueError, OSError, KeyError) as error:
+        raise EtloraError(f"{directory / 'config.json'}: not a readable model config ({error})") from None
     _check_llama(config, directory)  # before reading gigabytes of weights
     shards = sorted(directory.glob("*.safetensors"))
     if not shards:
