@@ -91,11 +91,18 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
   auto data_map = FlatTensorDataMap::load(m.loader.get());
   if (!data_map.ok()) {
     return Status(StatusCode::kInvalidArgument,
-                  "adapter file " + path + " is not a FlatTensor (.ptd) file: expected magic FT01, "
-                  "loading failed with " + error_name(data_map.error()) +
-                  "; hint: pass an adapters/<name>.ptd from an etlora bundle");
+                  "adapter file " + path + ": expected a FlatTensor (.ptd) file, reading it failed with " +
+                      error_name(data_map.error()) +
+                      "; hint: the file is truncated, damaged or not a .ptd (re-export it)");
   }
   m.data_map = std::make_unique<FlatTensorDataMap>(std::move(*data_map));
+  // Say "not an adapter" before complaining about any foundation-looking key.
+  if (!m.data_map->get_tensor_layout(kVersionKey).ok()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "adapter file " + path + ": expected an etlora adapter (entry " + kVersionKey +
+                      "), the .ptd has none; hint: a foundation.ptd or another tool's .ptd is "
+                      "not an adapter");
+  }
 
   auto num_keys = m.data_map->get_num_keys();
   if (!num_keys.ok()) {

@@ -136,7 +136,8 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
     return Status(StatusCode::kRuntimeError,
                   "program " + program_path + " with foundation " + foundation_path +
                       " could not be loaded (" + error_name(err) +
-                      "); hint: both files must come from the same etlora export");
+                      "): expected an ExecuTorch program and its foundation.ptd; hint: a truncated "
+                      "or damaged file, or files from different exports");
   }
 
   // Constant methods: the input layout of `forward`.
