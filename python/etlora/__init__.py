@@ -6,6 +6,13 @@
     session.set_adapters({"legal": 0.5})
 """
 
+import logging
+
+# torchao (pulled in by executorch) logs missing CUDA kernels and torch logs a pytree deprecation at
+# import time; on a CPU machine both are noise in every command's output.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
 from etlora.export.errors import AdapterError, BundleError, EtloraError
 from etlora.session import Session, load
 
