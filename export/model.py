@@ -124,13 +124,23 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.pow(2).mean(-1, keepdim=True)
+        # Mean over a [1, T, 1, dim] view: XNNPACK lowers a 4D mean over the last two dims, so the
+        # norm stays inside the delegate instead of splitting the graph at every layer.
+        squares = (x * x).view(1, -1, 1, x.shape[-1])
+        variance = squares.mean(dim=(2, 3), keepdim=True).view(1, -1, 1)
         return self.weight * (x * torch.rsqrt(variance + self.eps))
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def rotate_half_matrix(head_dim: int) -> torch.Tensor:
+    """W with F.linear(x, W) == cat(-x[half:], x[:half]).
+
+    A linear layer stays inside XNNPACK; slices of a tensor with a dynamic length do not.
+    """
+    half = head_dim // 2
+    rotation = torch.zeros(head_dim, head_dim)
+    rotation[:half, half:] = -torch.eye(half)
+    rotation[half:, :half] = torch.eye(half)
+    return rotation
 
 
 class Attention(nn.Module):
@@ -149,22 +159,30 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
 
-    def forward(self, x, input_pos, cos, sin, mask, adapters):
-        batch, length, _ = x.shape
+    def forward(self, x, input_pos, cos, sin, rotation, mask, adapters):
+        # Shapes use -1 for the token count and views only of contiguous tensors: XNNPACK takes
+        # reshapes with one inferred dimension but not symbolic ones, and every op it refuses
+        # splits the delegate, which costs time at every token.
         s = self.shape
-        q = self.q_proj(x, adapters).view(batch, length, s.num_heads, s.head_dim).transpose(1, 2)
-        k = self.k_proj(x, adapters).view(batch, length, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        v = self.v_proj(x, adapters).view(batch, length, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        self.k_cache[:, :, input_pos] = k
-        self.v_cache[:, :, input_pos] = v
+        q = self.q_proj(x, adapters).view(1, -1, s.num_heads, s.head_dim)
+        k = self.k_proj(x, adapters).view(1, -1, s.num_kv_heads, s.head_dim)
+        v = self.v_proj(x, adapters).view(1, -1, s.num_kv_heads, s.head_dim)
+        q = q * cos + F.linear(q, rotation) * sin  # RoPE on [1, T, heads, head_dim]
+        k = k * cos + F.linear(k, rotation) * sin
+        self.k_cache[:, :, input_pos] = k.transpose(1, 2)
+        self.v_cache[:, :, input_pos] = v.transpose(1, 2)
+        # Grouped-query attention without repeating the cache: the query heads that share a KV
+        # head are stacked along the row axis, [1, kv_heads, groups * T, head_dim].
         groups = s.num_heads // s.num_kv_heads
-        keys = self.k_cache.repeat_interleave(groups, dim=1)
-        values = self.v_cache.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(s.head_dim)
+        grouped_q = q.view(1, -1, s.num_kv_heads, groups, s.head_dim).permute(0, 2, 3, 1, 4)
+        grouped_q = grouped_q.contiguous().view(s.num_kv_heads, -1, s.head_dim)
+        # bmm on 3D tensors: a 4D matmul would add expand/view ops that XNNPACK leaves outside.
+        keys = self.k_cache.view(s.num_kv_heads, -1, s.head_dim).transpose(1, 2)
+        values = self.v_cache.view(s.num_kv_heads, -1, s.head_dim)
+        scores = torch.bmm(grouped_q, keys) * (1.0 / math.sqrt(s.head_dim))
         weights = torch.softmax(scores + mask, dim=-1)
-        out = torch.matmul(weights, values).transpose(1, 2).reshape(batch, length, -1)
+        out = torch.bmm(weights, values).view(s.num_kv_heads, groups, -1, s.head_dim)
+        out = out.permute(2, 0, 1, 3).contiguous().view(1, -1, s.num_heads * s.head_dim)
         return self.o_proj(out, adapters)
 
 
@@ -189,8 +207,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
         self.mlp = MLP(shape, layer)
 
-    def forward(self, x, input_pos, cos, sin, mask, adapters):
-        x = x + self.self_attn(self.input_layernorm(x), input_pos, cos, sin, mask, adapters)
+    def forward(self, x, input_pos, cos, sin, rotation, mask, adapters):
+        x = x + self.self_attn(self.input_layernorm(x), input_pos, cos, sin, rotation, mask, adapters)
         return x + self.mlp(self.post_attention_layernorm(x), adapters)
 
 
@@ -231,16 +249,18 @@ class LlamaForExport(nn.Module):
         self.register_buffer(
             "cache_positions", torch.arange(max_seq_len, dtype=torch.int64), persistent=False
         )
+        self.register_buffer("rope_rotation", rotate_half_matrix(shape.head_dim), persistent=False)
 
     def forward(self, tokens, input_pos, adapter_scales, *adapter_tensors):
         adapters = AdapterInputs(self.sites, self.adapter_slots, adapter_scales, adapter_tensors)
         x = self.model.embed_tokens(tokens)
-        cos = self.rope_cos[input_pos]
-        sin = self.rope_sin[input_pos]
+        cos = self.rope_cos[input_pos].unsqueeze(1)  # [T, 1, head_dim]: broadcast over heads
+        sin = self.rope_sin[input_pos].unsqueeze(1)
         # Attend to cached positions up to each query's own: later cache rows are stale or empty.
         visible = self.cache_positions.unsqueeze(0) <= input_pos.unsqueeze(1)
-        mask = torch.where(visible, 0.0, float("-inf"))
+        groups = self.shape.num_heads // self.shape.num_kv_heads
+        mask = torch.where(visible, 0.0, float("-inf")).repeat(groups, 1)  # rows as in grouped_q
         for layer in self.model.layers:
-            x = layer(x, input_pos, cos, sin, mask, adapters)
+            x = layer(x, input_pos, cos, sin, self.rope_rotation, mask, adapters)
         last = self.model.norm(x[:, -1, :])
         return self.lm_head(last)

@@ -21,7 +21,7 @@ from .model import Attention, LlamaForExport
 FORMAT_VERSION = 1
 FOUNDATION_TAG = "foundation"
 # Buffers computed from the foundation's config rather than loaded from its checkpoint.
-DERIVED_CONSTANTS = ("rope_cos", "rope_sin", "cache_positions")
+DERIVED_CONSTANTS = ("rope_cos", "rope_sin", "cache_positions", "rope_rotation")
 
 
 class Backend(enum.Enum):
