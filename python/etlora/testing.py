@@ -81,3 +81,44 @@ def peft_logits(model_dir: str | Path, adapter_dir: str | Path | None, token_ids
     model.eval()
     with torch.no_grad():
         return model(torch.tensor([token_ids])).logits[0, -1].numpy()
+
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+TINY_TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog. It's 12:45 and they've got 3 apples!",
+    "Hello, world! How are you doing today? I'm fine, we'll see; you'd think so.",
+    "def main():\n    return x + 1  # comment\n\n\tTabs and  double  spaces.",
+    "Numbers 0123456789 and symbols @#$%^&*()[]{}<>/\\|~`'\" ok",
+    "Café crème, naïve résumé, 日本語のテキスト, emojis 🙂 too.",
+]
+
+
+def make_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained on a few sentences, with ChatML special tokens and chat template.
+
+    Saved with save_pretrained into out_dir and returned (a PreTrainedTokenizerFast). No downloads.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(TINY_TOKENIZER_TEXT * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        pad_token="<|endoftext|>",
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer

@@ -2,7 +2,9 @@
 // second implementation). Errors become Python exceptions carrying the C++
 // message: ValueError for bad input or incompatible files, FileNotFoundError
 // (also a ValueError) for missing files, RuntimeError for ExecuTorch failures.
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -11,7 +13,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <etlora/generator.h>
 #include <etlora/session.h>
+#include <etlora/tokenizer.h>
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -104,11 +108,77 @@ class PySession {
     return to_array(std::move(*logits));
   }
 
+  // The C++ generator with the GIL released; on_token(id) runs with the GIL
+  // held and may return False to stop. Returns (ids, stats).
+  py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
+                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids) {
+    std::vector<int64_t> ids = to_tokens(prompt);
+    etlora::GenerationOptions options{max_new_tokens, temperature, top_p, seed, eos_ids};
+    std::optional<py::error_already_set> callback_error;
+    etlora::TokenCallback callback;
+    if (!on_token.is_none()) {
+      callback = [&](int64_t token) {
+        py::gil_scoped_acquire acquire;
+        try {
+          py::object keep_going = on_token(token);
+          return keep_going.is_none() || keep_going.cast<bool>();
+        } catch (py::error_already_set& error) {
+          callback_error.emplace(std::move(error));
+          return false;
+        }
+      };
+    }
+    etlora::StatusOr<etlora::GenerationResult> result = etlora::Status();
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      result = etlora::generate(*session_, ids, options, callback);
+    }
+    if (callback_error) throw std::move(*callback_error);
+    if (!result.ok()) raise_status(result.status());
+    const etlora::GenerationStats& stats = result->stats;
+    py::dict info("prompt_tokens"_a = stats.prompt_tokens, "generated_tokens"_a = stats.generated_tokens,
+                  "decode_steps"_a = stats.decode_steps, "prefill_seconds"_a = stats.prefill_seconds,
+                  "decode_seconds"_a = stats.decode_seconds,
+                  "prefill_tokens_per_second"_a = stats.prefill_tokens_per_second(),
+                  "decode_tokens_per_second"_a = stats.decode_tokens_per_second(),
+                  "stop_reason"_a = stats.stop_reason);
+    return py::make_tuple(py::cast(result->tokens), info);
+  }
+
   const etlora::Session& session() const { return *session_; }
 
  private:
   std::unique_ptr<etlora::Session> session_;
   std::mutex mutex_;
+};
+
+// Decoded bytes as str; a character cut off at the end shows as U+FFFD.
+py::str to_text(const std::string& bytes) {
+  return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(bytes.data(), bytes.size(), "replace"));
+}
+
+std::shared_ptr<etlora::Tokenizer> load_tokenizer(const std::string& path) {
+  auto loaded = etlora::Tokenizer::load(path);
+  if (!loaded.ok()) raise_status(loaded.status());
+  return std::shared_ptr<etlora::Tokenizer>(std::move(*loaded));
+}
+
+// A TokenTextStream that keeps its tokenizer alive.
+class PyTokenStream {
+ public:
+  explicit PyTokenStream(std::shared_ptr<etlora::Tokenizer> tokenizer)
+      : tokenizer_(std::move(tokenizer)), stream_(*tokenizer_) {}
+  py::str push(int64_t id) {
+    auto text = stream_.push(id);
+    if (!text.ok()) raise_status(text.status());
+    return to_text(*text);
+  }
+  py::str finish() { return to_text(stream_.finish()); }
+
+ private:
+  std::shared_ptr<etlora::Tokenizer> tokenizer_;
+  etlora::TokenTextStream stream_;
 };
 
 }  // namespace
@@ -133,6 +203,13 @@ PYBIND11_MODULE(_runtime, m) {
       .def(
           "logits", [](PySession& s, const py::object& tokens) { return s.forward(tokens, 0); },
           py::arg("tokens"), "forward(tokens, 0): a fresh prefill.")
+      .def("generate", &PySession::generate, py::arg("prompt_ids"), py::arg("max_new_tokens"),
+           py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
+           py::arg("on_token") = py::none(), py::arg("eos_ids") = std::vector<int64_t>(),
+           "Generate after prompt_ids (prefill from position 0): greedy at temperature 0, else\n"
+           "top-p sampling seeded by seed. Stops at an eos_ids token (not returned), max_new_tokens\n"
+           "or max_seq_len; on_token(id) is called per token and may return False to stop.\n"
+           "Returns (ids, stats dict).")
       .def_property_readonly("sites", [](const PySession& s) { return s.session().info().sites; })
       .def_property_readonly("site_shapes",
                              [](const PySession& s) { return s.session().info().site_shapes; })
@@ -157,4 +234,44 @@ PYBIND11_MODULE(_runtime, m) {
         for (const auto& a : s.session().active_adapters()) active.emplace_back(a.path, a.strength);
         return active;
       });
+
+  py::class_<etlora::Tokenizer, std::shared_ptr<etlora::Tokenizer>>(m, "Tokenizer")
+      .def(py::init(&load_tokenizer), py::arg("path"), "Load tokenizer/etlora_tokenizer.txt.")
+      .def("encode", &etlora::Tokenizer::encode, py::arg("text"),
+           "Token ids of text; special tokens in the text are matched literally; no bos added.")
+      .def("encode_chat", &etlora::Tokenizer::encode_chat, py::arg("user_text"),
+           "encode(chat_prefix + user_text + chat_suffix).")
+      .def(
+          "decode",
+          [](const etlora::Tokenizer& t, const std::vector<int64_t>& ids) {
+            auto bytes = t.decode(ids);
+            if (!bytes.ok()) raise_status(bytes.status());
+            return to_text(*bytes);
+          },
+          py::arg("ids"), "The text of ids (invalid UTF-8 shows as U+FFFD).")
+      .def(
+          "decode_bytes",
+          [](const etlora::Tokenizer& t, const std::vector<int64_t>& ids) {
+            auto bytes = t.decode(ids);
+            if (!bytes.ok()) raise_status(bytes.status());
+            return py::bytes(*bytes);
+          },
+          py::arg("ids"), "The raw bytes of ids.")
+      .def("stream", [](std::shared_ptr<etlora::Tokenizer> t) { return PyTokenStream(std::move(t)); },
+           "A TokenStream: push(id) -> text ready to print, finish() -> the rest.")
+      .def_property_readonly("path", &etlora::Tokenizer::path)
+      .def_property_readonly("vocab_size", &etlora::Tokenizer::vocab_size)
+      .def_property_readonly("has_chat_template", &etlora::Tokenizer::has_chat_template)
+      .def_property_readonly("chat_prefix", [](const etlora::Tokenizer& t) { return to_text(t.chat_prefix()); })
+      .def_property_readonly("chat_suffix", [](const etlora::Tokenizer& t) { return to_text(t.chat_suffix()); })
+      .def_property_readonly("eos_ids", &etlora::Tokenizer::eos_ids)
+      .def_property_readonly("bos_id", [](const etlora::Tokenizer& t) -> py::object {
+        if (t.bos_id() < 0) return py::none();
+        return py::int_(t.bos_id());
+      })
+      .def_property_readonly("adds_bos", &etlora::Tokenizer::adds_bos);
+
+  py::class_<PyTokenStream>(m, "TokenStream")
+      .def("push", &PyTokenStream::push, py::arg("id"))
+      .def("finish", &PyTokenStream::finish);
 }

@@ -1,11 +1,15 @@
 // etlora_runner: run an etlora bundle from the command line.
 //
+//   etlora_runner --bundle DIR [--adapter NAME[=strength]]... --prompt "text"
+//                 [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+//                 [--no-chat-template]
+//     streams the generated text to stdout, then prints prefill and decode
+//     speed to stderr. Files by convention: DIR/model.pte, DIR/foundation.ptd,
+//     DIR/tokenizer/etlora_tokenizer.txt, DIR/adapters/NAME.ptd.
+//
 //   etlora_runner --model model.pte --data foundation.ptd
 //                 [--adapter path.ptd[=strength]]... --tokens 1,2,3
-//
-// Prints the argmax token and the first logits, with load and run times.
-// Text in / text out (a tokenizer) is a later step: it will turn a prompt
-// into --tokens and decode what generate() picks, around the same Session.
+//     prints the argmax token and the first logits, with load and run times.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,23 +17,57 @@
 #include <string>
 #include <vector>
 
+#include <etlora/generator.h>
 #include <etlora/session.h>
+#include <etlora/tokenizer.h>
 
 namespace {
 
 struct Options {
+  std::string bundle;
   std::string model;
   std::string data;
+  std::string tokenizer;
   std::vector<etlora::AdapterChoice> adapters;
   std::vector<int64_t> tokens;
   int shown_logits = 8;
+  bool has_prompt = false;
+  std::string prompt;
+  bool chat_template = true;
+  etlora::GenerationOptions generation;
 };
 
 void usage() {
   std::fprintf(stderr,
-               "usage: etlora_runner --model model.pte --data foundation.ptd\n"
+               "usage: etlora_runner --bundle DIR [--adapter NAME[=strength]]... --prompt TEXT\n"
+               "                     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
+               "                     [--no-chat-template] [--tokenizer FILE]\n"
+               "       etlora_runner --model model.pte --data foundation.ptd\n"
                "                     [--adapter path.ptd[=strength]]... --tokens 1,2,3\n"
                "                     [--show N]\n");
+}
+
+bool parse_number(const std::string& option, const std::string& text, double& value) {
+  char* rest = nullptr;
+  value = std::strtod(text.c_str(), &rest);
+  if (text.empty() || *rest != '\0') {
+    std::fprintf(stderr, "error: %s expects a number, got %s\n", option.c_str(), text.c_str());
+    return false;
+  }
+  return true;
+}
+
+// In bundle mode an adapter is a name (adapters/NAME.ptd) unless it looks like a path.
+void resolve_bundle_paths(Options& options) {
+  const std::string& dir = options.bundle;
+  if (options.model.empty()) options.model = dir + "/model.pte";
+  if (options.data.empty()) options.data = dir + "/foundation.ptd";
+  if (options.tokenizer.empty()) options.tokenizer = dir + "/tokenizer/etlora_tokenizer.txt";
+  for (auto& adapter : options.adapters) {
+    const bool is_path = adapter.path.find('/') != std::string::npos ||
+                         (adapter.path.size() > 4 && adapter.path.substr(adapter.path.size() - 4) == ".ptd");
+    if (!is_path) adapter.path = dir + "/adapters/" + adapter.path + ".ptd";
+  }
 }
 
 bool parse_tokens(const std::string& text, std::vector<int64_t>& tokens) {
@@ -64,6 +102,10 @@ bool parse_args(int argc, char** argv, Options& options) {
     const std::string arg = argv[i];
     const bool has_value = i + 1 < argc;
     if (arg == "--help" || arg == "-h") return false;
+    if (arg == "--no-chat-template") {
+      options.chat_template = false;
+      continue;
+    }
     if (!has_value) {
       std::fprintf(stderr, "error: %s needs a value\n", arg.c_str());
       return false;
@@ -83,16 +125,92 @@ bool parse_args(int argc, char** argv, Options& options) {
       }
     } else if (arg == "--show") {
       options.shown_logits = std::atoi(value.c_str());
+    } else if (arg == "--bundle") {
+      options.bundle = value;
+    } else if (arg == "--tokenizer") {
+      options.tokenizer = value;
+    } else if (arg == "--prompt") {
+      options.has_prompt = true;
+      options.prompt = value;
+    } else if (arg == "--max-new-tokens" || arg == "--temperature" || arg == "--top-p" || arg == "--seed") {
+      double number = 0;
+      if (!parse_number(arg, value, number)) return false;
+      if (arg == "--max-new-tokens") options.generation.max_new_tokens = static_cast<int64_t>(number);
+      if (arg == "--temperature") options.generation.temperature = static_cast<float>(number);
+      if (arg == "--top-p") options.generation.top_p = static_cast<float>(number);
+      if (arg == "--seed") options.generation.seed = static_cast<uint64_t>(number);
     } else {
       std::fprintf(stderr, "error: unknown option %s\n", arg.c_str());
       return false;
     }
   }
-  if (options.model.empty() || options.data.empty() || options.tokens.empty()) {
-    std::fprintf(stderr, "error: --model, --data and --tokens are required\n");
+  if (!options.bundle.empty()) resolve_bundle_paths(options);
+  if (options.model.empty() || options.data.empty()) {
+    std::fprintf(stderr, "error: --bundle, or --model and --data, are required\n");
+    return false;
+  }
+  if (options.has_prompt == !options.tokens.empty()) {
+    std::fprintf(stderr, "error: give either --prompt (text generation) or --tokens (logits)\n");
+    return false;
+  }
+  if (options.has_prompt && options.tokenizer.empty()) {
+    std::fprintf(stderr, "error: --prompt needs a tokenizer: --bundle DIR or --tokenizer FILE\n");
     return false;
   }
   return true;
+}
+
+// Text in, streamed text out, speed on stderr.
+int run_prompt(etlora::Session& session, const Options& options) {
+  auto tokenizer = etlora::Tokenizer::load(options.tokenizer);
+  if (!tokenizer.ok()) {
+    std::fprintf(stderr, "error: %s\n", tokenizer.status().message().c_str());
+    return 1;
+  }
+  const etlora::Tokenizer& tok = **tokenizer;
+  if (tok.vocab_size() > session.info().vocab_size) {
+    std::fprintf(stderr,
+                 "error: tokenizer %s has %lld tokens, the program's vocabulary %lld (hint: tokenizer "
+                 "from another model?)\n",
+                 options.tokenizer.c_str(), static_cast<long long>(tok.vocab_size()),
+                 static_cast<long long>(session.info().vocab_size));
+    return 1;
+  }
+  std::vector<int64_t> prompt;
+  if (options.chat_template && tok.has_chat_template()) {
+    prompt = tok.encode_chat(options.prompt);
+  } else {
+    if (tok.adds_bos()) prompt.push_back(tok.bos_id());
+    const auto text = tok.encode(options.prompt);
+    prompt.insert(prompt.end(), text.begin(), text.end());
+  }
+  etlora::GenerationOptions generation = options.generation;
+  generation.eos_ids = tok.eos_ids();
+  etlora::TokenTextStream stream(tok);
+  etlora::Status stream_error;
+  auto result = etlora::generate(session, prompt, generation, [&](int64_t token) {
+    auto text = stream.push(token);
+    if (!text.ok()) {
+      stream_error = text.status();
+      return false;
+    }
+    std::fwrite(text->data(), 1, text->size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  const std::string rest = stream.finish();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::printf("\n");
+  if (!result.ok() || !stream_error.ok()) {
+    std::fprintf(stderr, "error: %s\n", (result.ok() ? stream_error : result.status()).message().c_str());
+    return 1;
+  }
+  const etlora::GenerationStats& stats = result->stats;
+  std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s | decode: %lld tokens, %.1f tok/s | stop: %s\n",
+               static_cast<long long>(stats.prompt_tokens), stats.prefill_tokens_per_second(),
+               static_cast<long long>(stats.generated_tokens), stats.decode_tokens_per_second(),
+               stats.stop_reason.c_str());
+  return 0;
 }
 
 double ms_since(std::chrono::steady_clock::time_point start) {
@@ -122,6 +240,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const double adapter_ms = ms_since(adapter_start);
+  if (options.has_prompt) return run_prompt(**session, options);
 
   auto run_start = std::chrono::steady_clock::now();
   auto logits = (*session)->logits(options.tokens);
