@@ -60,3 +60,21 @@ def bundle_copy(bundle, tmp_path) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer with ChatML tokens, trained on the spot (transformers fast tokenizer)."""
+    from etlora.testing import make_tiny_tokenizer
+
+    return make_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_file(tiny_tokenizer, tmp_path_factory) -> Path:
+    """tokenizer/etlora_tokenizer.txt written for tiny_tokenizer."""
+    from etlora.export.tokenizer_file import TOKENIZER_TEXT_FILE, write_tokenizer_files
+
+    out = tmp_path_factory.mktemp("tiny_tokenizer_files") / "tokenizer"
+    write_tokenizer_files(tiny_tokenizer, out)
+    return out / TOKENIZER_TEXT_FILE

@@ -24,14 +24,14 @@ def build_dir() -> Path | None:
     return candidates[0].parent if candidates else None
 
 
-def test_ctest_suite_passes_on_a_real_bundle(bundle):
+def test_ctest_suite_passes_on_a_real_bundle(bundle, tiny_tokenizer_file):
     where = build_dir()
     if where is None:
         pytest.skip("no CMake build tree (install with pip install -e .)")
     ctest = shutil.which("ctest") or str(Path(sysconfig.get_path("scripts")) / "ctest")
     result = subprocess.run(
         [ctest, "--test-dir", str(where), "--output-on-failure"],
-        env={**os.environ, "ETLORA_TEST_BUNDLE": str(bundle)},
+        env={**os.environ, "ETLORA_TEST_BUNDLE": str(bundle), "ETLORA_TEST_TOKENIZER": str(tiny_tokenizer_file)},
         capture_output=True,
         text=True,
         timeout=600,

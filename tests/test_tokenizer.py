@@ -15,7 +15,7 @@ import pytest
 from etlora import _runtime
 from etlora.export.errors import EtloraError
 from etlora.export.tokenizer_file import TOKENIZER_TEXT_FILE, tokenizer_text, write_tokenizer_files
-from etlora.testing import make_lora_adapter, make_tiny_llama, make_tiny_tokenizer
+from etlora.testing import make_lora_adapter, make_tiny_llama
 
 from test_cpp import runner_path
 
@@ -55,18 +55,6 @@ SAMPLES = [
     "e\u0301 combining, zero\u200bwidth",
     "عربي ١٢٣ हिन्दी ०१२",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
-    return make_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer_file(tiny_tokenizer, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_tokenizer_files") / "tokenizer"
-    write_tokenizer_files(tiny_tokenizer, out)
-    return out / TOKENIZER_TEXT_FILE
 
 
 @pytest.fixture(scope="module")
