@@ -13,7 +13,7 @@ from typing import Callable, ContextManager
 
 from .adapter_file import ProgramSlots, write_adapter_ptd
 from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
-from .errors import AdapterError, BundleError
+from .errors import AdapterError, BundleError, EtloraError
 from .files import staged_directory
 from .foundation import config_summary, load_foundation
 from .manifest import (
@@ -25,6 +25,7 @@ from .manifest import (
     FoundationRecord,
     Manifest,
     ProgramRecord,
+    TokenizerRecord,
     read_manifest,
 )
 from .program import Backend, ProgramSpec, lower_program
@@ -104,7 +105,8 @@ def export_bundle(
             relative = f"{ADAPTER_DIR}/{adapter.name}.ptd"
             write_adapter_ptd(adapter, slots, staging / relative)
             records[adapter.name] = adapter_record(adapter, relative)
-        files = [PROGRAM_FILE, FOUNDATION_FILE, *(record.file for record in records.values())]
+        tokenizer_files, tokenizer = _write_tokenizer(foundation, staging)
+        files = [PROGRAM_FILE, FOUNDATION_FILE, *tokenizer_files, *(record.file for record in records.values())]
         manifest = Manifest(
             program=ProgramRecord(
                 file=PROGRAM_FILE,
@@ -124,9 +126,24 @@ def export_bundle(
             ),
             files={name: FileRecord.of(staging / name) for name in files},
             adapters=records,
+            tokenizer=tokenizer,
         )
         manifest.write(staging)
     return manifest
+
+
+def _write_tokenizer(foundation, staging: Path) -> tuple[list[str], TokenizerRecord | None]:
+    from .tokenizer_file import TOKENIZER_DIR, TOKENIZER_TEXT_FILE, write_tokenizer_files
+
+    if foundation.tokenizer is None:
+        return [], None
+    if len(foundation.tokenizer) > foundation.shape.vocab_size:
+        raise EtloraError(
+            f"{foundation.source}: tokenizer has {len(foundation.tokenizer)} tokens, the model's "
+            f"vocabulary {foundation.shape.vocab_size} (hint: tokenizer from another model?)"
+        )
+    written = write_tokenizer_files(foundation.tokenizer, staging / TOKENIZER_DIR)
+    return written, TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{TOKENIZER_TEXT_FILE}")
 
 
 def _check_fits(adapter: LoraAdapter, slots: ProgramSlots) -> None:

@@ -30,6 +30,7 @@ class Foundation:
     inv_freq: torch.Tensor
     rope_attention_scaling: float
     fingerprint: str
+    tokenizer: object | None = None  # transformers PreTrainedTokenizerFast, when the checkpoint has one
 
 
 def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
@@ -81,6 +82,17 @@ def _load_hf_directory(directory: Path):
     return config, state_dict
 
 
+def _load_tokenizer(source: Path):
+    """The checkpoint's tokenizer, or None for a checkpoint that ships none (e.g. test models)."""
+    from transformers import AutoTokenizer
+
+    if source.is_file():
+        return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    if (source / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(source)
+    return None
+
+
 def _load_gguf(path: Path):
     from transformers import AutoModelForCausalLM
 
@@ -122,6 +134,7 @@ def load_foundation(path: str | Path) -> Foundation:
         inv_freq=rotary.inv_freq.detach().clone(),
         rope_attention_scaling=float(rotary.attention_scaling),
         fingerprint=fingerprint_state_dict(state_dict),
+        tokenizer=_load_tokenizer(source),
     )
 
 

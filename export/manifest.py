@@ -60,11 +60,20 @@ class AdapterRecord:
 
 
 @dataclass(frozen=True)
+class TokenizerRecord:
+    """The checkpoint's tokenizer: Hugging Face files for Python, a line format for C++."""
+
+    directory: str
+    runtime_file: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     program: ProgramRecord
     foundation: FoundationRecord
     files: dict[str, FileRecord]
     adapters: dict[str, AdapterRecord] = field(default_factory=dict)
+    tokenizer: TokenizerRecord | None = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -90,6 +99,7 @@ def _parse(data: dict, path: Path) -> Manifest:
             foundation=FoundationRecord(**data["foundation"]),
             files={name: FileRecord(**record) for name, record in data["files"].items()},
             adapters={name: AdapterRecord(**record) for name, record in data["adapters"].items()},
+            tokenizer=TokenizerRecord(**data["tokenizer"]) if data.get("tokenizer") else None,
             format=data["format"],
             format_version=version,
         )

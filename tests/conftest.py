@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from etlora.testing import make_lora_adapter, make_tiny_llama
+from etlora.testing import make_lora_adapter, make_tiny_llama, make_tiny_tokenizer
 
 # Two adapters of different ranks and target sets, plus one added later with add-adapter.
 ADAPTERS = {
@@ -28,7 +28,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def fixtures_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fixtures")
-    model = make_tiny_llama(root / "model", seed=0)
+    model = make_tiny_llama(root / "model", seed=0, vocab_size=320)
+    make_tiny_tokenizer(model)  # saved beside the weights, as a Hugging Face checkpoint has it
     for name, spec in ADAPTERS.items():
         make_lora_adapter(model, root / name, **spec)
     return root

@@ -92,7 +92,12 @@ def test_add_adapter_equals_export_output(bundle_copy, other_bundle, fixtures_di
 def test_manifest_sizes_and_sha256_match_files(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["format_version"] == 1
-    assert set(manifest["files"]) == {"model.pte", "foundation.ptd", "adapters/support.ptd", "adapters/legal.ptd"}
+    tokenizer_files = {name for name in manifest["files"] if name.startswith("tokenizer/")}
+    assert {"tokenizer/tokenizer.json", "tokenizer/etlora_tokenizer.txt"} <= tokenizer_files
+    assert manifest["tokenizer"] == {"directory": "tokenizer", "runtime_file": "tokenizer/etlora_tokenizer.txt"}
+    assert set(manifest["files"]) - tokenizer_files == {
+        "model.pte", "foundation.ptd", "adapters/support.ptd", "adapters/legal.ptd"
+    }
     for name, record in manifest["files"].items():
         data = (bundle / name).read_bytes()
         assert record["size"] == len(data)

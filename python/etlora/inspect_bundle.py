@@ -13,7 +13,7 @@ from etlora.export.manifest import read_manifest, verify_files
 @dataclass(frozen=True)
 class FileRow:
     name: str
-    role: str  # program | foundation | adapter
+    role: str  # program | foundation | adapter | tokenizer
     size: int
     status: str  # ok | problem text
 
@@ -69,10 +69,11 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
                 f"foundation is {manifest.foundation.fingerprint[:12]} (file from another bundle?)"
             )
     roles = {manifest.program.file: "program", manifest.foundation.file: "foundation"}
+    roles.update({record.file: "adapter" for record in manifest.adapters.values()})
     files = []
     for name, record in sorted(manifest.files.items()):
         bad = [p for p in problems if p.startswith(str(bundle_dir / name))]
-        files.append(FileRow(name, roles.get(name, "adapter"), record.size, bad[0] if bad else "ok"))
+        files.append(FileRow(name, roles.get(name, "tokenizer"), record.size, bad[0] if bad else "ok"))
     adapters = [
         AdapterRow(name, r.rank, r.alpha, r.scaling, r.target_modules, manifest.files[r.file].size)
         for name, r in sorted(manifest.adapters.items())
