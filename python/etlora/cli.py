@@ -1,4 +1,4 @@
-"""The `etlora` command: export, add-adapter, remove-adapter, inspect.
+"""The `etlora` command: export, add-adapter, remove-adapter, run, inspect.
 
 Errors print as one line (`etlora: error: ...`) with exit code 2; --verbose adds the traceback.
 """
@@ -119,6 +119,40 @@ def cmd_inspect(args) -> int:
     return 1 if report.problems else 0
 
 
+def _parse_strength(text: str) -> tuple[str, float]:
+    name, sep, strength = text.partition("=")
+    try:
+        return name, float(strength) if sep else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME=STRENGTH, received {text!r}") from None
+
+
+def cmd_run(args) -> int:
+    import etlora
+
+    adapters = dict(args.adapter or [])
+    with _step("loading bundle"):
+        session = etlora.load(args.bundle, adapters=adapters)
+    active = ", ".join(f"{name}={strength:g}" for name, strength in adapters.items()) or "none"
+    console.print(f"adapters: {active}")
+    result = session.generate(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat=not args.no_chat_template,
+        on_text=lambda text: print(text, end="", flush=True),
+    )
+    print()
+    console.print(
+        f"prefill: {result.prompt_tokens} tokens, {result.prefill_tokens_per_second:.1f} tok/s | "
+        f"decode: {len(result.token_ids)} tokens, {result.decode_tokens_per_second:.1f} tok/s "
+        f"(stopped: {result.stop_reason})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="etlora",
@@ -173,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("bundle", help="bundle directory")
     remove.add_argument("name", help="adapter name")
     remove.set_defaults(run=cmd_remove_adapter)
+
+    run = commands.add_parser(
+        "run",
+        help="generate text with the C++ runtime, streaming tokens, then prefill/decode tokens/s",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='example:\n  etlora run bundle/ --adapter support=0.8 --prompt "How do I reset my password?"',
+    )
+    run.add_argument("bundle", help="bundle directory")
+    run.add_argument("--adapter", action="append", type=_parse_strength, metavar="NAME[=STRENGTH]",
+                     help="adapter to activate, strength 1 by default; repeat up to the program's slots")
+    run.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
+    run.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many tokens (default 128)")
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold when sampling")
+    run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    run.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    run.set_defaults(run=cmd_run)
 
     inspect = commands.add_parser(
         "inspect",

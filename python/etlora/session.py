@@ -7,13 +7,26 @@ shapes against the program, so a file that travels without its manifest is still
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from etlora.export.errors import BundleError, EtloraError
 from etlora.export.manifest import Manifest, read_manifest
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What `Session.generate` produced, with the C++ generator's own timings."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    prefill_tokens_per_second: float
+    decode_tokens_per_second: float
+    stop_reason: str  # eos | max_new_tokens | max_seq_len | callback
 
 
 class Session:
@@ -39,6 +52,7 @@ class Session:
                 f"{manifest.foundation.fingerprint[:12]} (hint: files from different bundles)"
             )
         self._active: dict[str, float] = {}
+        self._tokenizer = None
 
     def _check_files_present(self) -> None:
         for name in (self.manifest.program.file, self.manifest.foundation.file):
@@ -102,6 +116,64 @@ class Session:
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Prefill `token_ids` from an empty cache; the last position's logits, float32 [vocab]."""
         return self.forward(token_ids, 0)
+
+    @property
+    def tokenizer(self):
+        """The bundle's tokenizer in the C++ runtime (etlora._runtime.Tokenizer)."""
+        if self._tokenizer is None:
+            from etlora import _runtime
+
+            record = self.manifest.tokenizer
+            if record is None:
+                raise BundleError(f"{self.bundle_dir}: bundle has no tokenizer (exported from a checkpoint without one)")
+            try:
+                self._tokenizer = _runtime.Tokenizer(str(self.bundle_dir / record.runtime_file))
+            except (ValueError, RuntimeError) as error:
+                raise BundleError(str(error)) from None
+        return self._tokenizer
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        chat: bool = True,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Generate text after `prompt` (greedy by default) with the active adapters.
+
+        The chat template is applied when the tokenizer has one and `chat` is true; `on_text`
+        receives the text as it streams.
+        """
+        tokenizer = self.tokenizer
+        use_chat = chat and tokenizer.has_chat_template
+        prompt_ids = tokenizer.encode_chat(prompt) if use_chat else tokenizer.encode(prompt)
+        stream = tokenizer.stream()
+
+        def on_token(token: int) -> bool:
+            if on_text is not None:
+                on_text(stream.push(token))
+            return True
+
+        try:
+            ids, stats = self._runtime.generate(
+                prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                on_token=on_token, eos_ids=list(tokenizer.eos_ids),
+            )
+        except ValueError as error:
+            raise EtloraError(str(error)) from None
+        if on_text is not None:
+            on_text(stream.finish())
+        return Generation(
+            text=tokenizer.decode(ids),
+            token_ids=list(ids),
+            prompt_tokens=stats["prompt_tokens"],
+            prefill_tokens_per_second=stats["prefill_tokens_per_second"],
+            decode_tokens_per_second=stats["decode_tokens_per_second"],
+            stop_reason=stats["stop_reason"],
+        )
 
 
 def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None) -> Session:
