@@ -201,6 +201,7 @@ int run_prompt(etlora::Session& session, const Options& options) {
   const std::string rest = stream.finish();
   std::fwrite(rest.data(), 1, rest.size(), stdout);
   std::printf("\n");
+  std::fflush(stdout);  // the text before the stats line on a shared terminal
   if (!result.ok() || !stream_error.ok()) {
     std::fprintf(stderr, "error: %s\n", (result.ok() ? stream_error : result.status()).message().c_str());
     return 1;
