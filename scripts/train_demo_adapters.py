@@ -449,6 +449,8 @@ def write_readme(out: Path, specs: list[AdapterSpec], run: dict) -> None:
         "training tables: upper-case text uses other tokens than the base model's usual answers).",
         "- Training rows share the chat header and default system prompt; the script computes that "
         "prefix once per batch and repeats its KV cache, which gives the same loss as a plain forward.",
+        "- On 2 idle cores a step (batch 8, ~50 tokens a row) takes ~0.85 s, so ~70 s per adapter and "
+        "~5 minutes for the whole script; the times in the table include waiting for other jobs.",
         "",
     ]
     (out / "README.md").write_text("\n".join(lines))
