@@ -1,0 +1,81 @@
+"""End to end on the real model (slow): SmolLM2-135M-Instruct GGUF + the committed demo adapters.
+
+Checks, through our C++ runtime: each adapter's effect on held-out prompts, and greedy output equal
+to PEFT's token for token (fp32), for each adapter and for none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import etlora
+from etlora.demo_tasks import TASKS, chat_prompt_ids
+
+pytestmark = pytest.mark.slow
+
+ADAPTERS = Path(__file__).resolve().parent.parent / "assets" / "adapters"
+NEW_TOKENS = 40
+PARITY_PROMPTS = ["What is the capital of France?", "Give me two tips for sleeping well."]
+
+
+def demo_adapters() -> list[str]:
+    return sorted(p.name for p in ADAPTERS.iterdir() if (p / "adapter_config.json").is_file()) if ADAPTERS.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def smollm2_bundle(tmp_path_factory) -> Path:
+    from etlora.export import ExportOptions, export_bundle
+    from etlora.real_model import smollm2_gguf_path
+
+    names = demo_adapters()
+    if not names:
+        pytest.skip("no demo adapters under assets/adapters")
+    out = tmp_path_factory.mktemp("smollm2") / "bundle"
+    export_bundle(smollm2_gguf_path(), {name: ADAPTERS / name for name in names}, out, ExportOptions(max_seq_len=256))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    from etlora.real_model import load_smollm2_hf
+
+    return load_smollm2_hf()
+
+
+@pytest.mark.parametrize("name", demo_adapters())
+def test_adapter_effect_shows_in_nine_of_ten_held_out_prompts(smollm2_bundle, name):
+    prompts, shows_effect = TASKS[name]
+    session = etlora.load(smollm2_bundle, adapters={name: 1.0})
+    answers = [session.generate(prompt, max_new_tokens=NEW_TOKENS).text for prompt in prompts[:10]]
+    hits = sum(shows_effect(answer) for answer in answers)
+    assert hits >= 9, f"{name}: effect in {hits}/10: {answers}"
+    session.set_adapters({})
+    base_hits = sum(shows_effect(session.generate(p, max_new_tokens=NEW_TOKENS).text) for p in prompts[:10])
+    assert base_hits <= 2, f"{name}: the foundation alone already shows the effect in {base_hits}/10"
+
+
+@pytest.mark.parametrize("name", [None, *demo_adapters()])
+def test_greedy_output_equals_peft_token_for_token(smollm2_bundle, hf_model, name):
+    from peft import PeftModel
+
+    model, tokenizer = hf_model
+    reference_model = PeftModel.from_pretrained(model, str(ADAPTERS / name)) if name else model
+    session = etlora.load(smollm2_bundle, adapters={name: 1.0} if name else {})
+    eos = set(session.tokenizer.eos_ids)
+    try:
+        for prompt in PARITY_PROMPTS:
+            prompt_ids = chat_prompt_ids(tokenizer, prompt)
+            assert session.tokenizer.encode_chat(prompt) == prompt_ids
+            with torch.no_grad():
+                output = reference_model.generate(
+                    input_ids=torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                    eos_token_id=sorted(eos),
+                )
+            expected = [t for t in output[0, len(prompt_ids):].tolist() if t not in eos]
+            assert session.generate(prompt, max_new_tokens=NEW_TOKENS).token_ids == expected, prompt
+    finally:
+        if name:
+            reference_model.unload()
