@@ -180,12 +180,16 @@ def resolve_target_modules(spec: str | None, adapters: list[LoraAdapter]) -> lis
         return [m for m in LINEAR_MODULES if m in modules]
     if spec.strip() == "all-linear":
         return list(LINEAR_MODULES)
+    if spec.strip() == "none":
+        if adapters:
+            raise AdapterError("--target-modules none builds a foundation-only program: pass no --adapter")
+        return []
     requested = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in requested if m not in LINEAR_MODULES]
     if unknown or not requested:
         raise AdapterError(
-            f"--target-modules: expected a comma list of {', '.join(LINEAR_MODULES)} or "
-            f"'all-linear', received {spec!r}"
+            f"--target-modules: expected a comma list of {', '.join(LINEAR_MODULES)}, "
+            f"'all-linear' or 'none', received {spec!r}"
             + (" (embedding/lm_head LoRA is not supported)" if unknown else "")
         )
     return [m for m in LINEAR_MODULES if m in requested]

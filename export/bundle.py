@@ -62,13 +62,15 @@ def adapter_record(adapter: LoraAdapter, file: str) -> AdapterRecord:
 def _program_spec(shape, adapters: list[LoraAdapter], options: ExportOptions) -> ProgramSpec:
     largest = max((adapter.rank for adapter in adapters), default=0)
     max_rank = options.max_rank if options.max_rank is not None else largest
-    if max_rank < 1:
+    target_modules = resolve_target_modules(options.target_modules, adapters)
+    if not target_modules:  # foundation only: the baseline that adapter costs are measured against
+        max_rank = 0
+    elif max_rank < 1:
         raise AdapterError("--max-rank: expected a rank >= 1 (or at least one adapter to take it from)")
     if options.adapter_slots < 1:
         raise AdapterError(f"--adapter-slots: expected >= 1, received {options.adapter_slots}")
     if options.max_seq_len < 2:
         raise AdapterError(f"--max-seq-len: expected >= 2, received {options.max_seq_len}")
-    target_modules = resolve_target_modules(options.target_modules, adapters)
     return ProgramSpec(
         sites=tuple(program_sites(shape, target_modules)),
         target_modules=tuple(target_modules),

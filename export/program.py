@@ -124,7 +124,8 @@ def lower_program(foundation: Foundation, spec: ProgramSpec) -> LoweredProgram:
     inputs = example_inputs(foundation, spec)
     tokens = Dim("tokens", min=1, max=spec.max_seq_len)
     adapter_shapes = (None,) * (len(inputs) - 3)
-    dynamic_shapes = ({1: tokens}, {0: tokens}, None, adapter_shapes)
+    # torch.export drops an empty *adapter_tensors from the structure (foundation-only programs).
+    dynamic_shapes = ({1: tokens}, {0: tokens}, None) + ((adapter_shapes,) if adapter_shapes else ())
     foundation_paths = _foundation_paths(foundation)
     kv_cache_paths = {
         f"{path}.{name}"

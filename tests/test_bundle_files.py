@@ -114,3 +114,16 @@ def test_program_and_ptd_are_plain_executorch_artifacts(bundle):
     program = Runtime.get().load_program(bundle / "model.pte", data_path=bundle / "foundation.ptd")
     assert "forward" in program.method_names
     assert "etlora_sites" in program.method_names
+
+
+def test_foundation_only_program_matches_the_base_model(fixtures_dir, bundle, tmp_path):
+    """--target-modules none: no adapter inputs at all, same foundation.ptd, same logits as no adapter."""
+    import etlora
+    from conftest import TOKENS
+
+    out = tmp_path / "foundation_only"
+    export_bundle(fixtures_dir / "model", {}, out, ExportOptions(max_seq_len=MAX_SEQ_LEN, target_modules="none"))
+    manifest = read_manifest(out)
+    assert manifest.program.sites == [] and manifest.program.max_rank == 0
+    assert (out / "foundation.ptd").read_bytes() == (bundle / "foundation.ptd").read_bytes()
+    np.testing.assert_allclose(etlora.load(out).logits(TOKENS), etlora.load(bundle).logits(TOKENS), atol=1e-5)

@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--target-modules",
-        help="modules that get adapter slots: comma list (q_proj,v_proj,...) or all-linear "
-        "(default: union of the adapters' targets)",
+        help="modules that get adapter slots: comma list (q_proj,v_proj,...), all-linear, or none "
+        "for a foundation-only program (default: union of the adapters' targets)",
     )
     export.add_argument("--adapter-slots", type=int, default=1, help="adapters active at once (default 1)")
     export.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (default 512)")

@@ -193,7 +193,9 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
     impl.site_index[info.sites[i]] = i;
     largest_site = std::max<size_t>(largest_site, std::max((*shapes)[2 * i], (*shapes)[2 * i + 1]));
   }
-  if (info.max_rank < 1 || info.adapter_slots < 0 || info.max_seq_len < 1 || info.vocab_size < 1) {
+  // A foundation-only program (no sites) has rank 0; any program with sites needs a rank.
+  const bool rank_ok = info.sites.empty() ? info.max_rank >= 0 : info.max_rank >= 1;
+  if (!rank_ok || info.adapter_slots < 0 || info.max_seq_len < 1 || info.vocab_size < 1) {
     return Status(StatusCode::kIncompatible,
                   "program " + program_path + ": constant methods give an impossible layout "
                   "(max_rank " + std::to_string(info.max_rank) + ", adapter_slots " +
