@@ -73,12 +73,12 @@ py::array_t<float> to_array(std::vector<float>&& values) {
 // Session at once while the GIL is released.
 class PySession {
  public:
-  PySession(const std::string& program_path, const std::string& foundation_path) {
+  PySession(const std::string& program_path, const std::string& foundation_path, bool weight_cache) {
     etlora::StatusOr<std::unique_ptr<etlora::Session>> opened =
         etlora::Status(etlora::StatusCode::kRuntimeError, "not opened");
     {
       py::gil_scoped_release release;
-      opened = etlora::Session::open(program_path, foundation_path);
+      opened = etlora::Session::open(program_path, foundation_path, {weight_cache});
     }
     if (!opened.ok()) raise_status(opened.status());
     session_ = std::move(*opened);
@@ -192,10 +192,26 @@ PYBIND11_MODULE(_runtime, m) {
   m.attr("MissingFileError") = missing_file_error();
   m.attr("FORMAT_VERSION") = etlora::kFormatVersion;
 
+  m.def(
+      "weight_cache_stats",
+      []() {
+        auto stats = etlora::weight_cache_stats();
+        if (!stats.ok()) raise_status(stats.status());
+        return py::dict("default_enabled"_a = stats->default_enabled,
+                        "cached_sessions"_a = stats->cached_sessions,
+                        "workspace_sharing_mode"_a = stats->workspace_sharing_mode,
+                        "open_sessions"_a = stats->open_sessions, "rss_bytes"_a = stats->rss_bytes,
+                        "rss_anon_bytes"_a = stats->rss_anon_bytes,
+                        "rss_file_bytes"_a = stats->rss_file_bytes);
+      },
+      "XNNPACK weight cache figures: the backend's global options (default_enabled, "
+      "workspace_sharing_mode), open_sessions, cached_sessions and the process's memory (rss_bytes, rss_anon_bytes, rss_file_bytes). "
+      "The backend exposes no entry/hit counters.");
   py::class_<PySession>(m, "Session")
-      .def(py::init<const std::string&, const std::string&>(), py::arg("program_path"),
-           py::arg("foundation_path"),
-           "Load model.pte with foundation.ptd (memory-mapped); no adapter active.")
+      .def(py::init<const std::string&, const std::string&, bool>(), py::arg("program_path"),
+           py::arg("foundation_path"), py::kw_only(), py::arg("weight_cache") = true,
+           "Load model.pte with foundation.ptd (memory-mapped); no adapter active. weight_cache: "
+           "share packed foundation weights with other Sessions (XNNPACK weight cache).")
       .def("set_adapters", &PySession::set_adapters, py::arg("adapters"),
            "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.")
       .def("forward", &PySession::forward, py::arg("tokens"), py::arg("start_pos"),
@@ -219,6 +235,10 @@ PYBIND11_MODULE(_runtime, m) {
                              [](const PySession& s) { return s.session().info().adapter_slots; })
       .def_property_readonly("max_seq_len",
                              [](const PySession& s) { return s.session().info().max_seq_len; })
+      .def_property_readonly("weight_cache",
+                             [](const PySession& s) { return s.session().weight_cache(); })
+      .def_property_readonly("load_anon_bytes",
+                             [](const PySession& s) { return s.session().load_anon_bytes(); })
       .def_property_readonly("vocab_size",
                              [](const PySession& s) { return s.session().info().vocab_size; })
       .def_property_readonly("format_version",

@@ -34,6 +34,8 @@ struct Options {
   bool has_prompt = false;
   std::string prompt;
   bool chat_template = true;
+  bool show_cache = false;
+  bool weight_cache = true;
   etlora::GenerationOptions generation;
 };
 
@@ -44,7 +46,9 @@ void usage() {
                "                     [--no-chat-template] [--tokenizer FILE]\n"
                "       etlora_runner --model model.pte --data foundation.ptd\n"
                "                     [--adapter path.ptd[=strength]]... --tokens 1,2,3\n"
-               "                     [--show N]\n");
+               "                     [--show N]\n"
+               "       either form: [--show-cache] (XNNPACK weight cache figures on stderr)\n"
+               "                    [--no-weight-cache] (load without the cache)\n");
 }
 
 bool parse_number(const std::string& option, const std::string& text, double& value) {
@@ -104,6 +108,10 @@ bool parse_args(int argc, char** argv, Options& options) {
     if (arg == "--help" || arg == "-h") return false;
     if (arg == "--no-chat-template") {
       options.chat_template = false;
+      continue;
+    }
+    if (arg == "--show-cache" || arg == "--no-weight-cache") {
+      (arg == "--show-cache" ? options.show_cache : options.weight_cache) = arg == "--show-cache";
       continue;
     }
     if (!has_value) {
@@ -219,6 +227,23 @@ double ms_since(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
+// One line on stderr: the backend's cache options and the process's memory.
+void show_cache(const etlora::Session& session) {
+  auto stats = etlora::weight_cache_stats();
+  if (!stats.ok()) {
+    std::fprintf(stderr, "weight cache: %s\n", stats.status().message().c_str());
+    return;
+  }
+  const double mib = 1024.0 * 1024.0;
+  std::fprintf(stderr,
+               "weight cache: this session %s (backend default %s), workspace sharing %d, sessions %lld, "
+               "load added %.1f MiB anon | process rss %.1f MiB (anon %.1f, file %.1f)\n",
+               session.weight_cache() ? "on" : "off", stats->default_enabled ? "on" : "off",
+               stats->workspace_sharing_mode,
+               static_cast<long long>(stats->open_sessions), session.load_anon_bytes() / mib,
+               stats->rss_bytes / mib, stats->rss_anon_bytes / mib, stats->rss_file_bytes / mib);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -228,12 +253,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto load_start = std::chrono::steady_clock::now();
-  auto session = etlora::Session::open(options.model, options.data);
+  auto session = etlora::Session::open(options.model, options.data, {options.weight_cache});
   if (!session.ok()) {
     std::fprintf(stderr, "error: %s\n", session.status().message().c_str());
     return 1;
   }
   const double load_ms = ms_since(load_start);
+  if (options.show_cache) show_cache(**session);
 
   auto adapter_start = std::chrono::steady_clock::now();
   if (auto status = (*session)->set_adapters(options.adapters); !status.ok()) {

@@ -6,10 +6,15 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <fstream>
 #include <unordered_map>
 
 #include <executorch/extension/module/module.h>
+#include <executorch/runtime/backend/backend_options_map.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/backend/options.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 
 #include "format_util.h"
@@ -93,7 +98,52 @@ StatusOr<std::vector<std::string>> read_strings(Module& module, const std::strin
   return strings;
 }
 
+constexpr char kXnnpackBackend[] = "XnnpackBackend";
+std::atomic<int64_t> g_open_sessions{0};
+std::atomic<int64_t> g_cached_sessions{0};
+
+// VmRSS, RssAnon and RssFile of this process in bytes (0 where unreadable).
+struct Rss {
+  int64_t total = 0, anon = 0, file = 0;
+};
+Rss read_rss() {
+  Rss rss;
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  int64_t kib = 0;
+  while (status >> key) {
+    if (key == "VmRSS:" || key == "RssAnon:" || key == "RssFile:") {
+      if (!(status >> kib)) break;
+      (key == "VmRSS:" ? rss.total : key == "RssAnon:" ? rss.anon : rss.file) = kib * 1024;
+    }
+    status.ignore(1 << 20, '\n');
+  }
+  return rss;
+}
+
 }  // namespace
+
+StatusOr<WeightCacheStats> weight_cache_stats() {
+  executorch::runtime::BackendOptions<2> options;
+  options.set_option("weight_cache_enabled", false);
+  options.set_option("workspace_sharing_mode", -1);
+  auto view = options.view();
+  if (Error err = executorch::runtime::get_option(kXnnpackBackend, view); err != Error::Ok) {
+    return Status(StatusCode::kRuntimeError,
+                  std::string("backend ") + kXnnpackBackend + " did not give its options (" +
+                      error_name(err) + "); hint: libexecutorch_backend_xnnpack.so must be loaded");
+  }
+  WeightCacheStats stats;
+  options.get_option("weight_cache_enabled", stats.default_enabled);
+  options.get_option("workspace_sharing_mode", stats.workspace_sharing_mode);
+  stats.open_sessions = g_open_sessions.load();
+  stats.cached_sessions = g_cached_sessions.load();
+  const Rss rss = read_rss();
+  stats.rss_bytes = rss.total;
+  stats.rss_anon_bytes = rss.anon;
+  stats.rss_file_bytes = rss.file;
+  return stats;
+}
 
 struct Session::Impl {
   std::unique_ptr<Module> module;
@@ -110,13 +160,17 @@ struct Session::Impl {
   size_t memory_planned_inputs = 0;
 };
 
-Session::Session() : impl_(std::make_unique<Impl>()) {}
-Session::~Session() = default;
+Session::Session() : impl_(std::make_unique<Impl>()) { ++g_open_sessions; }
+Session::~Session() {
+  --g_open_sessions;
+  if (weight_cache_) --g_cached_sessions;
+}
 
 size_t Session::memory_planned_inputs() const { return impl_->memory_planned_inputs; }
 
 StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path,
-                                                 const std::string& foundation_path) {
+                                                 const std::string& foundation_path,
+                                                 const SessionOptions& options) {
   if (!is_file(program_path)) {
     return Status(StatusCode::kNotFound, "program file " + program_path +
                                              " not found (expected model.pte of an etlora bundle)");
@@ -126,13 +180,23 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                   "foundation file " + foundation_path +
                       " not found (expected foundation.ptd beside model.pte)");
   }
+  const int64_t anon_before = read_rss().anon;
   std::unique_ptr<Session> session(new Session());
   session->program_path_ = program_path;
   Impl& impl = *session->impl_;
   impl.module = std::make_unique<Module>(program_path, std::vector<std::string>{foundation_path},
                                          Module::LoadMode::Mmap);
   Module& module = *impl.module;
-  if (Error err = module.load(); err != Error::Ok) {
+  // Per-load XNNPACK options (the Module keeps a copy for load_method).
+  executorch::runtime::BackendOptions<1> xnnpack_options;
+  executorch::runtime::LoadBackendOptionsMap backend_options;
+  Error set = xnnpack_options.set_option("weight_cache_enabled", options.weight_cache);
+  if (set == Error::Ok) set = backend_options.set_options(kXnnpackBackend, xnnpack_options.view());
+  if (set != Error::Ok) {
+    return Status(StatusCode::kRuntimeError, std::string("could not build options for backend ") +
+                                                 kXnnpackBackend + " (" + error_name(set) + ")");
+  }
+  if (Error err = module.load(backend_options); err != Error::Ok) {
     return Status(StatusCode::kRuntimeError,
                   "program " + program_path + " with foundation " + foundation_path +
                       " could not be loaded (" + error_name(err) +
@@ -231,6 +295,9 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   impl.zeros.assign(largest_site * info.max_rank, 0.0f);
   Status no_adapters = session->set_adapters({});
   if (!no_adapters.ok()) return no_adapters;
+  session->load_anon_bytes_ = read_rss().anon - anon_before;
+  session->weight_cache_ = options.weight_cache;
+  if (options.weight_cache) ++g_cached_sessions;
   return session;
 }
 

@@ -30,6 +30,31 @@ struct ProgramInfo {
   int64_t vocab_size = 0;
 };
 
+// The XNNPACK weight cache. XNNPACK packs each delegated weight once per
+// named-data key; with the cache on, every Session of the same foundation.ptd
+// (same keys) reuses the packed copy instead of packing its own. The wheel's
+// backend has it off by default; Session turns it on per load (SessionOptions).
+// The backend exposes no entry or hit counters, so these figures are what can
+// be read honestly: the backend's own options, our Sessions, process memory.
+struct WeightCacheStats {
+  bool default_enabled = false;     // XnnpackBackend's global weight_cache_enabled
+  int workspace_sharing_mode = -1;  // 0 disabled, 1 per model, 2 global
+  int64_t open_sessions = 0;        // Sessions alive in this process
+  int64_t cached_sessions = 0;      // ... of which loaded with the cache on
+  int64_t rss_bytes = 0;            // VmRSS of the process
+  int64_t rss_anon_bytes = 0;       // RssAnon: heap, packed weights included
+  int64_t rss_file_bytes = 0;       // RssFile: mapped files (model.pte, .ptd)
+};
+
+// Reads the figures above. Fails if the XNNPACK backend is not registered.
+StatusOr<WeightCacheStats> weight_cache_stats();
+
+struct SessionOptions {
+  // Share packed foundation weights with other Sessions of the same
+  // foundation (XNNPACK option weight_cache_enabled, set for this load only).
+  bool weight_cache = true;
+};
+
 // An adapter to activate: its file and how strongly to apply it.
 struct AdapterChoice {
   std::string path;
@@ -41,7 +66,8 @@ class Session {
   // Loads the program with its foundation weights (both memory-mapped) and
   // reads the constant methods. No adapter is active until set_adapters().
   static StatusOr<std::unique_ptr<Session>> open(const std::string& program_path,
-                                                const std::string& foundation_path);
+                                                const std::string& foundation_path,
+                                                const SessionOptions& options = {});
 
   const ProgramInfo& info() const { return info_; }
   const std::string& program_path() const { return program_path_; }
@@ -69,6 +95,12 @@ class Session {
   // but copies adapter weights into the arena at every set_adapters().
   size_t memory_planned_inputs() const;
 
+  // How much the process's anonymous memory (RssAnon) grew while this Session
+  // loaded: packed weights it did not find in the cache, plus its arenas.
+  // Approximate when other threads allocate during the load.
+  int64_t load_anon_bytes() const { return load_anon_bytes_; }
+  bool weight_cache() const { return weight_cache_; }
+
   ~Session();
 
  private:
@@ -78,6 +110,8 @@ class Session {
   std::string program_path_;
   ProgramInfo info_;
   std::vector<AdapterChoice> active_;
+  int64_t load_anon_bytes_ = 0;
+  bool weight_cache_ = false;
   std::unique_ptr<Impl> impl_;
 };
 
