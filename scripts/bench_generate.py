@@ -71,6 +71,8 @@ class Summary:
 
     prefill_tps: float
     decode_tps: float
+    best_prefill_tps: float  # best repeat: shows what a quiet machine gives when others share the CPU
+    best_decode_tps: float
     prompt_tokens: int  # summed over prompts
     new_tokens: int  # summed over prompts, median repeat
     runs: list[list[dict]]  # [repeat][prompt]
@@ -83,6 +85,8 @@ def summarize(runs: list[list[Run]]) -> Summary:
     return Summary(
         prefill_tps=statistics.median(per_repeat("prefill_tps")),
         decode_tps=statistics.median(per_repeat("decode_tps")),
+        best_prefill_tps=max(per_repeat("prefill_tps")),
+        best_decode_tps=max(per_repeat("decode_tps")),
         prompt_tokens=sum(run.prompt_tokens for run in runs[0]),
         new_tokens=int(statistics.median(sum(run.new_tokens for run in repeat) for repeat in runs)),
         runs=[[{k: v for k, v in asdict(run).items() if k != "token_ids"} for run in repeat] for repeat in runs],
@@ -520,6 +524,7 @@ def main(argv=None) -> int:
                   "prompts": PROMPTS, "max_new_tokens": n, "repeats": args.repeats, "threads": THREADS,
                   "ignore_eos": args.ignore_eos, "max_seq_len": session.max_seq_len},
         "timing_seconds": timing,
+        "load_average_after": os.getloadavg(),
         "results": {engine: {a: asdict(s) for a, s in table.items()} for engine, table in results.items()},
         "derived": derived(results, names),
         "greedy_agreement_with_llama_cpp": agreement,
