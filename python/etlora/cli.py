@@ -114,6 +114,11 @@ def cmd_inspect(args) -> int:
             row.name, str(row.rank), f"{row.alpha:g}", f"{row.scaling:g}", ",".join(row.target_modules), _megabytes(row.size)
         )
     stdout.print(adapters)
+    if report.adapters:
+        stdout.print(
+            f"disk: bundle {_megabytes(report.total_size)} vs {len(report.adapters)} full models "
+            f"{_megabytes(report.naive_disk_bytes)} (saves {_megabytes(report.disk_saving_bytes)})"
+        )
     for problem in report.problems:
         console.print(f"[red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     return 1 if report.problems else 0
@@ -150,6 +155,18 @@ def cmd_run(args) -> int:
         f"decode: {len(result.token_ids)} tokens, {result.decode_tokens_per_second:.1f} tok/s "
         f"(stopped: {result.stop_reason})"
     )
+    return 0
+
+
+def cmd_report(args) -> int:
+    from etlora.report import build_report, write_report
+
+    adapters = [name for name in (args.adapters or "").split(",") if name]
+    report = build_report(args.bundle, args.out, adapters, naive=args.naive, log=lambda text: console.print(f"  {text}"))
+    paths = write_report(report, args.out)
+    stdout.print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    if report.naive_note:
+        console.print(f"note: {escape(report.naive_note)}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -233,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("bundle", help="bundle directory")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
     inspect.set_defaults(run=cmd_inspect)
+
+    report = commands.add_parser(
+        "report",
+        help="memory and disk: the bundle's sessions vs one merged full model per adapter (child processes)",
+        epilog="example: etlora report bundle/ --adapters support,legal --out report/",
+    )
+    report.add_argument("bundle", help="bundle directory")
+    report.add_argument("--adapters", help="comma list of adapters to measure (default: all in the bundle)")
+    report.add_argument("--out", default="report", help="folder for report.json/.md/.png (default report/)")
+    report.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
+                        help="also merge, export and measure one full model per adapter (default on; cached "
+                        "under OUT/naive_cache/)")
+    report.set_defaults(run=cmd_report)
     return parser
 
 

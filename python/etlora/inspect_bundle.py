@@ -46,8 +46,24 @@ class BundleReport:
     def total_size(self) -> int:
         return sum(row.size for row in self.files)
 
+    @property
+    def naive_disk_bytes(self) -> int:
+        """Shipping one merged full model (foundation.ptd + model.pte) per adapter instead."""
+        full_model = sum(row.size for row in self.files if row.role in ("program", "foundation"))
+        return full_model * len(self.adapters)
+
+    @property
+    def disk_saving_bytes(self) -> int:
+        return self.naive_disk_bytes - self.total_size
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "total_size": self.total_size, "ok": not self.problems}
+        return {
+            **asdict(self),
+            "total_size": self.total_size,
+            "naive_disk_bytes": self.naive_disk_bytes,
+            "disk_saving_bytes": self.disk_saving_bytes,
+            "ok": not self.problems,
+        }
 
 
 def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
