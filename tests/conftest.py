@@ -28,8 +28,10 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def fixtures_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fixtures")
-    model = make_tiny_llama(root / "model", seed=0, vocab_size=320)
-    make_tiny_tokenizer(model)  # saved beside the weights, as a Hugging Face checkpoint has it
+    # The tokenizer is saved beside the weights, as in a Hugging Face checkpoint, and the model's
+    # vocabulary is exactly the tokenizer's, so every id the model can pick decodes.
+    tokenizer = make_tiny_tokenizer(root / "model")
+    model = make_tiny_llama(root / "model", seed=0, vocab_size=len(tokenizer))
     for name, spec in ADAPTERS.items():
         make_lora_adapter(model, root / name, **spec)
     return root
