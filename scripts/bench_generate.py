@@ -172,12 +172,7 @@ def load_session(bundle: Path):
 
 def python_run(session, adapter: str, prompt: str, max_new_tokens: int, ignore_eos: bool) -> Run:
     session.set_adapters({} if adapter == NO_ADAPTER else {adapter: 1.0})
-    if ignore_eos:  # the C++ generator that Session.generate calls, with no EOS: exactly N tokens
-        prompt_ids = session.tokenizer.encode_chat(prompt)
-        ids, stats = session._runtime.generate(prompt_ids, max_new_tokens, eos_ids=[])
-        return Run(stats["prefill_tokens_per_second"], stats["decode_tokens_per_second"],
-                   len(prompt_ids), len(ids), list(ids))
-    result = session.generate(prompt, max_new_tokens=max_new_tokens)
+    result = session.generate(prompt, max_new_tokens=max_new_tokens, stop_at_eos=not ignore_eos)
     return Run(result.prefill_tokens_per_second, result.decode_tokens_per_second,
                result.prompt_tokens, len(result.token_ids), list(result.token_ids))
 

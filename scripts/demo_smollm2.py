@@ -15,19 +15,12 @@ import time
 from pathlib import Path
 
 import etlora
-from etlora.cli import main as etlora_cli
+from etlora.cli import run_shown as run_cli
 from etlora.demo_tasks import TASKS
 from etlora.real_model import smollm2_gguf_path
 
 REPO = Path(__file__).resolve().parent.parent
 ADAPTERS = REPO / "assets" / "adapters"
-
-
-def run_cli(*argv: str) -> None:
-    print(f"\n$ etlora {' '.join(argv)}", flush=True)
-    code = etlora_cli(list(argv))
-    if code != 0:
-        sys.exit(f"etlora {argv[0]} failed with exit code {code}")
 
 
 def main() -> None:

@@ -17,17 +17,10 @@ from pathlib import Path
 import numpy as np
 
 import etlora
-from etlora.cli import main as etlora_cli
+from etlora.cli import run_shown as run_cli
 from etlora.testing import make_lora_adapter, make_tiny_llama, peft_logits
 
 TOKENS = [1, 17, 42, 99, 3, 250, 7, 64]
-
-
-def run_cli(*argv: str) -> None:
-    print(f"\n$ etlora {' '.join(argv)}", flush=True)
-    code = etlora_cli(list(argv))
-    if code != 0:
-        sys.exit(f"etlora {argv[0]} failed with exit code {code}")
 
 
 def main() -> None:

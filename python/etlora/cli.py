@@ -266,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_shown(*argv: str) -> None:
+    """Echo and run one etlora command the way a user would type it (demo scripts); exit on failure."""
+    print(f"\n$ etlora {' '.join(argv)}", flush=True)
+    code = main(list(argv))
+    if code != 0:
+        sys.exit(f"etlora {argv[0]} failed with exit code {code}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -141,11 +141,13 @@ class Session:
         seed: int = 0,
         chat: bool = True,
         on_text: Callable[[str], None] | None = None,
+        stop_at_eos: bool = True,
     ) -> Generation:
         """Generate text after `prompt` (greedy by default) with the active adapters.
 
         The chat template is applied when the tokenizer has one and `chat` is true; `on_text`
-        receives the text as it streams.
+        receives the text as it streams. `stop_at_eos=False` always produces max_new_tokens
+        tokens (benchmarks compare equal lengths that way).
         """
         tokenizer = self.tokenizer
         use_chat = chat and tokenizer.has_chat_template
@@ -160,7 +162,7 @@ class Session:
         try:
             ids, stats = self._runtime.generate(
                 prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                on_token=on_token, eos_ids=list(tokenizer.eos_ids),
+                on_token=on_token, eos_ids=list(tokenizer.eos_ids) if stop_at_eos else [],
             )
         except ValueError as error:
             raise EtloraError(str(error)) from None
