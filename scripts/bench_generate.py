@@ -418,6 +418,11 @@ def print_report(report: dict) -> None:
     console.print(table)
     if has_llama:
         console.print("vs none: decode with adapter / without; vs llama.cpp: ours / llama.cpp tok/s, prefill|decode")
+    if report["foundation_only_program"]:
+        base = report["foundation_only_program"]
+        versus = "  ".join(f"{a} {mark(r, DECODE_COST_TARGET)}" for a, r in report["decode_vs_foundation_only"].items())
+        console.print(f"foundation-only program (python): prefill {fmt(base['prefill_tps'])}, decode "
+                      f"{fmt(base['decode_tps'])} tok/s; LoRA program decode / foundation-only: {versus}")
     for note in report["notes"]:
         console.print(f"note: {note}")
 
@@ -439,6 +444,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--ignore-eos", action="store_true",
                         help="decode exactly N tokens (python and llama.cpp; the runner always stops at EOS)")
+    parser.add_argument("--foundation-bundle", type=Path,
+                        help="a foundation-only bundle (etlora export --target-modules none): the honest "
+                             "baseline for what the adapter path costs, since a LoRA program always runs it")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp columns")
     parser.add_argument("--no-runner", action="store_true", help="skip the etlora_runner columns")
     parser.add_argument("--llama-cpp-src", type=Path,
@@ -474,6 +482,14 @@ def main(argv=None) -> int:
         return run
 
     results["etlora python"] = measure(python_one, names, PROMPTS, args.repeats)
+
+    foundation_only = None
+    if args.foundation_bundle:
+        print("foundation-only program ...", file=sys.stderr)
+        base_session, _ = load_session(args.foundation_bundle)
+        foundation_only = measure(lambda a, p: python_run(base_session, NO_ADAPTER, p, n, args.ignore_eos),
+                                  [NO_ADAPTER], PROMPTS, args.repeats)[NO_ADAPTER]
+        del base_session
 
     if args.ignore_eos:
         notes.append("--ignore-eos: python session (its C++ generator, no EOS) and llama.cpp decode exactly "
@@ -522,6 +538,10 @@ def main(argv=None) -> int:
         "load_average_after": os.getloadavg(),
         "results": {engine: {a: asdict(s) for a, s in table.items()} for engine, table in results.items()},
         "derived": derived(results, names),
+        "foundation_only_program": asdict(foundation_only) if foundation_only else None,
+        "decode_vs_foundation_only": {
+            a: ratio(results["etlora python"][a].decode_tps, foundation_only.decode_tps) for a in names
+        } if foundation_only else None,
         "greedy_agreement_with_llama_cpp": agreement,
         "notes": notes,
     }
