@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from etlora.export.errors import EtloraError
+from etlora.export.files import write_atomically
 from etlora.export.manifest import Manifest, read_manifest
 from etlora.inspect_bundle import inspect_bundle
 
@@ -287,12 +288,6 @@ def build_report(
 # writers
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, path)
-
-
 def _mb(size: float) -> str:
     return f"{size / MB:,.1f} MB" if abs(size) >= 0.1 * MB else f"{size / 1e3:,.1f} kB"
 
@@ -401,7 +396,7 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"report.{name}" for name in ("json", "md", "png")}
-    _write_atomic(paths["json"], (json.dumps(report.to_dict(), indent=2) + "\n").encode())
-    _write_atomic(paths["md"], render_markdown(report).encode())
-    _write_atomic(paths["png"], render_png(report))
+    write_atomically(paths["json"], (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    write_atomically(paths["md"], render_markdown(report).encode())
+    write_atomically(paths["png"], render_png(report))
     return paths
