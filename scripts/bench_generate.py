@@ -365,7 +365,7 @@ def derived(results: dict[str, dict[str, Summary]], adapters: list[str]) -> dict
         base = table[NO_ADAPTER].decode_tps
         out["adapter_decode_ratio"][engine] = {a: ratio(table[a].decode_tps, base) for a in adapters if a != NO_ADAPTER}
     if "llama.cpp" in results:
-        for engine in ("etlora python", "etlora runner"):
+        for engine in [e for e in ("etlora python", "etlora runner") if e in results]:
             out["ours_over_llama_cpp"][engine] = {
                 a: {"decode": ratio(results[engine][a].decode_tps, results["llama.cpp"][a].decode_tps),
                     "prefill": ratio(results[engine][a].prefill_tps, results["llama.cpp"][a].prefill_tps)}
