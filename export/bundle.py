@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .adapter_file import ProgramSlots, write_adapter_ptd
+from .adapter_file import ProgramSlots, padded_adapter_tensors, write_adapter_ptd
 from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
 from .errors import AdapterError, BundleError, EtloraError
 from .files import staged_directory
@@ -95,8 +95,8 @@ def export_bundle(
         adapters = [load_adapter(name, path, foundation.shape) for name, path in adapter_dirs.items()]
         spec = _program_spec(foundation.shape, adapters, options)
         slots = spec.slots(foundation)
-        for adapter in adapters:  # fail on rank or target problems before lowering
-            _check_fits(adapter, slots)
+        for adapter in adapters:  # raises on rank or target problems before the slow lowering
+            padded_adapter_tensors(adapter, slots)
     with step("lowering program"):
         lowered = lower_program(foundation, spec)
     with step("writing bundle"), staged_directory(out_dir) as staging:
@@ -146,12 +146,6 @@ def _write_tokenizer(foundation, staging: Path) -> tuple[list[str], TokenizerRec
         )
     written = write_tokenizer_files(foundation.tokenizer, staging / TOKENIZER_DIR)
     return written, TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{TOKENIZER_TEXT_FILE}")
-
-
-def _check_fits(adapter: LoraAdapter, slots: ProgramSlots) -> None:
-    from .adapter_file import padded_adapter_tensors
-
-    padded_adapter_tensors(adapter, slots)  # raises AdapterError naming rank or target problems
 
 
 def bundle_slots(manifest: Manifest) -> ProgramSlots:
