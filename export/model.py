@@ -8,12 +8,13 @@ holding foundation constants only and lets a runtime switch adapters without rel
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .attention_op import cached_attention
 
 # Hugging Face's short names for the linear layers of a Llama block, in a fixed order.
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -154,12 +155,13 @@ class Attention(nn.Module):
         self.k_proj = AdaptableLinear(shape.hidden_size, kv_out, bias, site_path(layer, "k_proj"))
         self.v_proj = AdaptableLinear(shape.hidden_size, kv_out, bias, site_path(layer, "v_proj"))
         self.o_proj = AdaptableLinear(q_out, shape.hidden_size, bias, site_path(layer, "o_proj"))
-        cache_shape = (1, shape.num_kv_heads, max_seq_len, shape.head_dim)
-        # The KV cache is method state (mutable buffers), not a foundation weight.
+        cache_shape = (1, max_seq_len, shape.num_kv_heads, shape.head_dim)
+        # The KV cache is method state (mutable buffers), not a foundation weight; token-major so
+        # that cached_attention writes a call's rows as one block (export/attention_op.py).
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
 
-    def forward(self, x, input_pos, cos, sin, rotation, mask, adapters):
+    def forward(self, x, input_pos, cos, sin, rotation, adapters):
         # Shapes use -1 for the token count and views only of contiguous tensors: XNNPACK takes
         # reshapes with one inferred dimension but not symbolic ones, and every op it refuses
         # splits the delegate, which costs time at every token.
@@ -169,21 +171,9 @@ class Attention(nn.Module):
         v = self.v_proj(x, adapters).view(1, -1, s.num_kv_heads, s.head_dim)
         q = q * cos + F.linear(q, rotation) * sin  # RoPE on [1, T, heads, head_dim]
         k = k * cos + F.linear(k, rotation) * sin
-        self.k_cache[:, :, input_pos] = k.transpose(1, 2)
-        self.v_cache[:, :, input_pos] = v.transpose(1, 2)
-        # Grouped-query attention without repeating the cache: the query heads that share a KV
-        # head are stacked along the row axis, [1, kv_heads, groups * T, head_dim].
-        groups = s.num_heads // s.num_kv_heads
-        grouped_q = q.view(1, -1, s.num_kv_heads, groups, s.head_dim).permute(0, 2, 3, 1, 4)
-        grouped_q = grouped_q.contiguous().view(s.num_kv_heads, -1, s.head_dim)
-        # bmm on 3D tensors: a 4D matmul would add expand/view ops that XNNPACK leaves outside.
-        keys = self.k_cache.view(s.num_kv_heads, -1, s.head_dim).transpose(1, 2)
-        values = self.v_cache.view(s.num_kv_heads, -1, s.head_dim)
-        scores = torch.bmm(grouped_q, keys) * (1.0 / math.sqrt(s.head_dim))
-        weights = torch.softmax(scores + mask, dim=-1)
-        out = torch.bmm(weights, values).view(s.num_kv_heads, groups, -1, s.head_dim)
-        out = out.permute(2, 0, 1, 3).contiguous().view(1, -1, s.num_heads * s.head_dim)
-        return self.o_proj(out, adapters)
+        # Cache update and attention over the filled prefix, in place, in our runtime's kernel.
+        out = cached_attention(q, k, v, self.k_cache, self.v_cache, input_pos)
+        return self.o_proj(out.view(1, -1, s.num_heads * s.head_dim), adapters)
 
 
 class MLP(nn.Module):
@@ -207,8 +197,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
         self.mlp = MLP(shape, layer)
 
-    def forward(self, x, input_pos, cos, sin, rotation, mask, adapters):
-        x = x + self.self_attn(self.input_layernorm(x), input_pos, cos, sin, rotation, mask, adapters)
+    def forward(self, x, input_pos, cos, sin, rotation, adapters):
+        x = x + self.self_attn(self.input_layernorm(x), input_pos, cos, sin, rotation, adapters)
         return x + self.mlp(self.post_attention_layernorm(x), adapters)
 
 
@@ -246,9 +236,6 @@ class LlamaForExport(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)
         self.register_buffer("rope_cos", angles.cos() * rope_attention_scaling, persistent=False)
         self.register_buffer("rope_sin", angles.sin() * rope_attention_scaling, persistent=False)
-        self.register_buffer(
-            "cache_positions", torch.arange(max_seq_len, dtype=torch.int64), persistent=False
-        )
         self.register_buffer("rope_rotation", rotate_half_matrix(shape.head_dim), persistent=False)
 
     def forward(self, tokens, input_pos, adapter_scales, *adapter_tensors):
@@ -256,11 +243,7 @@ class LlamaForExport(nn.Module):
         x = self.model.embed_tokens(tokens)
         cos = self.rope_cos[input_pos].unsqueeze(1)  # [T, 1, head_dim]: broadcast over heads
         sin = self.rope_sin[input_pos].unsqueeze(1)
-        # Attend to cached positions up to each query's own: later cache rows are stale or empty.
-        visible = self.cache_positions.unsqueeze(0) <= input_pos.unsqueeze(1)
-        groups = self.shape.num_heads // self.shape.num_kv_heads
-        mask = torch.where(visible, 0.0, float("-inf")).repeat(groups, 1)  # rows as in grouped_q
         for layer in self.model.layers:
-            x = layer(x, input_pos, cos, sin, self.rope_rotation, mask, adapters)
+            x = layer(x, input_pos, cos, sin, self.rope_rotation, adapters)
         last = self.model.norm(x[:, -1, :])
         return self.lm_head(last)

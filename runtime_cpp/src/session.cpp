@@ -17,6 +17,7 @@
 #include <executorch/runtime/backend/options.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 
+#include "etlora/kernels.h"
 #include "format_util.h"
 
 namespace etlora {
@@ -180,6 +181,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                   "foundation file " + foundation_path +
                       " not found (expected foundation.ptd beside model.pte)");
   }
+  if (Status registered = register_kernels(); !registered.ok()) return registered;
   const int64_t anon_before = read_rss().anon;
   std::unique_ptr<Session> session(new Session());
   session->program_path_ = program_path;
@@ -439,9 +441,10 @@ StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens
   }
   auto outputs = impl.module->execute("forward");
   if (!outputs.ok()) {
-    return Status(StatusCode::kRuntimeError, "program " + program_path_ +
-                                                 ": forward failed (" +
-                                                 error_name(outputs.error()) + ")");
+    const std::string kernel_error = last_kernel_error();
+    return Status(StatusCode::kRuntimeError,
+                  "program " + program_path_ + ": forward failed (" + error_name(outputs.error()) +
+                      ")" + (kernel_error.empty() ? "" : ": " + kernel_error));
   }
   if (outputs->empty() || !(*outputs)[0].isTensor()) {
     return Status(StatusCode::kRuntimeError,

@@ -7,6 +7,7 @@
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 
+#include <etlora/kernels.h>
 #include <etlora/session.h>
 
 #include "test_bundle.h"
@@ -98,6 +99,9 @@ int main() {
     std::printf("skipped: set ETLORA_TEST_BUNDLE to a bundle with adapters/*.ptd\n");
     return etlora_test::kSkipped;
   }
+  // Upstream's Module runs the program with the stock kernels plus etlora's attention kernel.
+  const etlora::Status registered = etlora::register_kernels();
+  EXPECT(registered.ok(), "%s", registered.message().c_str());
   for (const std::string& adapter : adapters) {
     const std::vector<float> expected = upstream_logits(bundle, adapter);
     EXPECT(!expected.empty(), "upstream run failed for %s", adapter.c_str());

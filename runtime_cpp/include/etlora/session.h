@@ -16,7 +16,7 @@
 namespace etlora {
 
 // The format version this runtime reads.
-constexpr int64_t kFormatVersion = 1;
+constexpr int64_t kFormatVersion = 2;
 
 // What the program's constant methods say about its input layout.
 struct ProgramInfo {

@@ -1,0 +1,71 @@
+"""`etlora::cached_attention`: write this call's keys and values into the KV cache, attend over it.
+
+Why a custom op: in plain ATen the cache update is a functional index_put that copies the whole
+cache at every layer and token, and attention runs over every cache row (masked) instead of the
+filled prefix. Our runtime's kernel (runtime_cpp/src/cached_attention.cpp) updates the cache in
+place and reads only positions 0 .. input_pos[-1]. This module defines the op's schema for
+torch.export and ExecuTorch's out-variant pass, and an eager reference the export traces through
+and the tests compare against.
+
+Layouts (docs/bundle-format.md): query [1, T, heads, head_dim], key/value [1, T, kv_heads,
+head_dim], caches [1, max_seq_len, kv_heads, head_dim] (token-major, so a call's rows are one
+contiguous block), input_pos [T] int64 consecutive positions; output [1, T, heads, head_dim].
+Query i attends to cache positions <= input_pos[i]; heads share kv heads in groups of
+heads / kv_heads (grouped-query attention); scores are scaled by 1/sqrt(head_dim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NAMESPACE = "etlora"
+OP_NAME = "cached_attention"
+_ARGS = (
+    "Tensor query, Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
+    "Tensor input_pos"
+)
+
+_library = torch.library.Library(NAMESPACE, "DEF")
+_library.define(f"{OP_NAME}({_ARGS}) -> Tensor")
+_library.define(f"{OP_NAME}.out({_ARGS}, *, Tensor(c!) out) -> Tensor(c!)")
+
+
+def _reference(query, key, value, key_cache, value_cache, input_pos) -> torch.Tensor:
+    key_cache[:, input_pos] = key
+    value_cache[:, input_pos] = value
+    heads, kv_heads = query.shape[2], key_cache.shape[2]
+    groups = heads // kv_heads
+    keys = key_cache[0].repeat_interleave(groups, dim=1).transpose(0, 1)  # [heads, S, D]
+    values = value_cache[0].repeat_interleave(groups, dim=1).transpose(0, 1)
+    queries = query[0].transpose(0, 1)  # [heads, T, D]
+    scores = queries @ keys.transpose(1, 2) / math.sqrt(query.shape[-1])
+    positions = torch.arange(key_cache.shape[1], device=query.device)
+    visible = positions.unsqueeze(0) <= input_pos.unsqueeze(1)  # [T, S]
+    scores = scores.masked_fill(~visible, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ values  # [heads, T, D]
+    return out.transpose(0, 1).unsqueeze(0).contiguous()
+
+
+def _reference_out(query, key, value, key_cache, value_cache, input_pos, *, out):
+    out.copy_(_reference(query, key, value, key_cache, value_cache, input_pos))
+    return out
+
+
+def _fake(query, key, value, key_cache, value_cache, input_pos):
+    return torch.empty_like(query)
+
+
+def _fake_out(query, key, value, key_cache, value_cache, input_pos, *, out):
+    return out
+
+
+_library.impl(OP_NAME, _reference, "CompositeExplicitAutograd")
+_library.impl(f"{OP_NAME}.out", _reference_out, "CompositeExplicitAutograd")
+_library.impl(OP_NAME, _fake, "Meta")
+_library.impl(f"{OP_NAME}.out", _fake_out, "Meta")
+
+
+def cached_attention(query, key, value, key_cache, value_cache, input_pos) -> torch.Tensor:
+    return torch.ops.etlora.cached_attention(query, key, value, key_cache, value_cache, input_pos)
