@@ -186,12 +186,16 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
                  row_stride, head_dim, scale, scores.data(), result + offset);
     }
   };
-  // Decode (one token) is too little work to be worth waking the thread pool.
+  // Below about a quarter million multiply-adds (a decode step) waking the thread pool costs
+  // more than it saves.
   const int64_t items = tokens * heads;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, (positions[tokens - 1] + 1) * head_dim));
-  if (items <= grain) {
+  const int64_t visible = positions[tokens - 1] + 1;
+  const int64_t work_per_item = std::max<int64_t>(1, visible * head_dim * 2);
+  constexpr int64_t kParallelWork = int64_t{1} << 18;
+  if (items * work_per_item < kParallelWork) {
     run_rows(0, items);
   } else {
+    const int64_t grain = std::max<int64_t>(1, (kParallelWork / 8) / work_per_item);
     executorch::extension::parallel_for(0, items, grain, run_rows);
   }
 }

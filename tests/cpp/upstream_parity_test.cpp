@@ -30,8 +30,10 @@ std::vector<int64_t> ints_of(Module& module, const char* method) {
   return ints;
 }
 
-// Upstream-only logits for tokens 1..5 with `adapter` in slot 0 at strength 1.
-std::vector<float> upstream_logits(const std::string& bundle, const std::string& adapter) {
+// Upstream-only logits for tokens 1..5 with `adapter` in slot 0 at strength 1, at positions
+// 0..4, or (past_cache_end) at positions that run two rows past the KV cache.
+std::vector<float> upstream_logits(const std::string& bundle, const std::string& adapter,
+                                   bool past_cache_end = false) {
   Module module(bundle + "/model.pte", {bundle + "/foundation.ptd", adapter},
                 Module::LoadMode::Mmap);
   if (module.load() != Error::Ok) {
@@ -56,6 +58,10 @@ std::vector<float> upstream_logits(const std::string& bundle, const std::string&
   std::vector<TensorPtr> tensors;
   std::vector<int64_t> tokens = {1, 2, 3, 4, 5};
   std::vector<int64_t> positions = {0, 1, 2, 3, 4};
+  if (past_cache_end) {
+    const int64_t capacity = ints_of(module, "etlora_max_seq_len")[0];
+    for (int64_t& position : positions) position += capacity - 3;
+  }
   std::vector<float> scales(slots, 0.0f);
   scales[0] = scaling;
   tensors.push_back(make_tensor_ptr({1, 5}, tokens.data(), ScalarType::Long));
@@ -119,6 +125,9 @@ int main() {
                 expected.size());
     EXPECT(diff <= 1e-5f, "logits differ by %g", diff);
   }
+  // Positions past the KV cache are refused (by the RoPE table lookup, before attention).
+  const std::vector<float> refused = upstream_logits(bundle, adapters[0], /*past_cache_end=*/true);
+  EXPECT(refused.empty(), "forward with positions past the KV cache should fail");
   std::printf("%s\n", etlora_test::failures ? "FAILED" : "PASSED");
   return etlora_test::failures ? 1 : 0;
 }

@@ -1,0 +1,142 @@
+// etlora::cached_attention.out, called through ExecuTorch's kernel registry as
+// a program would: against a naive double-precision reference for a prefill
+// large enough to take the threaded path and for a decode step after it, and
+// with a position past the cache, which must fail without writing anything.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/kernel/kernel_runtime_context.h>
+#include <executorch/runtime/kernel/operator_registry.h>
+
+#include <etlora/kernels.h>
+
+#include "test_bundle.h"
+
+using executorch::aten::ScalarType;
+using executorch::extension::make_tensor_ptr;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::KernelRuntimeContext;
+
+namespace {
+
+constexpr int64_t kHeads = 8, kKvHeads = 2, kHeadDim = 64, kCapacity = 96;
+constexpr int64_t kRow = kKvHeads * kHeadDim;
+
+struct Cache {
+  std::vector<float> keys = std::vector<float>(kCapacity * kRow, 0.0f);
+  std::vector<float> values = std::vector<float>(kCapacity * kRow, 0.0f);
+};
+
+std::vector<float> random_values(size_t count, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> values(count);
+  for (float& v : values) v = normal(rng);
+  return values;
+}
+
+// out[t, h, :] over cache rows 0..positions[t] after writing this call's rows.
+std::vector<double> reference(const std::vector<float>& query, const Cache& cache,
+                              const std::vector<int64_t>& positions) {
+  const int64_t tokens = static_cast<int64_t>(positions.size());
+  std::vector<double> out(tokens * kHeads * kHeadDim, 0.0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t h = 0; h < kHeads; ++h) {
+      const int64_t kv = h / (kHeads / kKvHeads);
+      const float* q = &query[(t * kHeads + h) * kHeadDim];
+      std::vector<double> weights(positions[t] + 1);
+      double top = -1e300, total = 0;
+      for (int64_t j = 0; j <= positions[t]; ++j) {
+        double score = 0;
+        for (int64_t d = 0; d < kHeadDim; ++d) score += q[d] * cache.keys[j * kRow + kv * kHeadDim + d];
+        weights[j] = score / std::sqrt(double(kHeadDim));
+        top = std::max(top, weights[j]);
+      }
+      for (double& w : weights) total += (w = std::exp(w - top));
+      for (int64_t j = 0; j <= positions[t]; ++j) {
+        for (int64_t d = 0; d < kHeadDim; ++d) {
+          out[(t * kHeads + h) * kHeadDim + d] +=
+              weights[j] / total * cache.values[j * kRow + kv * kHeadDim + d];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// Runs the kernel; returns its failure state and fills `out`.
+Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
+           std::vector<float>& value, std::vector<int64_t>& positions, std::vector<float>& out) {
+  const int32_t tokens = static_cast<int32_t>(positions.size());
+  auto q = make_tensor_ptr({1, tokens, int32_t(kHeads), int32_t(kHeadDim)}, query.data(), ScalarType::Float);
+  auto k = make_tensor_ptr({1, tokens, int32_t(kKvHeads), int32_t(kHeadDim)}, key.data(), ScalarType::Float);
+  auto v = make_tensor_ptr({1, tokens, int32_t(kKvHeads), int32_t(kHeadDim)}, value.data(), ScalarType::Float);
+  auto kc = make_tensor_ptr({1, int32_t(kCapacity), int32_t(kKvHeads), int32_t(kHeadDim)}, cache.keys.data(), ScalarType::Float);
+  auto vc = make_tensor_ptr({1, int32_t(kCapacity), int32_t(kKvHeads), int32_t(kHeadDim)}, cache.values.data(), ScalarType::Float);
+  auto pos = make_tensor_ptr({tokens}, positions.data(), ScalarType::Long);
+  out.assign(query.size(), 0.0f);
+  auto o = make_tensor_ptr({1, tokens, int32_t(kHeads), int32_t(kHeadDim)}, out.data(), ScalarType::Float);
+  EValue args[] = {EValue(*q), EValue(*k), EValue(*v), EValue(*kc), EValue(*vc), EValue(*pos), EValue(*o), EValue(*o)};
+  EValue* stack[8];
+  for (int i = 0; i < 8; ++i) stack[i] = &args[i];
+  auto op = executorch::runtime::get_op_function_from_registry("etlora::cached_attention.out");
+  if (!op.ok()) return op.error();
+  KernelRuntimeContext context;
+  (*op)(context, {stack, 8});
+  return context.failure_state();
+}
+
+double max_diff(const std::vector<float>& out, const std::vector<double>& expected) {
+  double diff = 0;
+  for (size_t i = 0; i < out.size(); ++i) diff = std::max(diff, std::abs(out[i] - expected[i]));
+  return diff;
+}
+
+}  // namespace
+
+int main() {
+  const etlora::Status registered = etlora::register_kernels();
+  EXPECT(registered.ok(), "%s", registered.message().c_str());
+  std::mt19937 rng(7);
+  Cache cache;
+  std::vector<float> out;
+
+  // Prefill of 80 tokens: enough work for the thread pool path.
+  std::vector<int64_t> positions(80);
+  for (int64_t t = 0; t < 80; ++t) positions[t] = t;
+  auto query = random_values(80 * kHeads * kHeadDim, rng);
+  auto key = random_values(80 * kRow, rng), value = random_values(80 * kRow, rng);
+  Error err = call(cache, query, key, value, positions, out);
+  EXPECT(err == Error::Ok, "prefill failed: %s", etlora::last_kernel_error().c_str());
+  EXPECT(std::equal(key.begin(), key.end(), cache.keys.begin()), "prefill keys written to rows 0..79");
+  double diff = max_diff(out, reference(query, cache, positions));
+  std::printf("prefill: max |kernel - reference| = %g\n", diff);
+  EXPECT(diff < 1e-5, "prefill differs by %g", diff);
+
+  // One decode step at position 80 reads all 81 rows.
+  std::vector<int64_t> next = {80};
+  auto step_query = random_values(kHeads * kHeadDim, rng);
+  auto step_key = random_values(kRow, rng), step_value = random_values(kRow, rng);
+  err = call(cache, step_query, step_key, step_value, next, out);
+  EXPECT(err == Error::Ok, "decode failed: %s", etlora::last_kernel_error().c_str());
+  diff = max_diff(out, reference(step_query, cache, next));
+  std::printf("decode: max |kernel - reference| = %g\n", diff);
+  EXPECT(diff < 1e-5, "decode differs by %g", diff);
+
+  // A position past the cache: refused, named, and nothing written.
+  const Cache before = cache;
+  std::vector<int64_t> outside = {kCapacity};
+  err = call(cache, step_query, step_key, step_value, outside, out);
+  const std::string message = etlora::last_kernel_error();
+  std::printf("past the cache: %s\n", message.c_str());
+  EXPECT(err == Error::InvalidArgument, "expected InvalidArgument, got 0x%x", unsigned(err));
+  EXPECT(etlora_test::contains(message, "outside the KV cache"), "message names the cause: %s",
+         message.c_str());
+  EXPECT(cache.keys == before.keys && cache.values == before.values, "cache unchanged");
+
+  std::printf("%s\n", etlora_test::failures ? "FAILED" : "PASSED");
+  return etlora_test::failures ? 1 : 0;
+}
