@@ -1,4 +1,4 @@
-"""`etlora::cached_attention`: write this call's keys and values into the KV cache, attend over it.
+"""`etlora::cached_attention`: rotate (RoPE), write into the KV cache, attend over the filled prefix.
 
 Why a custom op: in plain ATen the cache update is a functional index_put that copies the whole
 cache at every layer and token, and attention runs over every cache row (masked) instead of the
@@ -7,11 +7,15 @@ place and reads only positions 0 .. input_pos[-1]. This module defines the op's 
 torch.export and ExecuTorch's out-variant pass, and an eager reference the export traces through
 and the tests compare against.
 
-Layouts (docs/bundle-format.md): query [1, T, heads, head_dim], key/value [1, T, kv_heads,
-head_dim], caches [1, max_seq_len, kv_heads, head_dim] (token-major, so a call's rows are one
-contiguous block), input_pos [T] int64 consecutive positions; output [1, T, heads, head_dim].
-Query i attends to cache positions <= input_pos[i]; heads share kv heads in groups of
-heads / kv_heads (grouped-query attention); scores are scaled by 1/sqrt(head_dim).
+The rotary embedding is applied here too: in the graph it is four small ops per projection, and
+every op of the XNNPACK delegate costs a thread-pool round trip at every layer and token.
+
+Layouts (docs/bundle-format.md): query [1, T, heads, head_dim] and key/value [1, T, kv_heads,
+head_dim] as the projections produce them (not rotated), caches [1, max_seq_len, kv_heads, head_dim]
+(token-major, so a call's rows are one contiguous block, keys stored rotated), input_pos [T] int64,
+rope_cos/rope_sin [max_seq_len, head_dim] (the rotary tables, rotate-half convention); output
+[1, T, heads, head_dim]. Query i attends to cache positions <= input_pos[i]; heads share kv heads in
+groups of heads / kv_heads (grouped-query attention); scores are scaled by 1/sqrt(head_dim).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ NAMESPACE = "etlora"
 OP_NAME = "cached_attention"
 _ARGS = (
     "Tensor query, Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
-    "Tensor input_pos"
+    "Tensor input_pos, Tensor rope_cos, Tensor rope_sin"
 )
 
 _library = torch.library.Library(NAMESPACE, "DEF")
@@ -32,7 +36,16 @@ _library.define(f"{OP_NAME}({_ARGS}) -> Tensor")
 _library.define(f"{OP_NAME}.out({_ARGS}, *, Tensor(c!) out) -> Tensor(c!)")
 
 
-def _reference(query, key, value, key_cache, value_cache, input_pos) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [1, T, heads, head_dim] rotated by the rows cos/sin [T, head_dim] (rotate-half)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+
+
+def _reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin):
+    cos, sin = rope_cos[input_pos], rope_sin[input_pos]
+    query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
     key_cache[:, input_pos] = key
     value_cache[:, input_pos] = value
     heads, kv_heads = query.shape[2], key_cache.shape[2]
@@ -48,16 +61,16 @@ def _reference(query, key, value, key_cache, value_cache, input_pos) -> torch.Te
     return out.transpose(0, 1).unsqueeze(0).contiguous()
 
 
-def _reference_out(query, key, value, key_cache, value_cache, input_pos, *, out):
-    out.copy_(_reference(query, key, value, key_cache, value_cache, input_pos))
+def _reference_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *, out):
+    out.copy_(_reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin))
     return out
 
 
-def _fake(query, key, value, key_cache, value_cache, input_pos):
+def _fake(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin):
     return torch.empty_like(query)
 
 
-def _fake_out(query, key, value, key_cache, value_cache, input_pos, *, out):
+def _fake_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *, out):
     return out
 
 
@@ -67,5 +80,7 @@ _library.impl(OP_NAME, _fake, "Meta")
 _library.impl(f"{OP_NAME}.out", _fake_out, "Meta")
 
 
-def cached_attention(query, key, value, key_cache, value_cache, input_pos) -> torch.Tensor:
-    return torch.ops.etlora.cached_attention(query, key, value, key_cache, value_cache, input_pos)
+def cached_attention(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin):
+    return torch.ops.etlora.cached_attention(
+        query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin
+    )

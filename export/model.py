@@ -132,18 +132,6 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(variance + self.eps))
 
 
-def rotate_half_matrix(head_dim: int) -> torch.Tensor:
-    """W with F.linear(x, W) == cat(-x[half:], x[:half]).
-
-    A linear layer stays inside XNNPACK; slices of a tensor with a dynamic length do not.
-    """
-    half = head_dim // 2
-    rotation = torch.zeros(head_dim, head_dim)
-    rotation[:half, half:] = -torch.eye(half)
-    rotation[half:, :half] = torch.eye(half)
-    return rotation
-
-
 class Attention(nn.Module):
     def __init__(self, shape: LlamaShape, layer: int, max_seq_len: int):
         super().__init__()
@@ -161,7 +149,7 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
 
-    def forward(self, x, input_pos, cos, sin, rotation, adapters):
+    def forward(self, x, input_pos, rope_cos, rope_sin, adapters):
         # Shapes use -1 for the token count and views only of contiguous tensors: XNNPACK takes
         # reshapes with one inferred dimension but not symbolic ones, and every op it refuses
         # splits the delegate, which costs time at every token.
@@ -169,10 +157,8 @@ class Attention(nn.Module):
         q = self.q_proj(x, adapters).view(1, -1, s.num_heads, s.head_dim)
         k = self.k_proj(x, adapters).view(1, -1, s.num_kv_heads, s.head_dim)
         v = self.v_proj(x, adapters).view(1, -1, s.num_kv_heads, s.head_dim)
-        q = q * cos + F.linear(q, rotation) * sin  # RoPE on [1, T, heads, head_dim]
-        k = k * cos + F.linear(k, rotation) * sin
-        # Cache update and attention over the filled prefix, in place, in our runtime's kernel.
-        out = cached_attention(q, k, v, self.k_cache, self.v_cache, input_pos)
+        # RoPE, cache update and attention over the filled prefix, in place, in our runtime's kernel.
+        out = cached_attention(q, k, v, self.k_cache, self.v_cache, input_pos, rope_cos, rope_sin)
         return self.o_proj(out.view(1, -1, s.num_heads * s.head_dim), adapters)
 
 
@@ -197,8 +183,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
         self.mlp = MLP(shape, layer)
 
-    def forward(self, x, input_pos, cos, sin, rotation, adapters):
-        x = x + self.self_attn(self.input_layernorm(x), input_pos, cos, sin, rotation, adapters)
+    def forward(self, x, input_pos, rope_cos, rope_sin, adapters):
+        x = x + self.self_attn(self.input_layernorm(x), input_pos, rope_cos, rope_sin, adapters)
         return x + self.mlp(self.post_attention_layernorm(x), adapters)
 
 
@@ -236,14 +222,11 @@ class LlamaForExport(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)
         self.register_buffer("rope_cos", angles.cos() * rope_attention_scaling, persistent=False)
         self.register_buffer("rope_sin", angles.sin() * rope_attention_scaling, persistent=False)
-        self.register_buffer("rope_rotation", rotate_half_matrix(shape.head_dim), persistent=False)
 
     def forward(self, tokens, input_pos, adapter_scales, *adapter_tensors):
         adapters = AdapterInputs(self.sites, self.adapter_slots, adapter_scales, adapter_tensors)
         x = self.model.embed_tokens(tokens)
-        cos = self.rope_cos[input_pos].unsqueeze(1)  # [T, 1, head_dim]: broadcast over heads
-        sin = self.rope_sin[input_pos].unsqueeze(1)
         for layer in self.model.layers:
-            x = layer(x, input_pos, cos, sin, self.rope_rotation, adapters)
+            x = layer(x, input_pos, self.rope_cos, self.rope_sin, adapters)
         last = self.model.norm(x[:, -1, :])
         return self.lm_head(last)

@@ -21,7 +21,7 @@ from .model import Attention, LlamaForExport
 FORMAT_VERSION = 2  # 2: KV cache [1, S, kv_heads, head_dim] updated by etlora::cached_attention
 FOUNDATION_TAG = "foundation"
 # Buffers computed from the foundation's config rather than loaded from its checkpoint.
-DERIVED_CONSTANTS = ("rope_cos", "rope_sin", "rope_rotation")
+DERIVED_CONSTANTS = ("rope_cos", "rope_sin")
 
 
 class Backend(enum.Enum):

@@ -67,3 +67,20 @@ def test_prefill_then_decode_matches_full_prefill(bundle):
     session.forward(TOKENS[:-1], 0)
     stepped = session.forward(TOKENS[-1:], len(TOKENS) - 1)
     assert_close(stepped, full)
+
+
+def test_export_model_in_pytorch_matches_peft(model_dir, references):
+    """The graph torch.export sees (model.py + the attention op's eager reference), run in PyTorch."""
+    import torch
+
+    from etlora.export.foundation import load_foundation
+    from etlora.export.program import Backend, ProgramSpec, build_model
+
+    foundation = load_foundation(model_dir)
+    spec = ProgramSpec((), (), max_rank=1, adapter_slots=0, max_seq_len=32, backend=Backend.XNNPACK)
+    model = build_model(foundation, spec)
+    tokens = torch.tensor([TOKENS])
+    with torch.no_grad():
+        model(tokens[:, :-1], torch.arange(len(TOKENS) - 1), torch.zeros(0))  # prefill
+        stepped = model(tokens[:, -1:], torch.tensor([len(TOKENS) - 1]), torch.zeros(0))  # decode
+    assert_close(stepped.reshape(-1).numpy(), references[None])

@@ -1,14 +1,15 @@
-// etlora::cached_attention.out: the KV cache update and attention of one
-// decoder layer (schema and reference: export/attention_op.py).
+// etlora::cached_attention.out: rotary embedding, KV cache update and
+// attention of one decoder layer (schema and reference: export/attention_op.py).
 //
 // Why our own kernel: expressed in ATen, the cache update is a functional
-// index_put that copies the whole cache at every layer and token, and the
-// attention runs over every cache row under a mask. Here the call's keys and
-// values are written in place and each query reads only the rows up to its
-// own position.
+// index_put that copies the whole cache at every layer and token, attention
+// runs over every cache row under a mask, and RoPE is four small delegate ops
+// per projection. Here the call's keys and values are rotated and written in
+// place and each query reads only the rows up to its own position.
 //
 // Layouts: query/out [1, T, H, D], key/value [1, T, KV, D], caches
-// [1, S, KV, D], input_pos [T] int64; query head h reads kv head h / (H / KV).
+// [1, S, KV, D], input_pos [T] int64, rope_cos/rope_sin [S, D]; query head h
+// reads kv head h / (H / KV).
 
 #include "etlora/kernels.h"
 
@@ -67,6 +68,14 @@ void add_scaled(float* out, const float* row, float weight, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] += weight * row[i];
 }
 
+// out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x[half:], x[:half]].
+ETLORA_VECTOR_CLONES
+void rotate(const float* x, const float* cos, const float* sin, int64_t head_dim, float* out) {
+  const int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] - x[i + half] * sin[i];
+  for (int64_t i = half; i < head_dim; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+}
+
 // One query row of one head against cache rows [0, visible).
 void attend_row(const float* query, const float* key_cache, const float* value_cache,
                 int64_t visible, int64_t row_stride, int64_t head_dim, float scale,
@@ -103,7 +112,7 @@ bool fail(KernelRuntimeContext& context, std::string message) {
 
 bool check_layout(KernelRuntimeContext& context, const Tensor& query, const Tensor& key,
                   const Tensor& value, const Tensor& key_cache, const Tensor& value_cache,
-                  const Tensor& input_pos) {
+                  const Tensor& input_pos, const Tensor& rope_cos, const Tensor& rope_sin) {
   const Tensor* floats[] = {&query, &key, &value, &key_cache, &value_cache};
   const char* names[] = {"query", "key", "value", "key_cache", "value_cache"};
   for (int i = 0; i < 5; ++i) {
@@ -130,8 +139,17 @@ bool check_layout(KernelRuntimeContext& context, const Tensor& query, const Tens
     return fail(context, "input_pos: expected int64 [" + std::to_string(tokens) + "], got " +
                              shape_string(input_pos));
   }
-  const int64_t* positions = input_pos.const_data_ptr<int64_t>();
   const int64_t capacity = key_cache.size(1);
+  for (const Tensor* table : {&rope_cos, &rope_sin}) {
+    if (table->scalar_type() != ScalarType::Float || table->dim() != 2 ||
+        table->size(0) != capacity || table->size(1) != head_dim || head_dim % 2 != 0) {
+      return fail(context, std::string(table == &rope_cos ? "rope_cos" : "rope_sin") +
+                               ": expected float32 [" + std::to_string(capacity) + ", " +
+                               std::to_string(head_dim) + "] with an even head_dim, got " +
+                               shape_string(*table));
+    }
+  }
+  const int64_t* positions = input_pos.const_data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t) {
     if (positions[t] < 0 || positions[t] >= capacity) {
       return fail(context, "input_pos[" + std::to_string(t) + "] = " + std::to_string(positions[t]) +
@@ -143,8 +161,8 @@ bool check_layout(KernelRuntimeContext& context, const Tensor& query, const Tens
 }
 
 void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
-  if (stack.size() < 7) {
-    fail(context, "expected 7 arguments, got " + std::to_string(stack.size()));
+  if (stack.size() < 9) {
+    fail(context, "expected 9 arguments, got " + std::to_string(stack.size()));
     return;
   }
   const Tensor& query = stack[0]->toTensor();
@@ -153,8 +171,13 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   Tensor& key_cache = stack[3]->toTensor();
   Tensor& value_cache = stack[4]->toTensor();
   const Tensor& input_pos = stack[5]->toTensor();
-  Tensor& out = stack[6]->toTensor();
-  if (!check_layout(context, query, key, value, key_cache, value_cache, input_pos)) return;
+  const Tensor& rope_cos = stack[6]->toTensor();
+  const Tensor& rope_sin = stack[7]->toTensor();
+  Tensor& out = stack[8]->toTensor();
+  if (!check_layout(context, query, key, value, key_cache, value_cache, input_pos, rope_cos,
+                    rope_sin)) {
+    return;
+  }
   if (executorch::runtime::resize_tensor(out, query.sizes()) != Error::Ok) {
     fail(context, "out: cannot hold " + shape_string(query) + ", planned " + shape_string(out));
     return;
@@ -166,9 +189,15 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const int64_t* positions = input_pos.const_data_ptr<int64_t>();
   float* keys = key_cache.mutable_data_ptr<float>();
   float* values = value_cache.mutable_data_ptr<float>();
+  const float* cos_table = rope_cos.const_data_ptr<float>();
+  const float* sin_table = rope_sin.const_data_ptr<float>();
   for (int64_t t = 0; t < tokens; ++t) {
-    std::memcpy(keys + positions[t] * row_stride, key.const_data_ptr<float>() + t * row_stride,
-                row_stride * sizeof(float));
+    const float* cos = cos_table + positions[t] * head_dim;
+    const float* sin = sin_table + positions[t] * head_dim;
+    for (int64_t kv = 0; kv < kv_heads; ++kv) {
+      rotate(key.const_data_ptr<float>() + t * row_stride + kv * head_dim, cos, sin, head_dim,
+             keys + positions[t] * row_stride + kv * head_dim);
+    }
     std::memcpy(values + positions[t] * row_stride, value.const_data_ptr<float>() + t * row_stride,
                 row_stride * sizeof(float));
   }
@@ -178,12 +207,14 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const float* queries = query.const_data_ptr<float>();
   float* result = out.mutable_data_ptr<float>();
   auto run_rows = [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(capacity);
+    std::vector<float> scores(capacity), rotated_query(head_dim);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads, kv = h / groups;
       const int64_t offset = (t * heads + h) * head_dim;
-      attend_row(queries + offset, keys + kv * head_dim, values + kv * head_dim, positions[t] + 1,
-                 row_stride, head_dim, scale, scores.data(), result + offset);
+      rotate(queries + offset, cos_table + positions[t] * head_dim,
+             sin_table + positions[t] * head_dim, head_dim, rotated_query.data());
+      attend_row(rotated_query.data(), keys + kv * head_dim, values + kv * head_dim,
+                 positions[t] + 1, row_stride, head_dim, scale, scores.data(), result + offset);
     }
   };
   // Below about a quarter million multiply-adds (a decode step) waking the thread pool costs

@@ -1,7 +1,8 @@
 // etlora::cached_attention.out, called through ExecuTorch's kernel registry as
-// a program would: against a naive double-precision reference for a prefill
-// large enough to take the threaded path and for a decode step after it, and
-// with a position past the cache, which must fail without writing anything.
+// a program would: against a naive double-precision reference (RoPE, cache
+// rows, attention) for a prefill large enough to take the threaded path and
+// for a decode step after it, and with a position past the cache, which must
+// fail without writing anything.
 #include <cmath>
 #include <random>
 #include <vector>
@@ -31,6 +32,31 @@ struct Cache {
   std::vector<float> values = std::vector<float>(kCapacity * kRow, 0.0f);
 };
 
+// Rotary tables [kCapacity, kHeadDim], rotate-half convention, base 10000.
+struct Rope {
+  std::vector<float> cos, sin;
+  Rope() {
+    for (int64_t p = 0; p < kCapacity; ++p) {
+      for (int64_t i = 0; i < kHeadDim; ++i) {
+        const double angle = p * std::pow(10000.0, -2.0 * (i % (kHeadDim / 2)) / kHeadDim);
+        cos.push_back(float(std::cos(angle)));
+        sin.push_back(float(std::sin(angle)));
+      }
+    }
+  }
+  // x rotated for position p, in double.
+  std::vector<double> apply(const float* x, int64_t p) const {
+    std::vector<double> out(kHeadDim);
+    const int64_t half = kHeadDim / 2;
+    for (int64_t i = 0; i < kHeadDim; ++i) {
+      const double partner = i < half ? -double(x[i + half]) : double(x[i - half]);
+      out[i] = x[i] * double(cos[p * kHeadDim + i]) + partner * double(sin[p * kHeadDim + i]);
+    }
+    return out;
+  }
+};
+const Rope kRope;
+
 std::vector<float> random_values(size_t count, std::mt19937& rng) {
   std::normal_distribution<float> normal;
   std::vector<float> values(count);
@@ -46,7 +72,7 @@ std::vector<double> reference(const std::vector<float>& query, const Cache& cach
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t h = 0; h < kHeads; ++h) {
       const int64_t kv = h / (kHeads / kKvHeads);
-      const float* q = &query[(t * kHeads + h) * kHeadDim];
+      const std::vector<double> q = kRope.apply(&query[(t * kHeads + h) * kHeadDim], positions[t]);
       std::vector<double> weights(positions[t] + 1);
       double top = -1e300, total = 0;
       for (int64_t j = 0; j <= positions[t]; ++j) {
@@ -77,15 +103,19 @@ Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
   auto kc = make_tensor_ptr({1, int32_t(kCapacity), int32_t(kKvHeads), int32_t(kHeadDim)}, cache.keys.data(), ScalarType::Float);
   auto vc = make_tensor_ptr({1, int32_t(kCapacity), int32_t(kKvHeads), int32_t(kHeadDim)}, cache.values.data(), ScalarType::Float);
   auto pos = make_tensor_ptr({tokens}, positions.data(), ScalarType::Long);
+  auto cos = make_tensor_ptr({int32_t(kCapacity), int32_t(kHeadDim)}, std::vector<float>(kRope.cos));
+  auto sin = make_tensor_ptr({int32_t(kCapacity), int32_t(kHeadDim)}, std::vector<float>(kRope.sin));
   out.assign(query.size(), 0.0f);
   auto o = make_tensor_ptr({1, tokens, int32_t(kHeads), int32_t(kHeadDim)}, out.data(), ScalarType::Float);
-  EValue args[] = {EValue(*q), EValue(*k), EValue(*v), EValue(*kc), EValue(*vc), EValue(*pos), EValue(*o), EValue(*o)};
-  EValue* stack[8];
-  for (int i = 0; i < 8; ++i) stack[i] = &args[i];
+  EValue args[] = {EValue(*q),   EValue(*k),   EValue(*v),   EValue(*kc), EValue(*vc),
+                   EValue(*pos), EValue(*cos), EValue(*sin), EValue(*o),  EValue(*o)};
+  constexpr int kArgs = sizeof(args) / sizeof(args[0]);
+  EValue* stack[kArgs];
+  for (int i = 0; i < kArgs; ++i) stack[i] = &args[i];
   auto op = executorch::runtime::get_op_function_from_registry("etlora::cached_attention.out");
   if (!op.ok()) return op.error();
   KernelRuntimeContext context;
-  (*op)(context, {stack, 8});
+  (*op)(context, {stack, kArgs});
   return context.failure_state();
 }
 
@@ -111,7 +141,17 @@ int main() {
   auto key = random_values(80 * kRow, rng), value = random_values(80 * kRow, rng);
   Error err = call(cache, query, key, value, positions, out);
   EXPECT(err == Error::Ok, "prefill failed: %s", etlora::last_kernel_error().c_str());
-  EXPECT(std::equal(key.begin(), key.end(), cache.keys.begin()), "prefill keys written to rows 0..79");
+  double key_diff = 0;
+  for (int64_t t = 0; t < 80; ++t) {
+    for (int64_t kv = 0; kv < kKvHeads; ++kv) {
+      const std::vector<double> rotated = kRope.apply(&key[t * kRow + kv * kHeadDim], t);
+      for (int64_t d = 0; d < kHeadDim; ++d) {
+        key_diff = std::max(key_diff, std::abs(cache.keys[t * kRow + kv * kHeadDim + d] - rotated[d]));
+      }
+    }
+  }
+  EXPECT(key_diff < 1e-5, "cache rows 0..79 hold the rotated keys (max diff %g)", key_diff);
+  EXPECT(std::equal(value.begin(), value.end(), cache.values.begin()), "values written to rows 0..79");
   double diff = max_diff(out, reference(query, cache, positions));
   std::printf("prefill: max |kernel - reference| = %g\n", diff);
   EXPECT(diff < 1e-5, "prefill differs by %g", diff);
