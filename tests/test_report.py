@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -9,7 +10,10 @@ from conftest import MAX_SEQ_LEN
 
 from etlora.cli import main
 from etlora.inspect_bundle import inspect_bundle
-from etlora.report_plan import kv_cache_bytes_from_shape, read_planned_memory
+from etlora.report import Disk, Report
+from etlora.report_measure import NaiveProcess, ProcessPair, Step
+from etlora.report_plan import PlannedMemory, kv_cache_bytes_from_shape, read_planned_memory
+from etlora.report_render import render_markdown
 from etlora.testing import tiny_llama_config
 
 FIGURES = ("rss", "pss", "private", "shared")
@@ -83,6 +87,9 @@ def test_adapter_costs_subtract_the_per_session_state(report, bundle):
         # each tensor is its own page-rounded mapping (MmapDataLoader): RSS may exceed a tiny file
         assert 0 < cost["resident_adapter_pages"] < cost["session_rss_growth"]
         assert cost["times_ptd"] == pytest.approx(cost["cost_bytes"] / cost["ptd_bytes"])
+        assert cost["times_ptd_pss"] == pytest.approx(cost["cost_pss_bytes"] / cost["ptd_bytes"])
+        assert cost["double_counted_pages"] == cost["resident_adapter_pages"] - cost["resident_adapter_pss"] >= 0
+        assert cost["passed"] == (cost["times_ptd"] <= 1.1)
 
 
 def test_growth_and_two_processes(report, bundle):
@@ -119,6 +126,38 @@ def test_markdown_and_png_written(report_dir):
     assert "weight cache miss" not in text
     assert (report_dir / "report.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not list(report_dir.glob(".*.tmp"))
+
+
+def _report_from_json(data: dict) -> Report:
+    step = lambda figures: Step(**figures)  # noqa: E731
+    disk, per_session = data["disk"], data["per_session"]
+    return Report(
+        bundle=data["bundle"], adapters=data["adapters"], load_options=data["load_options"],
+        disk=Disk(disk["bundle_bytes"], disk["foundation_bytes"], disk["program_bytes"], disk["adapter_bytes"]),
+        planned=PlannedMemory("forward", tuple(per_session["buffer_bytes"]), per_session["kv_cache_bytes"],
+                              per_session["kv_cache_tensors"], per_session["planned_end_bytes"]),
+        session_steps=[step(s) for s in data["sessions"]["steps"]],
+        growth_steps=[step(s) for s in data["growth"]["steps"]],
+        pair=ProcessPair(*(step(data["two_processes"][k]) for k in ("alone", "first", "second"))),
+        naive=[NaiveProcess(p["adapter"], step(p["idle"]), step(p["loaded"])) for p in data["naive"]["processes"]],
+        naive_note=data["naive"]["note"], notes=data["notes"], machine=data["machine"],
+    )
+
+
+def test_report_round_trips_through_json(report):
+    assert _report_from_json(report).to_dict() == report
+
+
+def test_a_repacked_foundation_is_flagged_loudly(report):
+    # every extra session grows by a whole foundation, as without the XNNPACK weight cache
+    data = copy.deepcopy(report)
+    foundation = data["disk"]["foundation_bytes"]
+    for step in data["growth"]["steps"][1:]:
+        step["pss"] += (int(step["name"].split()[0]) - 1) * (data["per_session"]["measured_pss_bytes"] + foundation)
+    missed = _report_from_json(data)
+    assert missed.weight_cache_miss and missed.to_dict()["growth"]["weight_cache_miss"] is True
+    assert "**weight cache miss: N sessions: 1 -> 8" in render_markdown(missed)
+    assert [t.passed for t in missed.targets][1] is False
 
 
 def test_no_naive_and_load_options_are_recorded(bundle, tmp_path):

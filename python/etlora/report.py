@@ -22,7 +22,8 @@ regions: {foundation_file|adapter_files|program_file|packed_cache_file|anonymous
                   activation_bytes, planned_end_bytes, measured_rss_bytes, measured_pss_bytes,
                   surplus_bytes}
     adapter_costs: [{adapter, ptd_bytes, session_rss_growth, resident_adapter_pages,
-                     cost_bytes, times_ptd, passed}]
+                     resident_adapter_pss, cost_bytes, times_ptd, cost_pss_bytes, times_ptd_pss,
+                     double_counted_pages, passed (on RSS, as the target says)}]
     sessions: {steps: [step]}
     growth: {steps: [step], counts: [N], per_extra_session_pss, unexplained_per_session_pss
              (per extra session beyond the measured per-session state), weight_cache_miss}
@@ -88,11 +89,23 @@ class AdapterCost:
     ptd_bytes: int
     session_rss_growth: int  # RSS growth of one more session with this adapter active
     resident_adapter_pages: int  # of which: RSS growth of the adapter .ptd mappings
-    cost_bytes: int  # session_rss_growth minus the measured per-session state
+    resident_adapter_pss: int  # the same pages in PSS: a page mapped twice in one process counts once
+    cost_bytes: int  # session_rss_growth minus the measured per-session state (RSS): the target's figure
+    cost_pss_bytes: int  # the same in PSS (session PSS growth minus per-session state PSS)
 
     @property
     def times_ptd(self) -> float:
         return self.cost_bytes / self.ptd_bytes if self.ptd_bytes else float("inf")
+
+    @property
+    def times_ptd_pss(self) -> float:
+        return self.cost_pss_bytes / self.ptd_bytes if self.ptd_bytes else float("inf")
+
+    @property
+    def double_counted_pages(self) -> int:
+        """Adapter pages RSS counts twice: each tensor is its own page-rounded mapping, so a page
+        holding the end of one tensor and the start of the next is mapped (and counted) twice."""
+        return self.resident_adapter_pages - self.resident_adapter_pss
 
     @property
     def passed(self) -> bool:
@@ -169,7 +182,16 @@ class Report:
             after = self.step(f"+ session {name}")
             growth = after.rss - before.rss
             pages = after.region("adapter_files") - before.region("adapter_files")
-            costs.append(AdapterCost(name, self.disk.adapter_bytes[name], growth, pages, growth - self.per_session_rss))
+            pages_pss = after.region("adapter_files", "pss") - before.region("adapter_files", "pss")
+            costs.append(AdapterCost(
+                adapter=name,
+                ptd_bytes=self.disk.adapter_bytes[name],
+                session_rss_growth=growth,
+                resident_adapter_pages=pages,
+                resident_adapter_pss=pages_pss,
+                cost_bytes=growth - self.per_session_rss,
+                cost_pss_bytes=after.pss - before.pss - self.per_session_pss,
+            ))
             before = after
         return costs
 
@@ -283,7 +305,9 @@ class Report:
                 "measured_pss_bytes": self.per_session_pss,
                 "surplus_bytes": self.per_session_surplus,
             },
-            "adapter_costs": [{**asdict(c), "times_ptd": c.times_ptd, "passed": c.passed} for c in self.adapter_costs],
+            "adapter_costs": [{**asdict(c), "times_ptd": c.times_ptd, "times_ptd_pss": c.times_ptd_pss,
+                               "double_counted_pages": c.double_counted_pages, "passed": c.passed}
+                              for c in self.adapter_costs],
             "sessions": {"steps": [asdict(step) for step in self.session_steps]},
             "growth": {
                 "steps": [asdict(step) for step in self.growth_steps],

@@ -55,9 +55,20 @@ def _per_session(report: Report) -> list[str]:
         lines.append(
             f"- adapter cost beyond per-session state ({cost.adapter}): {_mb(cost.cost_bytes)} = "
             f"{cost.times_ptd:.2f}x its .ptd of {_mb(cost.ptd_bytes)} (target <= {ADAPTER_COST_LIMIT}x): "
-            f"{_verdict(cost.passed)}; session growth {_mb(cost.session_rss_growth)}, of which resident "
-            f".ptd pages {_mb(cost.resident_adapter_pages)}"
+            f"{_verdict(cost.passed)}; in PSS {_mb(cost.cost_pss_bytes)} = {cost.times_ptd_pss:.2f}x. "
+            f"Session RSS growth {_mb(cost.session_rss_growth)}, of which the .ptd's mapped pages "
+            f"{_mb(cost.resident_adapter_pages)} RSS / {_mb(cost.resident_adapter_pss)} PSS"
         )
+    double = max(report.adapter_costs, key=lambda cost: cost.double_counted_pages, default=None)
+    if double is not None and double.double_counted_pages > 0.01 * double.ptd_bytes:
+        lines += [
+            "",
+            f"RSS counts some adapter pages twice ({double.adapter}: {_mb(double.double_counted_pages)}): the "
+            "runtime's MmapDataLoader maps each tensor of a .ptd on its own, rounded out to whole pages, and "
+            "the exporter does not align tensors to pages, so the page where one tensor ends and the next begins "
+            "is in two mappings. It is one physical page (PSS counts it once). Page-aligned adapter tensors "
+            "(exporter) or one mapping per adapter file (runtime) would remove it from RSS.",
+        ]
     lines += [
         "",
         "How: each session runs one forward with its adapter active before it is measured. Adapter .ptd "
@@ -99,7 +110,11 @@ def _two_processes(report: Report) -> list[str]:
     pair = report.pair
     if pair is None:
         return ["not measured"]
-    cache = "a packed cache file is mapped (load options)" if report.load_options else "no packed cache file"
+    first = pair.first
+    cache_rss = first.region("packed_cache_file")
+    cache = (f"the packed cache file is {_mb(cache_rss)} RSS / {_mb(first.region('packed_cache_file', 'pss'))} PSS "
+             "in each process" if cache_rss else
+             "no packed cache file is mapped (load option cache_dir / packed_cache, once etlora.load takes one)")
     return [
         "| | RSS | PSS | foundation.ptd RSS / PSS | packed cache file RSS / PSS | anonymous RSS / PSS |",
         "|---|---|---|---|---|---|",
@@ -111,9 +126,12 @@ def _two_processes(report: Report) -> list[str]:
         f"(RSS {_mb(pair.alone.rss)}); the second process adds {_mb(pair.second_process_pss)}; "
         f"foundation pages counted once: {_verdict(report.foundation_counted_once)}",
         "",
-        f"What is shared: pages of mapped files (foundation.ptd, shared libraries) count half in each PSS. "
-        f"The packed foundation weights XNNPACK builds at load are anonymous memory, private to each process "
-        f"({cache}), so each process holds its own copy unless a packed cache file is mapped by both.",
+        f"Shared between the processes (each PSS holds half): mapped file pages, i.e. foundation.ptd "
+        f"({_mb(first.region('foundation_file'))} resident in each: XNNPACK packs the foundation at load and "
+        f"releases the mapped data) and the shared libraries. Not shared: anonymous memory, "
+        f"{_mb(first.region('anonymous'))} in each, which holds the packed foundation, the per-session state "
+        f"and the heap; {cache}. The foundation counts once between processes only when its packed "
+        "weights live in a file both map.",
     ]
 
 
@@ -190,7 +208,7 @@ def render_png(report: Report) -> bytes:
     left.invert_yaxis()
     left.set_xlabel("MB")
     left.set_title("etlora vs one merged model per adapter")
-    left.legend()
+    left.legend(loc="lower right")
     steps = [step for step in report.growth_steps if step.name[0].isdigit()]
     if steps:
         counts = report.growth_counts
