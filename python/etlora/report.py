@@ -39,10 +39,7 @@ Writes report.json, report.md and report.png (etlora/report_render.py).
 from __future__ import annotations
 
 import json
-import os
-import platform
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +47,8 @@ from etlora.export.errors import EtloraError
 from etlora.export.files import write_atomically
 from etlora.export.manifest import Manifest, read_manifest
 from etlora.inspect_bundle import inspect_bundle
-from etlora.report_measure import NaiveProcess, ProcessPair, Step, measure_naive, measure_pair, run_steps
+from etlora.report_measure import (NaiveProcess, ProcessPair, Step, machine_info, measure_naive, measure_pair,
+                                   run_steps)
 from etlora.report_plan import PlannedMemory, read_planned_memory
 
 SCHEMA_VERSION = 2
@@ -332,41 +330,6 @@ class Report:
                            for c in self.comparison],
             "targets": [asdict(target) for target in self.targets],
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# machine
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
-def _ram_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict:
-    return {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "ram_bytes": _ram_bytes(),
-        "python": platform.python_version(),
-        **{name: _version(name) for name in ("torch", "executorch", "etlora")},
-    }
 
 
 # ---------------------------------------------------------------------------------------------

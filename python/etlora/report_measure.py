@@ -9,10 +9,13 @@ anonymous memory, everything else).
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from etlora.export.errors import EtloraError
@@ -132,3 +135,38 @@ def measure_naive(bundles: dict[str, Path]) -> list[NaiveProcess]:
         held.close()
         processes.append(NaiveProcess(adapter=adapter, idle=held.steps[0], loaded=held.steps[-1]))
     return processes
+
+
+# ---------------------------------------------------------------------------------------------
+# the measuring machine
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def _ram_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info() -> dict:
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "ram_bytes": _ram_bytes(),
+        "python": platform.python_version(),
+        **{name: _version(name) for name in ("torch", "executorch", "etlora")},
+    }

@@ -64,10 +64,10 @@ def _per_session(report: Report) -> list[str]:
         lines += [
             "",
             f"RSS counts some adapter pages twice ({double.adapter}: {_mb(double.double_counted_pages)}): the "
-            "runtime's MmapDataLoader maps each tensor of a .ptd on its own, rounded out to whole pages, and "
-            "the exporter does not align tensors to pages, so the page where one tensor ends and the next begins "
-            "is in two mappings. It is one physical page (PSS counts it once). Page-aligned adapter tensors "
-            "(exporter) or one mapping per adapter file (runtime) would remove it from RSS.",
+            "runtime maps each tensor of a .ptd on its own, rounded out to whole pages, and this file's tensors "
+            "are not page-aligned (written before etlora aligned them), so the page where one tensor ends and "
+            "the next begins is in two mappings. It is one physical page (PSS counts it once); "
+            "`etlora add-adapter BUNDLE --adapter NAME=PEFT_DIR --replace` rewrites the file page-aligned.",
         ]
     lines += [
         "",
