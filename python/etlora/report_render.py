@@ -75,7 +75,9 @@ def _per_session(report: Report) -> list[str]:
         "files are mmapped and only pages a forward touched are resident; a forward reads every A and B "
         "matrix, so after it the whole adapter counts, once per process however many sessions use it. "
         "Adapter cost = RSS growth of one more session with the adapter minus the measured per-session "
-        "state (a foundation-only session's growth), so the target compares the adapter with what it adds.",
+        "state (a foundation-only session's growth), so the target compares the adapter with what it adds. "
+        "That reference is one sample: heap variation between sessions (a few hundred kB) shows as costs a "
+        "little below 1.0x.",
     ]
     return lines
 
