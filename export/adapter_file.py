@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
 from executorch.exir.tensor_layout import TensorLayout
-from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+from executorch.extension.flat_tensor.serialize.serialize import FlatTensorConfig, FlatTensorSerializer
 
 from .errors import AdapterError, BundleError
 from .files import write_atomically
@@ -23,7 +23,11 @@ ADAPTER_FORMAT_VERSION = "1"
 FORMAT_VERSION_KEY = "etlora.format_version"
 FINGERPRINT_KEY = "etlora.foundation_fingerprint"
 SCALING_KEY = "etlora.scaling"
-TENSOR_ALIGNMENT = 64
+# Every tensor starts on its own page (the segment too, so file offsets are page-aligned): the
+# runtime maps each tensor separately, rounded out to whole pages, and a page shared by two tensors
+# would be mapped, and counted in RSS, twice. Adapter A/B sizes are mostly page multiples already.
+PAGE_ALIGNMENT = 4096
+TENSOR_ALIGNMENT = PAGE_ALIGNMENT
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,8 @@ def adapter_ptd_bytes(adapter, slots: ProgramSlots) -> bytes:
             tensor_layout=TensorLayout.from_tensor(tensor),
         )
         buffers.append(tensor.numpy().tobytes())
-    return bytes(FlatTensorSerializer().serialize(DataPayload(buffers=buffers, named_data=named_data)))
+    serializer = FlatTensorSerializer(FlatTensorConfig(segment_alignment=PAGE_ALIGNMENT))
+    return bytes(serializer.serialize(DataPayload(buffers=buffers, named_data=named_data)))
 
 
 def write_adapter_ptd(adapter, slots: ProgramSlots, path: Path) -> int:

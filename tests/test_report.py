@@ -1,15 +1,23 @@
-"""`etlora report` on the tiny bundle: figures from child processes, the naive column, the files."""
+"""`etlora report` on the tiny bundle: planned memory, figures from child processes, the files."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
+from conftest import MAX_SEQ_LEN
 
 from etlora.cli import main
 from etlora.inspect_bundle import inspect_bundle
+from etlora.report import Disk, Report
+from etlora.report_measure import NaiveProcess, ProcessPair, Step
+from etlora.report_plan import PlannedMemory, kv_cache_bytes_from_shape, read_planned_memory
+from etlora.report_render import render_markdown
+from etlora.testing import tiny_llama_config
 
 FIGURES = ("rss", "pss", "private", "shared")
+REGIONS = {"foundation_file", "adapter_files", "program_file", "packed_cache_file", "anonymous", "other"}
 
 
 @pytest.fixture(scope="module")
@@ -24,54 +32,146 @@ def report(report_dir):
     return json.loads((report_dir / "report.json").read_text())
 
 
-def test_etlora_steps_have_all_figures(report):
-    names = [step["name"] for step in report["etlora"]["steps"]]
-    assert names[:5] == [
+def test_planned_memory_kv_cache_equals_the_model_shape(bundle):
+    config = tiny_llama_config()
+    head_dim = config.hidden_size // config.num_attention_heads
+    planned = read_planned_memory(bundle / "model.pte")
+    expected_kv = kv_cache_bytes_from_shape(config.num_hidden_layers, config.num_key_value_heads, head_dim, MAX_SEQ_LEN)
+    assert expected_kv == 2 * 2 * 2 * 64 * 16 * 4  # K and V x 2 layers x 2 kv heads x 64 positions x 16 x float32
+    assert planned.kv_cache_bytes == expected_kv
+    assert planned.kv_cache_tensors == 2 * config.num_hidden_layers
+    # every planned tensor lies inside the planned buffers, and they hold more than the cache
+    assert expected_kv < planned.planned_end_bytes <= planned.planned_bytes
+    assert planned.activation_bytes == planned.planned_bytes - expected_kv
+
+
+def test_schema_has_every_section(report, bundle):
+    assert report["schema_version"] == 2
+    assert set(report) >= {"bundle", "adapters", "load_options", "machine", "notes", "disk", "per_session",
+                           "adapter_costs", "sessions", "growth", "two_processes", "naive", "comparison", "targets"}
+    planned = read_planned_memory(bundle / "model.pte")
+    per_session = report["per_session"]
+    assert per_session["planned_bytes"] == planned.planned_bytes == sum(per_session["buffer_bytes"])
+    assert per_session["kv_cache_bytes"] == planned.kv_cache_bytes
+    assert per_session["measured_rss_bytes"] > 0
+    assert per_session["surplus_bytes"] == per_session["measured_rss_bytes"] - per_session["planned_bytes"]
+    assert set(report["machine"]) >= {"cpu", "cores", "ram_bytes", "python", "torch", "executorch", "etlora"}
+    assert [t["passed"] in (True, False, None) for t in report["targets"]] == [True] * 4
+
+
+def test_session_steps_have_all_figures_and_regions(report):
+    steps = report["sessions"]["steps"]
+    names = [step["name"] for step in steps]
+    assert names[:6] == [
         "runtime started",
-        "program + foundation loaded",
+        "session 1 (foundation only)",
+        "session 2 (foundation only)",
         "+ session legal",
         "+ session support",
-        "switched through 2 adapters",
+        "session 1 switched through 2 adapters",
     ]
-    # the tiny tokenizer may not fit the tiny model's vocabulary: then generation is a note
-    assert names[5:] == ["generated 16 tokens"] or report["notes"][0].startswith("generation skipped")
-    for step in report["etlora"]["steps"]:
+    for step in steps:
         assert all(step[figure] > 0 for figure in FIGURES), step
+        assert set(step["regions"]) == REGIONS
+    # the foundation is mapped, and adapter pages are resident once adapter sessions ran a forward
+    assert steps[1]["regions"]["foundation_file"]["rss"] > 0
+    assert steps[2]["regions"]["adapter_files"]["rss"] == 0 < steps[4]["regions"]["adapter_files"]["rss"]
 
 
-def test_naive_section_measures_one_merged_model_per_adapter(report, report_dir):
-    steps = report["naive"]["steps"]
-    assert [step["name"] for step in steps][1:3] == ["+ merged model legal", "+ merged model support"]
-    assert all(step[figure] > 0 for step in steps for figure in FIGURES)
-    assert report["naive"]["note"] == ""
+def test_adapter_costs_subtract_the_per_session_state(report, bundle):
+    costs = {cost["adapter"]: cost for cost in report["adapter_costs"]}
+    assert set(costs) == {"legal", "support"}
+    for name, cost in costs.items():
+        assert cost["ptd_bytes"] == (bundle / "adapters" / f"{name}.ptd").stat().st_size
+        assert cost["cost_bytes"] == cost["session_rss_growth"] - report["per_session"]["measured_rss_bytes"]
+        assert 0 < cost["resident_adapter_pages"] <= cost["ptd_bytes"] + 4096  # the last page is whole
+        assert cost["times_ptd"] == pytest.approx(cost["cost_bytes"] / cost["ptd_bytes"])
+        assert cost["times_ptd_pss"] == pytest.approx(cost["cost_pss_bytes"] / cost["ptd_bytes"])
+        # page-aligned adapter tensors (export/adapter_file.py): no page is mapped twice
+        assert cost["double_counted_pages"] == cost["resident_adapter_pages"] - cost["resident_adapter_pss"] == 0
+        assert cost["passed"] == (cost["times_ptd"] <= 1.1)
+
+
+def test_growth_and_two_processes(report, bundle):
+    growth = report["growth"]
+    assert growth["counts"] == [1, 2, 4, 8]
+    assert [step["name"] for step in growth["steps"]] == ["runtime started", "1 session", "2 sessions",
+                                                         "4 sessions", "8 sessions"]
+    assert growth["weight_cache_miss"] is False
+    pair = report["two_processes"]
+    assert pair["pss_sum"] == pair["first"]["pss"] + pair["second"]["pss"]
+    assert pair["second_process_pss"] == pair["pss_sum"] - pair["alone"]["pss"]
+    # both map the same foundation.ptd: its resident pages count half in each PSS
+    assert pair["first"]["regions"]["foundation_file"]["pss"] < pair["first"]["regions"]["foundation_file"]["rss"]
+
+
+def test_naive_measures_each_merged_model_in_its_own_process(report, report_dir):
+    naive = report["naive"]
+    assert [p["adapter"] for p in naive["processes"]] == ["legal", "support"]
+    for process in naive["processes"]:
+        assert process["idle"]["name"] == "runtime started" and process["loaded"]["pss"] > process["idle"]["pss"]
+    assert naive["total_pss"] == sum(p["loaded"]["pss"] for p in naive["processes"])
+    assert naive["note"] == ""
     assert (report_dir / "naive_cache" / "legal" / "bundle" / "manifest.json").is_file()
-
-
-def test_machine_and_versions_recorded(report):
-    assert set(report["machine"]) >= {"cpu", "cores", "ram_bytes", "python", "torch", "executorch", "etlora"}
+    disk = report["comparison"][0]
+    assert disk["etlora_bytes"] == report["disk"]["bundle_bytes"] and disk["naive_bytes"] == report["disk"]["naive_bytes"]
 
 
 def test_markdown_and_png_written(report_dir):
     text = (report_dir / "report.md").read_text()
-    assert "foundation resident: predicted" in text and "| disk" in text
+    assert "per-session state: predicted" in text and ", measured" in text
+    assert "adapter cost beyond per-session state (legal):" in text and "(target <= 1.1x)" in text
+    assert "N sessions: 1 -> 8 grows PSS by" in text and "| 8 |" in text
+    assert "two processes: PSS sum" in text and "| disk: bundle vs 2 merged models |" in text
+    assert "weight cache miss" not in text
     assert (report_dir / "report.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not list(report_dir.glob(".*.tmp"))
 
 
-def test_extra_session_costs_less_than_the_first(report):
-    # On the tiny model a session's fixed overhead (~0.8 MB) exceeds its 0.5 MB foundation, so the
-    # check is against the measured first session (program + foundation + overhead) instead.
-    assert report["session_costs"]
-    for cost in report["session_costs"]:
-        assert 0 < cost["pss_growth"] < report["foundation_measured_bytes"], cost
+def _report_from_json(data: dict) -> Report:
+    step = lambda figures: Step(**figures)  # noqa: E731
+    disk, per_session = data["disk"], data["per_session"]
+    return Report(
+        bundle=data["bundle"], adapters=data["adapters"], load_options=data["load_options"],
+        disk=Disk(disk["bundle_bytes"], disk["foundation_bytes"], disk["program_bytes"], disk["adapter_bytes"]),
+        planned=PlannedMemory("forward", tuple(per_session["buffer_bytes"]), per_session["kv_cache_bytes"],
+                              per_session["kv_cache_tensors"], per_session["planned_end_bytes"]),
+        session_steps=[step(s) for s in data["sessions"]["steps"]],
+        growth_steps=[step(s) for s in data["growth"]["steps"]],
+        pair=ProcessPair(*(step(data["two_processes"][k]) for k in ("alone", "first", "second"))),
+        naive=[NaiveProcess(p["adapter"], step(p["idle"]), step(p["loaded"])) for p in data["naive"]["processes"]],
+        naive_note=data["naive"]["note"], notes=data["notes"], machine=data["machine"],
+    )
 
 
-def test_no_naive_leaves_a_note(bundle, tmp_path):
+def test_report_round_trips_through_json(report):
+    assert _report_from_json(report).to_dict() == report
+
+
+def test_a_repacked_foundation_is_flagged_loudly(report):
+    # every extra session grows by a whole foundation, as without the XNNPACK weight cache
+    data = copy.deepcopy(report)
+    foundation = data["disk"]["foundation_bytes"]
+    for step in data["growth"]["steps"][1:]:
+        step["pss"] += (int(step["name"].split()[0]) - 1) * (data["per_session"]["measured_pss_bytes"] + foundation)
+    missed = _report_from_json(data)
+    assert missed.weight_cache_miss and missed.to_dict()["growth"]["weight_cache_miss"] is True
+    assert "**weight cache miss: N sessions: 1 -> 8" in render_markdown(missed)
+    assert [t.passed for t in missed.targets][1] is False
+
+
+def test_no_naive_and_load_options_are_recorded(bundle, tmp_path):
+    # load options travel to every etlora.load: one that etlora.load does not know is its error
     assert main(["report", str(bundle), "--adapters", "support", "--out", str(tmp_path), "--no-naive"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["adapters"] == ["support"] and report["naive"]["steps"] == []
-    assert "--no-naive" in report["naive"]["note"]
+    assert report["adapters"] == ["support"] and report["naive"]["processes"] == []
+    assert "--no-naive" in report["naive"]["note"] and report["load_options"] == {}
     assert "not measured" in (tmp_path / "report.md").read_text()
+
+
+def test_unknown_load_option_is_one_line_error(bundle, tmp_path, capsys):
+    assert main(["report", str(bundle), "--out", str(tmp_path), "--no-naive", "--load-option", "nope=1"]) == 2
+    assert "measuring process expected to exit 0" in capsys.readouterr().err
 
 
 def test_unknown_adapter_is_one_line_error(bundle, tmp_path, capsys):

@@ -1,23 +1,45 @@
 """`etlora report`: disk and memory of one bundle with N adapters vs N merged full models.
 
-Memory is measured in fresh child processes (etlora/report_child.py) from /proc/self/smaps_rollup:
-first the etlora way (one program + foundation, a session per adapter, switching), then the naive
-way (one merged model per adapter, each exported foundation-only and loaded on its own). The
-merged models are built from the adapters' PEFT dirs (manifest `source`) and cached under
-<out>/naive_cache/. Writes report.json, report.md and report.png.
+What is measured (each in fresh child processes, etlora/report_child.py, from /proc/PID/smaps):
+
+- sessions: two foundation-only sessions, then one session per adapter, each after one forward.
+  Per-session state measured = RSS growth of the second foundation-only session; predicted =
+  the program's memory-planned bytes (etlora/report_plan.py: activations + KV cache). Adapter
+  cost = RSS growth of the adapter's session minus the measured per-session state.
+- growth: N = 1, 2, 4, 8 sessions cycling through the adapters in one process; the packed
+  foundation must appear once (XNNPACK weight cache), not once per session.
+- two processes on the same bundle, both alive: each one's PSS and their sum, against one alone.
+- naive: each merged model (etlora/report_naive.py) alone in its own process; total = sum.
+
+report.json (schema_version 2; sizes in bytes, a "step" is {name, rss, pss, private, shared,
+regions: {foundation_file|adapter_files|program_file|packed_cache_file|anonymous|other:
+{rss, pss}}}):
+
+    bundle, adapters, load_options (passed to every etlora.load), machine, notes
+    disk: {bundle_bytes, foundation_bytes, program_bytes, adapter_bytes: {name: bytes},
+           other_bytes (tokenizer, manifest), naive_bytes, overhead_fraction}
+    per_session: {buffer_bytes: [..], planned_bytes, kv_cache_bytes, kv_cache_tensors,
+                  activation_bytes, planned_end_bytes, measured_rss_bytes, measured_pss_bytes,
+                  surplus_bytes}
+    adapter_costs: [{adapter, ptd_bytes, session_rss_growth, resident_adapter_pages,
+                     resident_adapter_pss, cost_bytes, times_ptd, cost_pss_bytes, times_ptd_pss,
+                     double_counted_pages, passed (on RSS, as the target says)}]
+    sessions: {steps: [step]}
+    growth: {steps: [step], counts: [N], per_extra_session_pss, unexplained_per_session_pss
+             (per extra session beyond the measured per-session state), weight_cache_miss}
+    two_processes: {alone, first, second: step, pss_sum, second_process_pss,
+                    foundation_counted_once} or null
+    naive: {processes: [{adapter, idle: step, loaded: step, model_pss}], total_pss, model_pss, note}
+    comparison: [{what, etlora_bytes, naive_bytes, saving_bytes, saving_fraction}]
+    targets: [{name, measured, limit, passed}]
+
+Writes report.json, report.md and report.png (etlora/report_render.py).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import platform
-import shutil
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -25,211 +47,293 @@ from etlora.export.errors import EtloraError
 from etlora.export.files import write_atomically
 from etlora.export.manifest import Manifest, read_manifest
 from etlora.inspect_bundle import inspect_bundle
+from etlora.report_measure import (NaiveProcess, ProcessPair, Step, machine_info, measure_naive, measure_pair,
+                                   run_steps)
+from etlora.report_plan import PlannedMemory, read_planned_memory
 
+SCHEMA_VERSION = 2
 MB = 1e6
-MISS_FRACTION = 0.5  # an extra session growing by more than this x foundation size: not shared
-CACHE_STAMP = "stamp.json"
+COUNTS = (1, 2, 4, 8)
+ADAPTER_COST_LIMIT = 1.1  # x the adapter's .ptd size, beyond the per-session state
+DISK_OVERHEAD_LIMIT = 0.01  # bundle vs foundation + adapters
+MISS_FRACTION = 0.5  # an extra session growing beyond its state by this x foundation: weight cache miss
+SHARED_FRACTION = 0.9  # a second process must save at least this x foundation to share it
+SURPLUS_TOLERANCE = (1 * MB, 0.05)  # measured per-session state may exceed planned by max(these)
 
 
 @dataclass(frozen=True)
-class Step:
-    name: str
-    rss: int
-    pss: int
-    private: int
-    shared: int
+class Disk:
+    bundle_bytes: int
+    foundation_bytes: int
+    program_bytes: int
+    adapter_bytes: dict[str, int]
+
+    @property
+    def other_bytes(self) -> int:
+        return self.bundle_bytes - self.foundation_bytes - self.program_bytes - sum(self.adapter_bytes.values())
+
+    @property
+    def naive_bytes(self) -> int:
+        return (self.foundation_bytes + self.program_bytes) * len(self.adapter_bytes)
+
+    @property
+    def overhead_fraction(self) -> float:
+        return self.bundle_bytes / (self.foundation_bytes + sum(self.adapter_bytes.values())) - 1
 
 
 @dataclass(frozen=True)
-class SessionCost:
+class AdapterCost:
     adapter: str
     ptd_bytes: int
-    pss_growth: int
+    session_rss_growth: int  # RSS growth of one more session with this adapter active
+    resident_adapter_pages: int  # of which: RSS growth of the adapter .ptd mappings
+    resident_adapter_pss: int  # the same pages in PSS: a page mapped twice in one process counts once
+    cost_bytes: int  # session_rss_growth minus the measured per-session state (RSS): the target's figure
+    cost_pss_bytes: int  # the same in PSS (session PSS growth minus per-session state PSS)
 
     @property
     def times_ptd(self) -> float:
-        return self.pss_growth / self.ptd_bytes if self.ptd_bytes else float("inf")
+        return self.cost_bytes / self.ptd_bytes if self.ptd_bytes else float("inf")
+
+    @property
+    def times_ptd_pss(self) -> float:
+        return self.cost_pss_bytes / self.ptd_bytes if self.ptd_bytes else float("inf")
+
+    @property
+    def double_counted_pages(self) -> int:
+        """Adapter pages RSS counts twice: each tensor is its own page-rounded mapping, so a page
+        holding the end of one tensor and the start of the next is mapped (and counted) twice."""
+        return self.resident_adapter_pages - self.resident_adapter_pss
+
+    @property
+    def passed(self) -> bool:
+        return self.times_ptd <= ADAPTER_COST_LIMIT
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    limit: str
+    passed: bool | None  # None: not measured
+
+
+@dataclass(frozen=True)
+class Comparison:
+    what: str
+    etlora_bytes: int
+    naive_bytes: int  # 0: not measured
+
+    @property
+    def saving_bytes(self) -> int:
+        return self.naive_bytes - self.etlora_bytes
+
+    @property
+    def saving_fraction(self) -> float | None:
+        return self.saving_bytes / self.naive_bytes if self.naive_bytes else None
 
 
 @dataclass(frozen=True)
 class Report:
     bundle: str
     adapters: list[str]
-    foundation_bytes: int
-    program_bytes: int
-    bundle_disk_bytes: int
-    naive_disk_bytes: int
-    adapter_ptd_bytes: dict[str, int]
-    etlora_steps: list[Step]
-    naive_steps: list[Step]
+    load_options: dict
+    disk: Disk
+    planned: PlannedMemory
+    session_steps: list[Step]
+    growth_steps: list[Step]
+    pair: ProcessPair | None
+    naive: list[NaiveProcess]
     naive_note: str
     notes: list[str]
     machine: dict
 
-    @property
-    def session_costs(self) -> list[SessionCost]:
-        sizes = self.adapter_ptd_bytes
-        steps = self.etlora_steps
-        pairs = zip(steps[1 : 1 + len(self.adapters)], steps[2 : 2 + len(self.adapters)], self.adapters)
-        return [SessionCost(name, sizes[name], after.pss - before.pss) for before, after, name in pairs]
+    # per-session state and adapters (one process: RSS growth; PSS alongside)
+
+    def step(self, name: str) -> Step:
+        return next(step for step in self.session_steps if step.name == name)
 
     @property
-    def foundation_measured(self) -> int:
-        """PSS growth from starting the runtime to the first session (program + foundation)."""
-        return self.etlora_steps[1].pss - self.etlora_steps[0].pss
+    def idle(self) -> Step:
+        return self.session_steps[0]
 
-    def step(self, steps: list[Step], prefix: str) -> Step | None:
-        matches = [s for s in steps if s.name.startswith(prefix)]
-        return matches[-1] if matches else None
+    @property
+    def per_session_rss(self) -> int:
+        return self.step("session 2 (foundation only)").rss - self.step("session 1 (foundation only)").rss
+
+    @property
+    def per_session_pss(self) -> int:
+        return self.step("session 2 (foundation only)").pss - self.step("session 1 (foundation only)").pss
+
+    @property
+    def per_session_surplus(self) -> int:
+        return self.per_session_rss - self.planned.planned_bytes
+
+    @property
+    def surplus_tolerance(self) -> float:
+        return max(SURPLUS_TOLERANCE[0], SURPLUS_TOLERANCE[1] * self.planned.planned_bytes)
+
+    @property
+    def adapter_costs(self) -> list[AdapterCost]:
+        costs, before = [], self.step("session 2 (foundation only)")
+        for name in self.adapters:
+            after = self.step(f"+ session {name}")
+            growth = after.rss - before.rss
+            pages = after.region("adapter_files") - before.region("adapter_files")
+            pages_pss = after.region("adapter_files", "pss") - before.region("adapter_files", "pss")
+            costs.append(AdapterCost(
+                adapter=name,
+                ptd_bytes=self.disk.adapter_bytes[name],
+                session_rss_growth=growth,
+                resident_adapter_pages=pages,
+                resident_adapter_pss=pages_pss,
+                cost_bytes=growth - self.per_session_rss,
+                cost_pss_bytes=after.pss - before.pss - self.per_session_pss,
+            ))
+            before = after
+        return costs
+
+    # N sessions
+
+    @property
+    def growth_counts(self) -> list[int]:
+        return [int(step.name.split()[0]) for step in self.growth_steps if step.name[0].isdigit()]
+
+    @property
+    def per_extra_session_pss(self) -> int:
+        counts = self.growth_counts
+        steps = [step for step in self.growth_steps if step.name[0].isdigit()]
+        if len(steps) < 2:
+            return 0
+        return (steps[-1].pss - steps[0].pss) // (counts[-1] - counts[0])
+
+    @property
+    def unexplained_per_session_pss(self) -> int:
+        """Growth per extra session beyond the measured per-session state: adapter pages, or a repacked foundation."""
+        return self.per_extra_session_pss - self.per_session_pss
+
+    @property
+    def weight_cache_miss(self) -> bool:
+        return self.unexplained_per_session_pss > MISS_FRACTION * self.disk.foundation_bytes
+
+    @property
+    def foundation_counted_once(self) -> bool | None:
+        if self.pair is None:
+            return None
+        return self.pair.second_process_pss <= self.pair.alone.pss - SHARED_FRACTION * self.disk.foundation_bytes
+
+    # etlora vs naive
+
+    @property
+    def comparison(self) -> list[Comparison]:
+        n = len(self.adapters)
+        rows = [Comparison(f"disk: bundle vs {n} merged models", self.disk.bundle_bytes, self.disk.naive_bytes)]
+        if not self.adapters:
+            return rows
+        first = self.step("session 1 (foundation only)")
+        last = self.step(f"+ session {self.adapters[-1]}")
+        switched = self.step(f"session 1 switched through {n} adapters")
+        one_switching = first.pss + max(0, switched.pss - last.pss)
+        all_alive = last.pss - self.per_session_pss  # without the second foundation-only session
+        naive_total = sum(p.loaded.pss for p in self.naive)
+        naive_model = sum(p.model_pss for p in self.naive)
+        idle = self.idle.pss
+        rows += [
+            Comparison(f"memory above the idle runtime, {n} adapters by switching", one_switching - idle, naive_model),
+            Comparison(f"memory above the idle runtime, {n} adapter sessions alive", all_alive - idle, naive_model),
+            Comparison(f"process PSS, {n} adapters by switching", one_switching, naive_total),
+            Comparison(f"process PSS, {n} adapter sessions alive", all_alive, naive_total),
+        ]
+        return rows
+
+    @property
+    def targets(self) -> list[Target]:
+        mb = lambda size: f"{size / MB:,.1f} MB"  # noqa: E731
+        worst = max(self.adapter_costs, key=lambda cost: cost.times_ptd, default=None)
+        targets = [
+            Target(
+                "each extra adapter costs <= 1.1x its .ptd beyond the per-session state",
+                f"worst {worst.adapter}: {mb(worst.cost_bytes)} = {worst.times_ptd:.2f}x" if worst else "no adapters",
+                f"<= {ADAPTER_COST_LIMIT}x",
+                all(cost.passed for cost in self.adapter_costs) if worst else None,
+            ),
+            Target(
+                f"foundation's packed weights once for N = {', '.join(map(str, COUNTS))} sessions",
+                f"{mb(self.per_extra_session_pss)} PSS per extra session, "
+                f"{mb(self.unexplained_per_session_pss)} beyond the per-session state",
+                f"beyond the per-session state < {MISS_FRACTION} x foundation = "
+                f"{mb(MISS_FRACTION * self.disk.foundation_bytes)}",
+                not self.weight_cache_miss if self.growth_steps else None,
+            ),
+            Target(
+                "two processes: foundation pages count once (PSS)",
+                f"second process adds {mb(self.pair.second_process_pss)}" if self.pair else "not measured",
+                f"<= one process alone - {SHARED_FRACTION} x foundation = "
+                + (mb(self.pair.alone.pss - SHARED_FRACTION * self.disk.foundation_bytes) if self.pair else "-"),
+                self.foundation_counted_once,
+            ),
+            Target(
+                "disk: bundle within 1% of foundation + adapters",
+                f"{100 * self.disk.overhead_fraction:+.2f}% ({mb(self.disk.bundle_bytes)})",
+                f"<= {100 * DISK_OVERHEAD_LIMIT:.0f}%",
+                self.disk.overhead_fraction <= DISK_OVERHEAD_LIMIT,
+            ),
+        ]
+        return targets
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["session_costs"] = [{**asdict(c), "times_ptd": c.times_ptd} for c in self.session_costs]
-        data["foundation_measured_bytes"] = self.foundation_measured
-        data["naive"] = {"steps": data.pop("naive_steps"), "note": data.pop("naive_note")}
-        data["etlora"] = {"steps": data.pop("etlora_steps")}
-        return data
+        planned = self.planned
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "bundle": self.bundle,
+            "adapters": self.adapters,
+            "load_options": self.load_options,
+            "machine": self.machine,
+            "notes": self.notes,
+            "disk": {**asdict(self.disk), "other_bytes": self.disk.other_bytes, "naive_bytes": self.disk.naive_bytes,
+                     "overhead_fraction": self.disk.overhead_fraction},
+            "per_session": {
+                "buffer_bytes": list(planned.buffer_bytes),
+                "planned_bytes": planned.planned_bytes,
+                "kv_cache_bytes": planned.kv_cache_bytes,
+                "kv_cache_tensors": planned.kv_cache_tensors,
+                "activation_bytes": planned.activation_bytes,
+                "planned_end_bytes": planned.planned_end_bytes,
+                "measured_rss_bytes": self.per_session_rss,
+                "measured_pss_bytes": self.per_session_pss,
+                "surplus_bytes": self.per_session_surplus,
+            },
+            "adapter_costs": [{**asdict(c), "times_ptd": c.times_ptd, "times_ptd_pss": c.times_ptd_pss,
+                               "double_counted_pages": c.double_counted_pages, "passed": c.passed}
+                              for c in self.adapter_costs],
+            "sessions": {"steps": [asdict(step) for step in self.session_steps]},
+            "growth": {
+                "steps": [asdict(step) for step in self.growth_steps],
+                "counts": self.growth_counts,
+                "per_extra_session_pss": self.per_extra_session_pss,
+                "unexplained_per_session_pss": self.unexplained_per_session_pss,
+                "weight_cache_miss": self.weight_cache_miss,
+            },
+            "two_processes": None if self.pair is None else {
+                **asdict(self.pair),
+                "pss_sum": self.pair.pss_sum,
+                "second_process_pss": self.pair.second_process_pss,
+                "foundation_counted_once": self.foundation_counted_once,
+            },
+            "naive": {
+                "processes": [{**asdict(p), "model_pss": p.model_pss} for p in self.naive],
+                "total_pss": sum(p.loaded.pss for p in self.naive),
+                "model_pss": sum(p.model_pss for p in self.naive),
+                "note": self.naive_note,
+            },
+            "comparison": [{**asdict(c), "saving_bytes": c.saving_bytes, "saving_fraction": c.saving_fraction}
+                           for c in self.comparison],
+            "targets": [asdict(target) for target in self.targets],
+        }
 
 
 # ---------------------------------------------------------------------------------------------
-# machine
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
-def _ram_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict:
-    return {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "ram_bytes": _ram_bytes(),
-        "python": platform.python_version(),
-        **{name: _version(name) for name in ("torch", "executorch", "etlora")},
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# child processes
-
-
-def run_child(args: list[str]) -> tuple[list[Step], list[str]]:
-    command = [sys.executable, "-m", "etlora.report_child", *args]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EtloraError(f"{args[1]}: measuring process failed ({done.returncode}): {tail}")
-    lines = done.stdout.strip().splitlines()
-    result = json.loads(lines[-1])
-    return [Step(**step) for step in result["steps"]], result["notes"]
-
-
-# ---------------------------------------------------------------------------------------------
-# naive: one merged model per adapter
-
-
-def _naive_problem(manifest: Manifest, adapters: list[str]) -> str:
-    if not Path(manifest.foundation.source).exists():
-        return f"foundation source {manifest.foundation.source} not found; naive column skipped"
-    for name in adapters:
-        source = Path(manifest.adapters[name].source)
-        if not (source / "adapter_config.json").is_file():
-            return f"adapter {name}: PEFT dir {source} not found; naive column skipped"
-    return ""
-
-
-def _load_foundation_model(source: Path):
-    """(LlamaForCausalLM, tokenizer or None) for an HF dir or a .gguf file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if source.is_file():
-        from etlora.real_model import smollm2_gguf_path
-
-        try:
-            if source.resolve() == smollm2_gguf_path().resolve():
-                from etlora.real_model import load_smollm2_hf
-
-                return load_smollm2_hf()
-        except FileNotFoundError:
-            pass
-        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
-        return model, AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source)
-    try:
-        return model, AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        return model, None
-
-
-def _stamp(manifest: Manifest, name: str) -> dict:
-    record = manifest.adapters[name]
-    return {
-        "foundation": manifest.foundation.fingerprint,
-        "adapter_sha256": manifest.files[record.file].sha256,
-        "max_seq_len": manifest.program.max_seq_len,
-    }
-
-
-def _cached(target: Path, stamp: dict) -> bool:
-    path = target / CACHE_STAMP
-    return (target / "bundle" / "manifest.json").is_file() and path.is_file() and json.loads(path.read_text()) == stamp
-
-
-def _export_merged(base, tokenizer, adapter_dir: Path, target: Path, max_seq_len: int) -> None:
-    from peft import PeftModel
-
-    from etlora.export import ExportOptions, export_bundle
-
-    merged = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir)).merge_and_unload()
-    checkpoint = target / "checkpoint"
-    merged.save_pretrained(checkpoint, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(checkpoint)
-    del merged
-    shutil.rmtree(target / "bundle", ignore_errors=True)
-    export_bundle(checkpoint, {}, target / "bundle", ExportOptions(target_modules="none", max_seq_len=max_seq_len))
-    shutil.rmtree(checkpoint)
-
-
-def prepare_naive(manifest: Manifest, adapters: list[str], cache: Path, log: Callable[[str], None]) -> list[Path]:
-    """One foundation-only bundle per adapter, its weights merged; reused while the stamp matches."""
-    base = tokenizer = None
-    bundles = []
-    for name in adapters:
-        target = cache / name
-        stamp = _stamp(manifest, name)
-        if not _cached(target, stamp):
-            if base is None:
-                log(f"loading foundation {manifest.foundation.source}")
-                base, tokenizer = _load_foundation_model(Path(manifest.foundation.source))
-            log(f"merging and exporting {name} -> {target / 'bundle'}")
-            target.mkdir(parents=True, exist_ok=True)
-            (target / CACHE_STAMP).unlink(missing_ok=True)
-            _export_merged(base, tokenizer, Path(manifest.adapters[name].source), target, stamp["max_seq_len"])
-            (target / CACHE_STAMP).write_text(json.dumps(stamp))
-        bundles.append(target / "bundle")
-    return bundles
-
-
-# ---------------------------------------------------------------------------------------------
-# the report
+# building
 
 
 def _choose_adapters(manifest: Manifest, bundle: Path, adapters: list[str] | None) -> list[str]:
@@ -243,156 +347,67 @@ def _choose_adapters(manifest: Manifest, bundle: Path, adapters: list[str] | Non
     return list(adapters)
 
 
+def _disk(manifest: Manifest, bundle: Path, adapters: list[str]) -> Disk:
+    return Disk(
+        bundle_bytes=inspect_bundle(bundle).total_size,
+        foundation_bytes=manifest.files[manifest.foundation.file].size,
+        program_bytes=manifest.files[manifest.program.file].size,
+        adapter_bytes={name: manifest.files[manifest.adapters[name].file].size for name in adapters},
+    )
+
+
 def build_report(
     bundle: str | Path,
     out: str | Path,
     adapters: list[str] | None = None,
     naive: bool = True,
     log: Callable[[str], None] = lambda _: None,
+    load_options: dict | None = None,
 ) -> Report:
+    """Measure `bundle`; `load_options` go to every etlora.load of the bundle (not the naive models)."""
+    from etlora.report_naive import naive_problem, prepare_naive
+
     bundle, out = Path(bundle), Path(out)
+    load_options = dict(load_options or {})
     manifest = read_manifest(bundle)
     adapters = _choose_adapters(manifest, bundle, adapters)
+    planned = read_planned_memory(bundle / manifest.program.file)
     generate = ["--generate"] if manifest.tokenizer is not None else []
-    log("measuring etlora (child process)")
-    etlora_steps, notes = run_child(["etlora", str(bundle), "--adapters", ",".join(adapters), *generate])
-    naive_steps, note = [], "" if naive else "naive column not requested (--no-naive)"
-    if naive and not note:
-        note = _naive_problem(manifest, adapters)
-    if naive and not note and adapters:
-        naive_bundles = prepare_naive(manifest, adapters, out / "naive_cache", log)
-        log("measuring naive merged models (child process)")
-        naive_steps, naive_notes = run_child(["naive", *map(str, naive_bundles), *generate])
-        notes += [f"naive: {note}" for note in naive_notes]
-    elif naive and not adapters:
+    names = ",".join(adapters)
+    log("measuring per-session state and adapter sessions (child process)")
+    session_steps, notes = run_steps("sessions", bundle, load_options, "--adapters", names, *generate)
+    log(f"measuring {', '.join(map(str, COUNTS))} sessions (child process)")
+    growth_steps, _ = run_steps("grow", bundle, load_options, "--adapters", names, "--counts", ",".join(map(str, COUNTS)))
+    log("measuring two processes on the bundle")
+    pair = measure_pair(bundle, adapters[0] if adapters else None, load_options)
+    naive_processes, note = [], "" if naive else "naive column not requested (--no-naive)"
+    if naive and not adapters:
         note = "bundle has no adapters; naive column skipped"
-    disk = inspect_bundle(bundle)
+    elif naive:
+        note = naive_problem(manifest, adapters)
+    if naive and not note:
+        bundles = prepare_naive(manifest, adapters, out / "naive_cache", log)
+        log("measuring naive merged models (one fresh process each)")
+        naive_processes = measure_naive(dict(zip(adapters, bundles)))
     return Report(
         bundle=str(bundle),
         adapters=adapters,
-        foundation_bytes=manifest.files[manifest.foundation.file].size,
-        program_bytes=manifest.files[manifest.program.file].size,
-        bundle_disk_bytes=disk.total_size,
-        naive_disk_bytes=(manifest.files[manifest.foundation.file].size + manifest.files[manifest.program.file].size)
-        * len(adapters),
-        adapter_ptd_bytes={name: manifest.files[manifest.adapters[name].file].size for name in adapters},
-        etlora_steps=etlora_steps,
-        naive_steps=naive_steps,
+        load_options=load_options,
+        disk=_disk(manifest, bundle, adapters),
+        planned=planned,
+        session_steps=session_steps,
+        growth_steps=growth_steps,
+        pair=pair,
+        naive=naive_processes,
         naive_note=note,
         notes=notes,
         machine=machine_info(),
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# writers
-
-
-def _mb(size: float) -> str:
-    return f"{size / MB:,.1f} MB" if abs(size) >= 0.1 * MB else f"{size / 1e3:,.1f} kB"
-
-
-def _saving(ours: int, theirs: int) -> str:
-    if not theirs:
-        return "-"
-    return f"{_mb(theirs - ours)} ({100 * (theirs - ours) / theirs:.0f}%)"
-
-
-def _comparison_rows(report: Report) -> list[str]:
-    n = len(report.adapters)
-    rows = [f"| disk (bundle vs {n} full models) | {_mb(report.bundle_disk_bytes)} | "
-            f"{_mb(report.naive_disk_bytes)} | {_saving(report.bundle_disk_bytes, report.naive_disk_bytes)} |"]
-    naive_last = report.step(report.naive_steps, "+ merged model")
-    theirs = naive_last.pss if naive_last else 0
-    first, last = report.etlora_steps[1], report.step(report.etlora_steps, "+ session") or report.etlora_steps[1]
-    switched = report.step(report.etlora_steps, "switched") or last
-    one_session = first.pss + max(0, switched.pss - last.pss)  # switching cost measured after the sessions
-    for label, ours in ((f"PSS, one session switching through {n} adapters", one_session),
-                        (f"PSS, {n + 1} sessions alive (one per adapter + first)", last.pss)):
-        rows.append(f"| {label} | {_mb(ours)} | {_mb(theirs) if theirs else '-'} | {_saving(ours, theirs)} |")
-    return rows
-
-
-def _step_rows(steps: list[Step]) -> list[str]:
-    return [f"| {s.name} | {_mb(s.rss)} | {_mb(s.pss)} | {_mb(s.private)} | {_mb(s.shared)} |" for s in steps]
-
-
-def _foundation_line(report: Report) -> str:
-    line = (f"foundation resident: predicted {_mb(report.foundation_bytes)} (foundation.ptd size) "
-            f"vs measured {_mb(report.foundation_measured)} (PSS growth of the first session)")
-    worst = max((c.pss_growth for c in report.session_costs), default=0)
-    if worst > MISS_FRACTION * report.foundation_bytes:
-        return line + (f"  \n**MISS**: an extra session grew by {_mb(worst)}, more than {MISS_FRACTION}x the "
-                       "foundation: the foundation is not shared between sessions")
-    return line + f"  \nextra sessions stay below {MISS_FRACTION}x the foundation size: the foundation is shared"
-
-
-def render_markdown(report: Report) -> str:
-    machine = report.machine
-    lines = [
-        f"# etlora memory report: `{report.bundle}`",
-        "",
-        f"{len(report.adapters)} adapters ({', '.join(report.adapters)}); {machine['cpu']}, {machine['cores']} cores, "
-        f"{_mb(machine['ram_bytes'])} RAM; python {machine['python']}, torch {machine['torch']}, "
-        f"executorch {machine['executorch']}, etlora {machine['etlora']}",
-        "",
-        "| | etlora | naive (one merged model per adapter, all loaded) | saving |",
-        "|---|---|---|---|",
-        *_comparison_rows(report),
-        "",
-        "## Extra adapter sessions",
-        "",
-        "| adapter | .ptd size | PSS growth | x .ptd size |",
-        "|---|---|---|---|",
-        *[f"| {c.adapter} | {_mb(c.ptd_bytes)} | {_mb(c.pss_growth)} | {c.times_ptd:.2f}x |" for c in report.session_costs],
-        "",
-        _foundation_line(report),
-        "",
-        "## etlora steps (one process)",
-        "",
-        "| step | RSS | PSS | private | shared |",
-        "|---|---|---|---|---|",
-        *_step_rows(report.etlora_steps),
-        "",
-        "## naive steps (one process, one merged model per adapter)",
-        "",
-    ]
-    if report.naive_steps:
-        lines += ["| step | RSS | PSS | private | shared |", "|---|---|---|---|---|", *_step_rows(report.naive_steps)]
-    else:
-        lines.append(f"not measured: {report.naive_note}")
-    lines += [""] + [f"note: {note}  " for note in report.notes]
-    lines += ["", "Both processes import etlora (and with it torch) before the first step; compare growth between steps."]
-    return "\n".join(lines) + "\n"
-
-
-def render_png(report: Report) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = [("etlora", report.etlora_steps), ("naive", report.naive_steps)]
-    columns = [(title, steps) for title, steps in columns if steps]
-    figure, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4.5), sharey=True, squeeze=False)
-    for axis, (title, steps) in zip(axes[0], columns):
-        positions = range(len(steps))
-        axis.bar([p - 0.2 for p in positions], [s.rss / MB for s in steps], 0.4, label="RSS", color="#9ecae1")
-        axis.bar([p + 0.2 for p in positions], [s.pss / MB for s in steps], 0.4, label="PSS", color="#3182bd")
-        axis.set_xticks(list(positions), [s.name for s in steps], rotation=30, ha="right", fontsize=8)
-        axis.set_title(title)
-        axis.legend()
-    axes[0][0].set_ylabel("MB")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def write_report(report: Report, out: str | Path) -> dict[str, Path]:
+    from etlora.report_render import render_markdown, render_png
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"report.{name}" for name in ("json", "md", "png")}

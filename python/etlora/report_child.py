@@ -1,49 +1,123 @@
-"""The measuring process of `etlora report`: loads bundles step by step, prints the figures as JSON.
+"""The measuring processes of `etlora report`: load a bundle step by step, print the figures as JSON.
 
-Run by `etlora.report` in a fresh interpreter, so that nothing the parent loaded is counted:
+Run by `etlora.report_measure` in fresh interpreters, so that nothing the parent loaded is counted:
 
-    python -m etlora.report_child etlora BUNDLE --adapters a,b,c [--generate]
-    python -m etlora.report_child naive BUNDLE_1 BUNDLE_2 ... [--generate]
+    python -m etlora.report_child sessions BUNDLE --adapters a,b,c [--generate]
+        two foundation-only sessions (per-session state), then one more session per adapter
+        (adapter cost), then the first session switching through the adapters
+    python -m etlora.report_child grow BUNDLE --adapters a,b,c --counts 1,2,4,8
+        sessions cycling through the adapters; a step at each count
+    python -m etlora.report_child hold BUNDLE [--adapter a]
+        one session, one forward; prints its steps, then stays alive until stdin closes, so that
+        the parent can read /proc/PID/smaps beside a second process
 
-After each step it reads /proc/self/smaps_rollup; the last stdout line is
-{"steps": [{"name": ..., "rss": bytes, "pss": ..., "private": ..., "shared": ...}, ...], "notes": [...]}.
+Every session runs one forward with its adapters active before a step is taken: the program's
+planned memory is zero-filled at load, but adapter .ptd pages are mmapped and only pages that a
+forward touched are resident. `--load-options JSON` is passed to every `etlora.load` (see
+`open_session`). The last stdout line of a step-taking mode is
+{"steps": [{"name", "rss", "pss", "private", "shared", "regions": {region: {"rss", "pss"}}}], "notes": [...]}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-SMAPS_ROLLUP = Path("/proc/self/smaps_rollup")
 PROMPT = "Write one sentence about the sea."
 GENERATE_TOKENS = 16
+FORWARD_TOKENS = [1, 2, 3, 4, 5, 6, 7, 8]
+REGIONS = ("foundation_file", "adapter_files", "program_file", "packed_cache_file", "anonymous", "other")
 
 
-def read_smaps_rollup(path: Path = SMAPS_ROLLUP) -> dict[str, int]:
-    """RSS, PSS, private and shared (clean + dirty) bytes of this process."""
-    fields = {}
-    for line in path.read_text().splitlines()[1:]:
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            fields[key.strip()] = int(parts[0]) * 1024
-    return {
-        "rss": fields["Rss"],
-        "pss": fields["Pss"],
-        "private": fields["Private_Clean"] + fields["Private_Dirty"],
-        "shared": fields["Shared_Clean"] + fields["Shared_Dirty"],
-    }
+# ---------------------------------------------------------------------------------------------
+# /proc figures (also read by the parent for a process it started)
+
+
+def _region(path: str, cache_paths: tuple[str, ...]) -> str:
+    if not path or path.startswith("[heap]") or path.startswith("[anon") or path.startswith("[stack"):
+        return "anonymous"
+    if any(path.startswith(cache) for cache in cache_paths):
+        return "packed_cache_file"
+    name = os.path.basename(path)
+    if name == "foundation.ptd":
+        return "foundation_file"
+    if name.endswith(".ptd") and os.path.basename(os.path.dirname(path)) == "adapters":
+        return "adapter_files"
+    if name == "model.pte":
+        return "program_file"
+    return "other"
+
+
+def read_memory(pid: int | str = "self", cache_paths: tuple[str, ...] = ()) -> dict:
+    """RSS, PSS, private, shared (clean + dirty) bytes of a process, and RSS/PSS per region."""
+    totals = dict.fromkeys(("rss", "pss", "private", "shared"), 0)
+    regions = {name: {"rss": 0, "pss": 0} for name in REGIONS}
+    region = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+            region = _region(head[5] if len(head) > 5 else "", cache_paths)
+            continue
+        if len(head) != 3 or head[2] != "kB":
+            continue
+        key, size = head[0], int(head[1]) * 1024
+        if key == "Rss:":
+            totals["rss"] += size
+            regions[region]["rss"] += size
+        elif key == "Pss:":
+            totals["pss"] += size
+            regions[region]["pss"] += size
+        elif key in ("Private_Clean:", "Private_Dirty:"):
+            totals["private"] += size
+        elif key in ("Shared_Clean:", "Shared_Dirty:"):
+            totals["shared"] += size
+    return {**totals, "regions": regions}
+
+
+def cache_paths_of(load_options: dict) -> tuple[str, ...]:
+    """Paths of a packed-weight cache among the load options (`cache_dir`, `packed_cache`)."""
+    paths = [load_options.get(key) for key in ("cache_dir", "packed_cache")]
+    return tuple(str(Path(path).resolve()) for path in paths if isinstance(path, str))
 
 
 class Recorder:
-    def __init__(self):
+    def __init__(self, load_options: dict):
         self.steps: list[dict] = []
         self.notes: list[str] = []
+        self.cache_paths = cache_paths_of(load_options)
 
     def __call__(self, name: str) -> None:
-        self.steps.append({"name": name, **read_smaps_rollup()})
+        self.steps.append({"name": name, **read_memory("self", self.cache_paths)})
+
+    def print(self) -> None:
+        sys.stdout.write("\n" + json.dumps({"steps": self.steps, "notes": self.notes}) + "\n")
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions
+
+
+def open_session(bundle: str, adapter: str | None, load_options: dict):
+    """THE place where the report opens a session: load options (e.g. a packed weight cache,
+    `cache_dir=...`, once etlora.load takes one) pass through here unchanged."""
+    import etlora
+
+    session = etlora.load(bundle, adapters={adapter: 1.0} if adapter else None, **load_options)
+    session.logits(FORWARD_TOKENS)  # lazily mapped adapter pages count once a forward touched them
+    return session
+
+
+def _start(load_options: dict) -> Recorder:
+    record = Recorder(load_options)
+    import etlora  # noqa: F401  (the runtime and its libraries, before the first step)
+    import etlora._runtime  # noqa: F401
+
+    record("runtime started")
+    return record
 
 
 def _generate(session, record: Recorder) -> None:
@@ -57,60 +131,64 @@ def _generate(session, record: Recorder) -> None:
     record(f"generated {GENERATE_TOKENS} tokens")
 
 
-def measure_etlora(bundle: str, adapters: list[str], generate: bool) -> Recorder:
-    record = Recorder()
-    import etlora._runtime  # noqa: F401
-
-    record("runtime started")
-    import etlora
-
-    first = etlora.load(bundle)
-    first.logits([1, 2, 3])  # one forward in every step: lazily mapped pages count too
-    record("program + foundation loaded")
-    sessions = [first]
+def measure_sessions(bundle: str, adapters: list[str], generate: bool, load_options: dict) -> Recorder:
+    record = _start(load_options)
+    first = open_session(bundle, None, load_options)
+    record("session 1 (foundation only)")
+    sessions = [first, open_session(bundle, None, load_options)]
+    record("session 2 (foundation only)")
     for name in adapters:
-        sessions.append(etlora.load(bundle, adapters={name: 1.0}))
-        sessions[-1].logits([1, 2, 3])
+        sessions.append(open_session(bundle, name, load_options))
         record(f"+ session {name}")
     for name in adapters:
         first.set_adapters({name: 1.0})
-        first.logits([1, 2, 3])
-    record(f"switched through {len(adapters)} adapters")
+        first.logits(FORWARD_TOKENS)
+    record(f"session 1 switched through {len(adapters)} adapters")
     if generate:
         _generate(first, record)
     return record
 
 
-def measure_naive(bundles: list[str], generate: bool) -> Recorder:
-    record = Recorder()
-    import etlora._runtime  # noqa: F401
-
-    record("runtime started")
-    import etlora
-
+def measure_growth(bundle: str, adapters: list[str], counts: list[int], load_options: dict) -> Recorder:
+    record = _start(load_options)
     sessions = []
-    for bundle in bundles:
-        sessions.append(etlora.load(bundle))
-        sessions[-1].logits([1, 2, 3])
-        record(f"+ merged model {Path(bundle).parent.name}")
-    if generate and sessions:
-        _generate(sessions[0], record)
+    for index in range(max(counts, default=0)):
+        adapter = adapters[index % len(adapters)] if adapters else None
+        sessions.append(open_session(bundle, adapter, load_options))
+        if len(sessions) in counts:
+            record(f"{len(sessions)} session" + ("s" if len(sessions) > 1 else ""))
     return record
+
+
+def hold(bundle: str, adapter: str | None, load_options: dict) -> None:
+    record = _start(load_options)
+    session = open_session(bundle, adapter, load_options)
+    record("loaded, one forward")
+    record.print()
+    sys.stdin.read()  # the parent closes stdin once it has read /proc/PID/smaps
+    del session
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m etlora.report_child")
-    parser.add_argument("mode", choices=["etlora", "naive"])
-    parser.add_argument("bundles", nargs="+")
+    parser.add_argument("mode", choices=["sessions", "grow", "hold"])
+    parser.add_argument("bundle")
     parser.add_argument("--adapters", default="")
+    parser.add_argument("--adapter", default=None)
+    parser.add_argument("--counts", default="1,2,4,8")
     parser.add_argument("--generate", action="store_true")
+    parser.add_argument("--load-options", default="{}", help="JSON object passed to etlora.load")
     args = parser.parse_args(argv)
-    if args.mode == "etlora":
-        adapters = [name for name in args.adapters.split(",") if name]
-        record = measure_etlora(args.bundles[0], adapters, args.generate)
+    adapters = [name for name in args.adapters.split(",") if name]
+    load_options = json.loads(args.load_options)
+    if args.mode == "hold":
+        hold(args.bundle, args.adapter, load_options)
+        return 0
+    if args.mode == "sessions":
+        record = measure_sessions(args.bundle, adapters, args.generate, load_options)
     else:
-        record = measure_naive(args.bundles, args.generate)
-    sys.stdout.write("\n" + json.dumps({"steps": record.steps, "notes": record.notes}) + "\n")
+        record = measure_growth(args.bundle, adapters, [int(n) for n in args.counts.split(",")], load_options)
+    record.print()
     return 0
 
 
