@@ -4,10 +4,26 @@ Installed as `etlora.export`. Data flow: foundation.py / adapters.py (load and v
 program.py (model.py graph, tagging, lowering) -> adapter_file.py / manifest.py / bundle.py (write).
 """
 
-from .bundle import ExportOptions, add_adapter, export_bundle, remove_adapter
 from .errors import AdapterError, BundleError, EtloraError
 from .manifest import Manifest, read_manifest, verify_files
-from .program import Backend
+
+# Loaded on first use: they import torch (seconds), which reading a bundle never needs.
+_TORCH_EXPORTS = {
+    "ExportOptions": ".bundle",
+    "add_adapter": ".bundle",
+    "export_bundle": ".bundle",
+    "remove_adapter": ".bundle",
+    "Backend": ".program",
+}
+
+
+def __getattr__(name: str):
+    if name in _TORCH_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_TORCH_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AdapterError",
