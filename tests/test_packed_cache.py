@@ -67,12 +67,31 @@ def test_first_load_writes_the_file_named_by_fingerprint_and_runtime(bundle_copy
     assert _runtime.check_packed_cache_file(str(path))["valid"]
 
 
+def test_temp_files_of_dead_writers_are_removed(bundle_copy):
+    import os
+    import time
+
+    path = packed_file(bundle_copy)
+    path.parent.mkdir()
+    dead_pid = 4_000_000
+    if Path(f"/proc/{dead_pid}").exists():
+        pytest.skip("the stand-in dead pid is alive")
+    stale, fresh = Path(f"{path}.tmp-{dead_pid}-1"), Path(f"{path}.tmp-{dead_pid}-2")
+    for temp in (stale, fresh):
+        temp.write_bytes(b"half written")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    assert etlora.load(bundle_copy).packed_cache.source == "written"
+    assert not stale.exists() and fresh.exists()  # a young file may be another namespace's writer
+
+
 def test_later_start_maps_the_file_with_identical_logits(bundle_copy):
     first_info, first = load_in_fresh_process(bundle_copy)
     later_info, later = load_in_fresh_process(bundle_copy)
     off_info, off = load_in_fresh_process(bundle_copy, packed=False)
     assert first_info["source"] == "written"
     assert later_info["source"] == "mapped" and later_info["mapped_bytes"] > 0, later_info
+    assert 0 < later_info["check_seconds"] < later_info["load_seconds"]
     assert off_info["source"] == "off"
     assert np.abs(later - first).max() == 0
     assert np.abs(later - off).max() == 0
@@ -184,3 +203,6 @@ def test_runner_writes_then_maps_and_shows_cache(bundle_copy):
     assert "packed cache: off" in off.stderr
     logits = [run.stdout.splitlines()[1] for run in (first, later, off)]
     assert logits[0] == logits[1] == logits[2]
+    elsewhere = subprocess.run(args + ["--packed-cache", str(bundle_copy / "elsewhere")],
+                               check=True, capture_output=True, text=True)
+    assert f"packed cache: written {bundle_copy / 'elsewhere'}/" in elsewhere.stderr

@@ -34,6 +34,7 @@ class PackedCacheInfo:
     file_entries: int
     mapped_bytes: int
     load_seconds: float
+    check_seconds: float  # of load_seconds: footer and checksum check of an existing file
     note: str
 
     @property

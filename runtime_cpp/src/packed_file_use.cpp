@@ -1,12 +1,17 @@
 // PackedFileUse (packed_file_use.h).
 #include "packed_file_use.h"
 
+#include <dirent.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <ctime>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <unordered_map>
@@ -65,6 +70,27 @@ std::string temp_name(const std::string& final_path) {
   return final_path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
 }
 
+// Temp files of writers that died: "<name>.tmp-<pid>-..." whose process is
+// gone (ESRCH) and that nobody touched for 10 minutes (a pid from another
+// pid namespace may look dead while it is writing).
+void remove_dead_writers_files(const std::string& final_path) {
+  const std::string dir = parent_dir(final_path);
+  const std::string prefix = base_name(final_path) + ".tmp-";
+  DIR* listing = ::opendir(dir.c_str());
+  if (!listing) return;
+  const int64_t now_ns = static_cast<int64_t>(std::time(nullptr)) * 1000000000;
+  constexpr int64_t kIdleNs = 600LL * 1000000000;
+  while (const dirent* entry = ::readdir(listing)) {
+    const std::string name = entry->d_name;
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    const std::string path = dir + "/" + name;
+    if (pid <= 0 || pid == ::getpid() || now_ns - mtime_ns(path) < kIdleNs) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) ::unlink(path.c_str());
+  }
+  ::closedir(listing);
+}
+
 }  // namespace
 
 int64_t packed_files_in_use() {
@@ -94,8 +120,11 @@ StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& 
     }
   }
   if (exists(final_path)) {
+    const auto check_start = std::chrono::steady_clock::now();
     const PackedFileCheck check = check_packed_cache_file(final_path);
     const std::string problem = check.valid ? packed_cache_sum_problem(final_path) : check.problem;
+    use->check_seconds_ =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - check_start).count();
     if (problem.empty()) {
       use->backend_path_ = final_path;
       use->expected_ = PackedCacheSource::kMapped;
@@ -117,6 +146,7 @@ StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& 
                   " is not writable (" + errno_text() + "), packed in memory";
     return use;
   }
+  remove_dead_writers_files(final_path);
   use->backend_path_ = temp_name(final_path);
   use->expected_ = PackedCacheSource::kWritten;
   return use;
@@ -162,6 +192,7 @@ PackedCacheInfo PackedFileUse::settle() {
   info.path = final_path_;
   info.source = expected_;
   info.note = note_;
+  info.check_seconds = check_seconds_;
   if (expected_ == PackedCacheSource::kWritten) {
     const PackedFileCheck written = check_packed_cache_file(backend_path_);
     if (!written.valid || mapped_bytes_of(backend_path_) == 0) {

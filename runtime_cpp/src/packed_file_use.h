@@ -46,6 +46,7 @@ class PackedFileUse {
   PackedCacheSource expected_ = PackedCacheSource::kMemoryOnly;
   std::string note_;
   int64_t mtime_before_ns_ = 0;
+  double check_seconds_ = 0;
   bool registered_ = false;
 };
 

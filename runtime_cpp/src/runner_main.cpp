@@ -288,10 +288,12 @@ void show_cache(const etlora::Session& session) {
     return;
   }
   std::fprintf(stderr,
-               "packed cache: %s %s (%lld entries, file %.1f MiB, mapped %.1f MiB) | load %.3f s%s%s\n",
+               "packed cache: %s %s (%lld entries, file %.1f MiB, mapped %.1f MiB) | load %.3f s "
+               "(check %.3f s)%s%s\n",
                etlora::packed_cache_source_name(packed.source), packed.path.c_str(),
                static_cast<long long>(packed.file_entries), packed.file_bytes / mib,
-               packed.mapped_bytes / mib, packed.load_seconds, packed.note.empty() ? "" : " | ",
+               packed.mapped_bytes / mib, packed.load_seconds, packed.check_seconds,
+               packed.note.empty() ? "" : " | ",
                packed.note.c_str());
 }
 

@@ -71,6 +71,7 @@ struct PackedCacheInfo {
   int64_t file_entries = 0;  // entries in its index
   int64_t mapped_bytes = 0;  // bytes of it this process maps (/proc/self/maps)
   double load_seconds = 0;   // Session::open, start to end
+  double check_seconds = 0;  // of which: footer and checksum check of an existing file
   std::string note;          // why the file was replaced or not used
 };
 
