@@ -52,8 +52,12 @@ class Session:
         except (ValueError, RuntimeError) as error:
             raise BundleError(str(error)) from None
         self.packed_cache = PackedCacheInfo(**self._runtime.packed_cache)
-        if self.packed_cache.note:
-            log.warning("etlora: packed cache: %s", self.packed_cache.note)
+        info = self.packed_cache
+        if info.note:
+            log.warning("etlora: packed cache: %s", info.note)
+        elif info.source != "off":
+            log.info("etlora: packed cache %s: %s (%d entries, %.1f MiB), load %.3f s", info.source,
+                     info.path, info.file_entries, info.file_bytes / 2**20, info.load_seconds)
         if self._runtime.foundation_fingerprint != manifest.foundation.fingerprint:
             raise BundleError(
                 f"{self.bundle_dir / manifest.program.file}: program made for foundation "
