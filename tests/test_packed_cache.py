@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,6 @@ def test_first_load_writes_the_file_named_by_fingerprint_and_runtime(bundle_copy
 
 
 def test_temp_files_of_dead_writers_are_removed(bundle_copy):
-    import os
     import time
 
     path = packed_file(bundle_copy)
@@ -92,9 +92,18 @@ def test_later_start_maps_the_file_with_identical_logits(bundle_copy):
     assert first_info["source"] == "written"
     assert later_info["source"] == "mapped" and later_info["mapped_bytes"] > 0, later_info
     assert 0 < later_info["check_seconds"] < later_info["load_seconds"]
+    assert not later_info["check_hashed"]  # untouched since written: identity suffices
     assert off_info["source"] == "off"
     assert np.abs(later - first).max() == 0
     assert np.abs(later - off).max() == 0
+
+
+def test_copied_cache_is_hashed_once_then_mapped(bundle_copy, tmp_path):
+    load_in_fresh_process(bundle_copy)
+    moved = tmp_path / "moved"
+    shutil.copytree(bundle_copy, moved)  # new inodes: the .sum identity no longer matches
+    info, _ = load_in_fresh_process(moved)
+    assert info["source"] == "mapped" and info["check_hashed"], info
 
 
 def test_sessions_of_one_process_share_the_mapped_file(bundle_copy):
@@ -141,11 +150,15 @@ def test_damaged_file_is_replaced_and_logits_stay_right(bundle_copy, damage, cap
     load_in_fresh_process(bundle_copy)  # writes the file
     path = packed_file(bundle_copy)
     data = bytearray(path.read_bytes())
+    written_at = path.stat().st_mtime_ns
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
     elif damage == "flip_byte":  # footer intact: only the checksum can tell
         data[len(data) // 3] ^= 0xFF
         path.write_bytes(data)
+        # A write changes the mtime, which sends the check to hashing; on a coarse file-system
+        # clock the test's write could land in the same tick, so move it on explicitly.
+        os.utime(path, ns=(written_at + 10**9, written_at + 10**9))
     elif damage == "no_sum":
         Path(str(path) + ".sum").unlink()
     else:

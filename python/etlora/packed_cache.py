@@ -35,6 +35,7 @@ class PackedCacheInfo:
     mapped_bytes: int
     load_seconds: float
     check_seconds: float  # of load_seconds: footer and checksum check of an existing file
+    check_hashed: bool  # whether that check read and hashed the bytes (file changed since written)
     note: str
 
     @property

@@ -158,7 +158,7 @@ py::dict packed_cache_dict(const etlora::PackedCacheInfo& info) {
   return py::dict("path"_a = info.path, "source"_a = etlora::packed_cache_source_name(info.source),
                   "file_bytes"_a = info.file_bytes, "file_entries"_a = info.file_entries,
                   "mapped_bytes"_a = info.mapped_bytes, "load_seconds"_a = info.load_seconds,
-                  "check_seconds"_a = info.check_seconds,
+                  "check_seconds"_a = info.check_seconds, "check_hashed"_a = info.check_hashed,
                   "note"_a = info.note);
 }
 
@@ -267,7 +267,7 @@ PYBIND11_MODULE(_runtime, m) {
           "packed_cache",
           [](const PySession& s) { return packed_cache_dict(s.session().packed_cache()); },
           "How this load used the packed foundation file: path, source (off | mapped | written | "
-          "shared | memory-only), file_bytes, file_entries, mapped_bytes, load_seconds, check_seconds, note.")
+          "shared | memory-only), file_bytes, file_entries, mapped_bytes, load_seconds, check_seconds, check_hashed, note.")
       .def_property_readonly("load_anon_bytes",
                              [](const PySession& s) { return s.session().load_anon_bytes(); })
       .def_property_readonly("vocab_size",

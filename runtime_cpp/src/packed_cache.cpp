@@ -122,7 +122,18 @@ PackedFileCheck check_packed_cache_file(const std::string& path) {
 
 std::string packed_cache_sum_path(const std::string& packed_path) { return packed_path + ".sum"; }
 
-std::string packed_cache_sum_line(const std::string& path) {
+namespace {
+
+// "<device> <inode> <mtime ns>": changes whenever the file is written through
+// the file system, replaced or copied.
+std::string file_identity(const struct stat& st) {
+  const long long mtime_ns = static_cast<long long>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  return std::to_string(static_cast<unsigned long long>(st.st_dev)) + " " +
+         std::to_string(static_cast<unsigned long long>(st.st_ino)) + " " + std::to_string(mtime_ns);
+}
+
+// "<bytes> <16 hex>" of the file's content, or "" when unreadable.
+std::string content_hash(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) return "";
   struct stat st {};
@@ -131,10 +142,11 @@ std::string packed_cache_sum_line(const std::string& path) {
     return "";
   }
   const size_t size = static_cast<size_t>(st.st_size);
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  // Populated at once: cheaper than a page fault per 64 KiB, and the backend
+  // maps the same pages right after.
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED) return "";
-  ::madvise(map, size, MADV_SEQUENTIAL);
   // Four lanes of multiply-rotate over 8-byte words, then the tail bytes.
   const auto* bytes = static_cast<const uint8_t*>(map);
   constexpr uint64_t kPrime = 0x9E3779B97F4A7C15ull;
@@ -155,23 +167,47 @@ std::string packed_cache_sum_line(const std::string& path) {
   ::munmap(map, size);
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
-  return "etlora-packed-sum 1 " + std::to_string(size) + " " + hex + "\n";
+  return std::to_string(size) + " " + hex;
 }
 
-std::string packed_cache_sum_problem(const std::string& packed_path) {
+constexpr char kSumMagic[] = "etlora-packed-sum 1 ";
+
+}  // namespace
+
+std::string packed_cache_sum_line(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return "";
+  const std::string hash = content_hash(path);
+  if (hash.empty()) return "";
+  return kSumMagic + hash + " " + file_identity(st) + "\n";
+}
+
+PackedSumCheck check_packed_cache_sum(const std::string& packed_path) {
   const std::string sum_path = packed_cache_sum_path(packed_path);
   std::ifstream file(sum_path);
-  if (!file) return "checksum file " + sum_path + " missing (the file was not written by etlora, or "
-                    "its writer stopped half way)";
-  std::string recorded((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  const std::string actual = packed_cache_sum_line(packed_path);
-  if (recorded == actual) return "";
-  auto line = [](std::string text) {
-    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-    return "'" + text.substr(0, 80) + "'";
-  };
-  return "packed weight file " + packed_path + ": checksum expected " + line(recorded) + " (from " +
-         sum_path + "), got " + line(actual) + " (damaged or replaced)";
+  if (!file) {
+    return {"checksum file " + sum_path + " missing (the file was not written by etlora, or its "
+            "writer stopped half way)", false};
+  }
+  std::string recorded;
+  std::getline(file, recorded);
+  const size_t magic = sizeof(kSumMagic) - 1;
+  std::istringstream fields(recorded.compare(0, magic, kSumMagic) == 0 ? recorded.substr(magic) : "");
+  std::string bytes, hash, device, inode, mtime;
+  if (!(fields >> bytes >> hash >> device >> inode >> mtime)) {
+    return {"checksum file " + sum_path + ": expected 'etlora-packed-sum 1 <bytes> <hash> <device> "
+            "<inode> <mtime>', got '" + recorded.substr(0, 80) + "'", false};
+  }
+  struct stat st {};
+  if (::stat(packed_path.c_str(), &st) != 0) return {"packed weight file " + packed_path + " vanished", false};
+  if (std::to_string(st.st_size) == bytes && file_identity(st) == device + " " + inode + " " + mtime) {
+    return {"", false};  // the very file that was hashed, untouched since
+  }
+  const std::string actual = content_hash(packed_path);
+  if (actual == bytes + " " + hash) return {"", true};
+  return {"packed weight file " + packed_path + ": checksum expected '" + bytes + " " + hash +
+              "' (from " + sum_path + "), got '" + actual + "' (damaged or replaced)",
+          true};
 }
 
 const char* packed_cache_source_name(PackedCacheSource source) {

@@ -122,7 +122,9 @@ StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& 
   if (exists(final_path)) {
     const auto check_start = std::chrono::steady_clock::now();
     const PackedFileCheck check = check_packed_cache_file(final_path);
-    const std::string problem = check.valid ? packed_cache_sum_problem(final_path) : check.problem;
+    const PackedSumCheck sum = check.valid ? check_packed_cache_sum(final_path) : PackedSumCheck{};
+    const std::string problem = check.valid ? sum.problem : check.problem;
+    use->check_hashed_ = sum.hashed;
     use->check_seconds_ =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - check_start).count();
     if (problem.empty()) {
@@ -193,6 +195,7 @@ PackedCacheInfo PackedFileUse::settle() {
   info.source = expected_;
   info.note = note_;
   info.check_seconds = check_seconds_;
+  info.check_hashed = check_hashed_;
   if (expected_ == PackedCacheSource::kWritten) {
     const PackedFileCheck written = check_packed_cache_file(backend_path_);
     if (!written.valid || mapped_bytes_of(backend_path_) == 0) {

@@ -47,6 +47,7 @@ class PackedFileUse {
   std::string note_;
   int64_t mtime_before_ns_ = 0;
   double check_seconds_ = 0;
+  bool check_hashed_ = false;
   bool registered_ = false;
 };
 

@@ -43,14 +43,21 @@ struct PackedFileCheck {
 PackedFileCheck check_packed_cache_file(const std::string& path);
 
 // The backend keeps no checksum, so etlora keeps one beside the file,
-// "<file>.sum": "etlora-packed-sum 1 <bytes> <16 hex>\n", a fast 64-bit hash
-// of every byte (catches damage, not tampering). Written from the complete
-// temp file before it is renamed into place; checked before every mapping.
+// "<file>.sum": "etlora-packed-sum 1 <bytes> <16 hex> <device> <inode> <mtime ns>\n",
+// a fast 64-bit hash of every byte (catches damage, not tampering) and the
+// identity of the file it was computed on. Written from the complete temp file
+// before it is renamed into place (rename keeps device, inode and mtime).
 std::string packed_cache_sum_path(const std::string& packed_path);
-// The sum line for `path`'s bytes, or "" when unreadable.
+// The sum line for `path`, or "" when unreadable.
 std::string packed_cache_sum_line(const std::string& path);
-// Empty when `packed_path` matches its .sum file; else what is wrong.
-std::string packed_cache_sum_problem(const std::string& packed_path);
+// Checks `packed_path` against its .sum: when size, device, inode and mtime
+// are those recorded, the file has not been written since it was hashed and
+// is trusted without reading it; otherwise its bytes are hashed again.
+struct PackedSumCheck {
+  std::string problem;  // empty when the file matches
+  bool hashed = false;  // whether the bytes were read and hashed
+};
+PackedSumCheck check_packed_cache_sum(const std::string& packed_path);
 
 // How a Session's load used the packed file.
 enum class PackedCacheSource {
@@ -72,6 +79,7 @@ struct PackedCacheInfo {
   int64_t mapped_bytes = 0;  // bytes of it this process maps (/proc/self/maps)
   double load_seconds = 0;   // Session::open, start to end
   double check_seconds = 0;  // of which: footer and checksum check of an existing file
+  bool check_hashed = false; // whether that check hashed the bytes (identity changed)
   std::string note;          // why the file was replaced or not used
 };
 
