@@ -206,7 +206,7 @@ PackedCacheInfo PackedFileUse::settle() {
       ::unlink(backend_path_.c_str());
     } else if (std::string failed = publish_written_file(); !failed.empty()) {
       info.source = PackedCacheSource::kMemoryOnly;
-      info.note = failed + ", packed in memory";
+      info.note = failed + "; packed weights not kept for the next start";
       ::unlink(backend_path_.c_str());
     }
   }
