@@ -47,9 +47,27 @@ def main() -> None:
         # A manifest from a future etlora.
         "manifest_future_version.json": json.dumps({"format": "etlora-bundle", "format_version": 99}).encode(),
     }
+    files.update(packed_weight_files())
     for name, data in files.items():
         (OUT / name).write_bytes(data)
         print(f"{name}: {len(data)} bytes")
+
+
+def packed_weight_file(data_bytes: int, entries: list[tuple[bytes, int, int]], footer_count: int) -> bytes:
+    """An XNNPACK packed weight file (executorch 1.5.1 layout): data, index, 20-byte footer."""
+    index = b"".join(struct.pack("<I", len(name)) + name + struct.pack("<QQI", offset, size, 0)
+                     for name, offset, size in entries)
+    footer = struct.pack("<QIII", data_bytes, footer_count, 0x58505743, 2)
+    return bytes(data_bytes) + index + footer
+
+
+def packed_weight_files() -> dict[str, bytes]:
+    return {
+        # The footer promises 3 index entries, the index holds 1: a file cut while its index was written.
+        "packed_index_truncated.bin": packed_weight_file(4096, [(b"w0", 0, 4096)], footer_count=3),
+        # An entry whose packed bytes would lie past the data region.
+        "packed_entry_out_of_bounds.bin": packed_weight_file(4096, [(b"w0", 0, 1 << 20)], footer_count=1),
+    }
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ def cmd_run(args) -> int:
 
     adapters = dict(args.adapter or [])
     with _step("loading bundle"):
-        session = etlora.load(args.bundle, adapters=adapters)
+        session = etlora.load(args.bundle, adapters=adapters, packed_cache=not args.no_packed_cache,
+                              cache_dir=args.packed_cache)
     active = ", ".join(f"{name}={strength:g}" for name, strength in adapters.items()) or "none"
     console.print(f"adapters: {active}")
     result = session.generate(
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold when sampling")
     run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     run.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    run.add_argument("--packed-cache", metavar="DIR", default=None,
+                     help="folder for the packed foundation file (default BUNDLE/.etlora-cache)")
+    run.add_argument("--no-packed-cache", action="store_true",
+                     help="pack the foundation weights at load without keeping them in a file")
     run.set_defaults(run=cmd_run)
 
     inspect = commands.add_parser(

@@ -102,11 +102,13 @@ class Recorder:
 
 
 def open_session(bundle: str, adapter: str | None, load_options: dict):
-    """THE place where the report opens a session: load options (e.g. a packed weight cache,
-    `cache_dir=...`, once etlora.load takes one) pass through here unchanged."""
+    """THE place where the report opens a session (etlora's and the naive models'). The packed
+    weight file is off unless the user asks (`--load-option packed_cache=true`, `cache_dir=...`):
+    by default both sides pack into memory, the same way, and nothing is written into bundles."""
     import etlora
 
-    session = etlora.load(bundle, adapters={adapter: 1.0} if adapter else None, **load_options)
+    options = {"packed_cache": False, **load_options}
+    session = etlora.load(bundle, adapters={adapter: 1.0} if adapter else None, **options)
     session.logits(FORWARD_TOKENS)  # lazily mapped adapter pages count once a forward touched them
     return session
 

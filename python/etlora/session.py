@@ -15,6 +15,7 @@ import numpy as np
 
 from etlora.export.errors import BundleError, EtloraError
 from etlora.export.manifest import Manifest, read_manifest
+from etlora.packed_cache import PackedCacheInfo, log, packed_cache_path
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,31 @@ class Generation:
 class Session:
     """One loaded program with its foundation; adapters switch without reloading either."""
 
-    def __init__(self, bundle_dir: str | Path, manifest: Manifest):
+    def __init__(self, bundle_dir: str | Path, manifest: Manifest, packed_cache: bool = True,
+                 cache_dir: str | Path | None = None):
         from etlora import _runtime
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         self._check_files_present()
+        packed_path = None
+        if packed_cache:
+            packed_path = packed_cache_path(self.bundle_dir, manifest.foundation.fingerprint, cache_dir)
         try:
             self._runtime = _runtime.Session(
                 str(self.bundle_dir / manifest.program.file),
                 str(self.bundle_dir / manifest.foundation.file),
+                packed_cache_path=str(packed_path) if packed_path else "",
             )
         except (ValueError, RuntimeError) as error:
             raise BundleError(str(error)) from None
+        self.packed_cache = PackedCacheInfo(**self._runtime.packed_cache)
+        info = self.packed_cache
+        if info.note:
+            log.warning("etlora: packed cache: %s", info.note)
+        elif info.source != "off":
+            log.info("etlora: packed cache %s: %s (%d entries, %.1f MiB), load %.3f s", info.source,
+                     info.path, info.file_entries, info.file_bytes / 2**20, info.load_seconds)
         if self._runtime.foundation_fingerprint != manifest.foundation.fingerprint:
             raise BundleError(
                 f"{self.bundle_dir / manifest.program.file}: program made for foundation "
@@ -178,8 +191,14 @@ class Session:
         )
 
 
-def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None) -> Session:
-    """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`."""
-    session = Session(bundle_dir, read_manifest(bundle_dir))
+def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
+         packed_cache: bool = True, cache_dir: str | Path | None = None) -> Session:
+    """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`.
+
+    packed_cache: keep XNNPACK's packed foundation weights in a file so that later starts map them
+    instead of packing again; the file lives in `cache_dir` (default `<bundle>/.etlora-cache/`).
+    An unwritable folder turns it off with one warning. `session.packed_cache` says what happened.
+    """
+    session = Session(bundle_dir, read_manifest(bundle_dir), packed_cache=packed_cache, cache_dir=cache_dir)
     session.set_adapters(adapters)
     return session

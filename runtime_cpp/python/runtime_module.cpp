@@ -73,12 +73,13 @@ py::array_t<float> to_array(std::vector<float>&& values) {
 // Session at once while the GIL is released.
 class PySession {
  public:
-  PySession(const std::string& program_path, const std::string& foundation_path, bool weight_cache) {
+  PySession(const std::string& program_path, const std::string& foundation_path, bool weight_cache,
+            const std::string& packed_cache_path) {
     etlora::StatusOr<std::unique_ptr<etlora::Session>> opened =
         etlora::Status(etlora::StatusCode::kRuntimeError, "not opened");
     {
       py::gil_scoped_release release;
-      opened = etlora::Session::open(program_path, foundation_path, {weight_cache});
+      opened = etlora::Session::open(program_path, foundation_path, {weight_cache, packed_cache_path});
     }
     if (!opened.ok()) raise_status(opened.status());
     session_ = std::move(*opened);
@@ -153,6 +154,14 @@ class PySession {
   std::mutex mutex_;
 };
 
+py::dict packed_cache_dict(const etlora::PackedCacheInfo& info) {
+  return py::dict("path"_a = info.path, "source"_a = etlora::packed_cache_source_name(info.source),
+                  "file_bytes"_a = info.file_bytes, "file_entries"_a = info.file_entries,
+                  "mapped_bytes"_a = info.mapped_bytes, "load_seconds"_a = info.load_seconds,
+                  "check_seconds"_a = info.check_seconds, "check_hashed"_a = info.check_hashed,
+                  "note"_a = info.note);
+}
+
 // Decoded bytes as str; a character cut off at the end shows as U+FFFD.
 py::str to_text(const std::string& bytes) {
   return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(bytes.data(), bytes.size(), "replace"));
@@ -202,16 +211,33 @@ PYBIND11_MODULE(_runtime, m) {
                         "workspace_sharing_mode"_a = stats->workspace_sharing_mode,
                         "open_sessions"_a = stats->open_sessions, "rss_bytes"_a = stats->rss_bytes,
                         "rss_anon_bytes"_a = stats->rss_anon_bytes,
-                        "rss_file_bytes"_a = stats->rss_file_bytes);
+                        "rss_file_bytes"_a = stats->rss_file_bytes,
+                        "packed_cache_files"_a = stats->packed_cache_files);
       },
       "XNNPACK weight cache figures: the backend's global options (default_enabled, "
-      "workspace_sharing_mode), open_sessions, cached_sessions and the process's memory (rss_bytes, rss_anon_bytes, rss_file_bytes). "
+      "workspace_sharing_mode), open_sessions, cached_sessions, packed_cache_files (packed foundation files "
+      "held by live sessions) and the process's memory (rss_bytes, rss_anon_bytes, rss_file_bytes). "
       "The backend exposes no entry/hit counters.");
+  m.def("executorch_version", &etlora::executorch_version,
+        "The executorch release the runtime was built against (part of packed file names).");
+  m.def("packed_cache_file_name", &etlora::packed_cache_file_name, py::arg("foundation_fingerprint"),
+        "The packed foundation file's name for a fingerprint and this runtime.");
+  m.def(
+      "check_packed_cache_file",
+      [](const std::string& path) {
+        const etlora::PackedFileCheck check = etlora::check_packed_cache_file(path);
+        return py::dict("valid"_a = check.valid, "problem"_a = check.problem,
+                        "file_bytes"_a = check.file_bytes, "entries"_a = check.entries);
+      },
+      py::arg("path"), "Footer check of a packed foundation file: valid, problem, file_bytes, entries.");
   py::class_<PySession>(m, "Session")
-      .def(py::init<const std::string&, const std::string&, bool>(), py::arg("program_path"),
-           py::arg("foundation_path"), py::kw_only(), py::arg("weight_cache") = true,
+      .def(py::init<const std::string&, const std::string&, bool, const std::string&>(),
+           py::arg("program_path"), py::arg("foundation_path"), py::kw_only(),
+           py::arg("weight_cache") = true, py::arg("packed_cache_path") = "",
            "Load model.pte with foundation.ptd (memory-mapped); no adapter active. weight_cache: "
-           "share packed foundation weights with other Sessions (XNNPACK weight cache).")
+           "share packed foundation weights with other Sessions (XNNPACK weight cache). "
+           "packed_cache_path: the packed foundation file (name from packed_cache_file_name), "
+           "written at the first start and mapped at later ones; '' = off.")
       .def("set_adapters", &PySession::set_adapters, py::arg("adapters"),
            "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.")
       .def("forward", &PySession::forward, py::arg("tokens"), py::arg("start_pos"),
@@ -237,6 +263,11 @@ PYBIND11_MODULE(_runtime, m) {
                              [](const PySession& s) { return s.session().info().max_seq_len; })
       .def_property_readonly("weight_cache",
                              [](const PySession& s) { return s.session().weight_cache(); })
+      .def_property_readonly(
+          "packed_cache",
+          [](const PySession& s) { return packed_cache_dict(s.session().packed_cache()); },
+          "How this load used the packed foundation file: path, source (off | mapped | written | "
+          "shared | memory-only), file_bytes, file_entries, mapped_bytes, load_seconds, check_seconds, check_hashed, note.")
       .def_property_readonly("load_anon_bytes",
                              [](const PySession& s) { return s.session().load_anon_bytes(); })
       .def_property_readonly("vocab_size",

@@ -10,7 +10,16 @@
 //   etlora_runner --model model.pte --data foundation.ptd
 //                 [--adapter path.ptd[=strength]]... --tokens 1,2,3
 //     prints the argmax token and the first logits, with load and run times.
+//
+//   Either form: [--packed-cache DIR | --no-packed-cache] keeps XNNPACK's
+//     packed foundation weights in DIR (default: .etlora-cache/ beside
+//     model.pte) so later starts map them instead of packing again;
+//     [--show-cache] prints the cache figures on stderr.
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +45,8 @@ struct Options {
   bool chat_template = true;
   bool show_cache = false;
   bool weight_cache = true;
+  bool packed_cache = true;
+  std::string packed_cache_dir;  // empty: .etlora-cache/ beside model.pte
   etlora::GenerationOptions generation;
 };
 
@@ -48,7 +59,9 @@ void usage() {
                "                     [--adapter path.ptd[=strength]]... --tokens 1,2,3\n"
                "                     [--show N]\n"
                "       either form: [--show-cache] (XNNPACK weight cache figures on stderr)\n"
-               "                    [--no-weight-cache] (load without the cache)\n");
+               "                    [--no-weight-cache] (load without the cache)\n"
+               "                    [--packed-cache DIR | --no-packed-cache] (packed foundation file;\n"
+               "                     default DIR: .etlora-cache/ beside model.pte)\n");
 }
 
 bool parse_number(const std::string& option, const std::string& text, double& value) {
@@ -110,6 +123,10 @@ bool parse_args(int argc, char** argv, Options& options) {
       options.chat_template = false;
       continue;
     }
+    if (arg == "--no-packed-cache") {
+      options.packed_cache = false;
+      continue;
+    }
     if (arg == "--show-cache" || arg == "--no-weight-cache") {
       (arg == "--show-cache" ? options.show_cache : options.weight_cache) = arg == "--show-cache";
       continue;
@@ -133,6 +150,8 @@ bool parse_args(int argc, char** argv, Options& options) {
       }
     } else if (arg == "--show") {
       options.shown_logits = std::atoi(value.c_str());
+    } else if (arg == "--packed-cache") {
+      options.packed_cache_dir = value;
     } else if (arg == "--bundle") {
       options.bundle = value;
     } else if (arg == "--tokenizer") {
@@ -222,6 +241,27 @@ int run_prompt(etlora::Session& session, const Options& options) {
   return 0;
 }
 
+std::string dir_of(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
+}
+
+// The packed file's full path, or "" (off) with a one-line warning when the
+// folder cannot be made; the cache is an optimisation, never a reason to fail.
+std::string packed_cache_path(const Options& options) {
+  if (!options.packed_cache || !options.weight_cache) return "";
+  const std::string dir =
+      options.packed_cache_dir.empty() ? dir_of(options.model) + "/.etlora-cache" : options.packed_cache_dir;
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    std::fprintf(stderr, "warning: packed cache off: cannot create %s (%s)\n", dir.c_str(),
+                 std::strerror(errno));
+    return "";
+  }
+  auto fingerprint = etlora::read_foundation_fingerprint(options.model);
+  if (!fingerprint.ok()) return "";  // Session::open reports the program's problem
+  return dir + "/" + etlora::packed_cache_file_name(*fingerprint);
+}
+
 double ms_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
       .count();
@@ -242,6 +282,19 @@ void show_cache(const etlora::Session& session) {
                stats->workspace_sharing_mode,
                static_cast<long long>(stats->open_sessions), session.load_anon_bytes() / mib,
                stats->rss_bytes / mib, stats->rss_anon_bytes / mib, stats->rss_file_bytes / mib);
+  const etlora::PackedCacheInfo& packed = session.packed_cache();
+  if (packed.source == etlora::PackedCacheSource::kOff) {
+    std::fprintf(stderr, "packed cache: off | load %.3f s\n", packed.load_seconds);
+    return;
+  }
+  std::fprintf(stderr,
+               "packed cache: %s %s (%lld entries, file %.1f MiB, mapped %.1f MiB) | load %.3f s "
+               "(check %.3f s)%s%s\n",
+               etlora::packed_cache_source_name(packed.source), packed.path.c_str(),
+               static_cast<long long>(packed.file_entries), packed.file_bytes / mib,
+               packed.mapped_bytes / mib, packed.load_seconds, packed.check_seconds,
+               packed.note.empty() ? "" : " | ",
+               packed.note.c_str());
 }
 
 }  // namespace
@@ -253,7 +306,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto load_start = std::chrono::steady_clock::now();
-  auto session = etlora::Session::open(options.model, options.data, {options.weight_cache});
+  auto session = etlora::Session::open(options.model, options.data,
+                                       {options.weight_cache, packed_cache_path(options)});
   if (!session.ok()) {
     std::fprintf(stderr, "error: %s\n", session.status().message().c_str());
     return 1;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <unordered_map>
@@ -19,6 +20,7 @@
 
 #include "etlora/kernels.h"
 #include "format_util.h"
+#include "packed_file_use.h"
 
 namespace etlora {
 
@@ -143,10 +145,29 @@ StatusOr<WeightCacheStats> weight_cache_stats() {
   stats.rss_bytes = rss.total;
   stats.rss_anon_bytes = rss.anon;
   stats.rss_file_bytes = rss.file;
+  stats.packed_cache_files = packed_files_in_use();
   return stats;
 }
 
+StatusOr<std::string> read_foundation_fingerprint(const std::string& program_path) {
+  if (!is_file(program_path)) {
+    return Status(StatusCode::kNotFound, "program file " + program_path +
+                                             " not found (expected model.pte of an etlora bundle)");
+  }
+  Module module(program_path, Module::LoadMode::Mmap);
+  auto fingerprint = read_strings(module, program_path, "etlora_foundation_fingerprint");
+  if (!fingerprint.ok()) return fingerprint.status();
+  if (fingerprint->size() != 1) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path +
+                      ": etlora_foundation_fingerprint is expected to return one string");
+  }
+  return (*fingerprint)[0];
+}
+
 struct Session::Impl {
+  // Declared first so it is released last, after the module's delegates.
+  std::unique_ptr<PackedFileUse> packed_file;
   std::unique_ptr<Module> module;
   // Input storage. The exporter keeps inputs out of memory planning, so
   // ExecuTorch points the method's inputs at these buffers (no copy): they
@@ -182,17 +203,34 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       " not found (expected foundation.ptd beside model.pte)");
   }
   if (Status registered = register_kernels(); !registered.ok()) return registered;
+  const auto load_start = std::chrono::steady_clock::now();
   const int64_t anon_before = read_rss().anon;
   std::unique_ptr<Session> session(new Session());
   session->program_path_ = program_path;
   Impl& impl = *session->impl_;
+  if (!options.packed_cache_path.empty()) {
+    if (!options.weight_cache) {
+      return Status(StatusCode::kInvalidArgument,
+                    "packed cache path " + options.packed_cache_path +
+                        " given with the weight cache off; hint: the XNNPACK backend reads and "
+                        "writes the packed file only through its weight cache, turn it on");
+    }
+    auto planned = PackedFileUse::plan(options.packed_cache_path);
+    if (!planned.ok()) return planned.status();
+    impl.packed_file = std::move(*planned);
+  }
   impl.module = std::make_unique<Module>(program_path, std::vector<std::string>{foundation_path},
                                          Module::LoadMode::Mmap);
   Module& module = *impl.module;
   // Per-load XNNPACK options (the Module keeps a copy for load_method).
-  executorch::runtime::BackendOptions<1> xnnpack_options;
+  // The packed file path is honoured only here, per load (the backend ignores
+  // a process-wide packed_cache_path for loading).
+  executorch::runtime::BackendOptions<2> xnnpack_options;
   executorch::runtime::LoadBackendOptionsMap backend_options;
   Error set = xnnpack_options.set_option("weight_cache_enabled", options.weight_cache);
+  if (set == Error::Ok && impl.packed_file && !impl.packed_file->backend_path().empty()) {
+    set = xnnpack_options.set_option("packed_cache_path", impl.packed_file->backend_path().c_str());
+  }
   if (set == Error::Ok) set = backend_options.set_options(kXnnpackBackend, xnnpack_options.view());
   if (set != Error::Ok) {
     return Status(StatusCode::kRuntimeError, std::string("could not build options for backend ") +
@@ -242,6 +280,10 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       ": etlora_foundation_fingerprint is expected to return one string");
   }
   info.foundation_fingerprint = (*fingerprint)[0];
+  if (impl.packed_file) {  // before forward loads: nothing is packed or mapped yet
+    Status named = impl.packed_file->check_name(info.foundation_fingerprint);
+    if (!named.ok()) return named;
+  }
   info.sites = *sites;
   info.max_rank = *rank;
   info.adapter_slots = *slots;
@@ -297,9 +339,12 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   impl.zeros.assign(largest_site * info.max_rank, 0.0f);
   Status no_adapters = session->set_adapters({});
   if (!no_adapters.ok()) return no_adapters;
+  if (impl.packed_file) session->packed_cache_ = impl.packed_file->settle();
   session->load_anon_bytes_ = read_rss().anon - anon_before;
   session->weight_cache_ = options.weight_cache;
   if (options.weight_cache) ++g_cached_sessions;
+  session->packed_cache_.load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   return session;
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <etlora/adapter_file.h>
+#include <etlora/packed_cache.h>
 #include <etlora/status.h>
 
 namespace etlora {
@@ -43,16 +44,29 @@ struct WeightCacheStats {
   int64_t cached_sessions = 0;      // ... of which loaded with the cache on
   int64_t rss_bytes = 0;            // VmRSS of the process
   int64_t rss_anon_bytes = 0;       // RssAnon: heap, packed weights included
-  int64_t rss_file_bytes = 0;       // RssFile: mapped files (model.pte, .ptd)
+  int64_t rss_file_bytes = 0;       // RssFile: mapped files (model.pte, .ptd, packed file)
+  int64_t packed_cache_files = 0;   // packed foundation files live Sessions hold
 };
 
 // Reads the figures above. Fails if the XNNPACK backend is not registered.
 StatusOr<WeightCacheStats> weight_cache_stats();
 
+// The program's etlora_foundation_fingerprint, read without loading the
+// foundation or any delegate (to name the packed file before Session::open).
+StatusOr<std::string> read_foundation_fingerprint(const std::string& program_path);
+
 struct SessionOptions {
   // Share packed foundation weights with other Sessions of the same
   // foundation (XNNPACK option weight_cache_enabled, set for this load only).
   bool weight_cache = true;
+  // The packed foundation file (packed_cache.h), a full path whose name is
+  // packed_cache_file_name(fingerprint); empty = off. Needs weight_cache. The
+  // first start packs and writes it (temp name, renamed when complete); a
+  // later start maps it instead of packing. A file that fails the footer
+  // check is replaced; one the backend cannot use (locked by another
+  // process, unwritable folder) leaves the Session packing into memory, with
+  // the reason in packed_cache().note. Never changes the logits.
+  std::string packed_cache_path;
 };
 
 // An adapter to activate: its file and how strongly to apply it.
@@ -100,6 +114,8 @@ class Session {
   // Approximate when other threads allocate during the load.
   int64_t load_anon_bytes() const { return load_anon_bytes_; }
   bool weight_cache() const { return weight_cache_; }
+  // How this load used the packed foundation file, and its load time.
+  const PackedCacheInfo& packed_cache() const { return packed_cache_; }
 
   ~Session();
 
@@ -112,6 +128,7 @@ class Session {
   std::vector<AdapterChoice> active_;
   int64_t load_anon_bytes_ = 0;
   bool weight_cache_ = false;
+  PackedCacheInfo packed_cache_;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,65 @@
+"""Where a bundle's packed foundation file lives, and what a load did with it.
+
+XNNPACK repacks the foundation weights at every load; with a packed file the first start writes its
+packed copy and later starts map it instead (runtime_cpp/README.md). The file lives in a cache
+folder, `<bundle>/.etlora-cache/` unless told otherwise; it is not part of the bundle and may be
+deleted at any time (docs/bundle-format.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_DIR_NAME = ".etlora-cache"
+MAX_PATH_CHARS = 230  # the C++ runtime's kMaxPackedCachePath: the backend truncates longer paths
+
+log = logging.getLogger("etlora")
+
+
+@dataclass(frozen=True)
+class PackedCacheInfo:
+    """How one load used the packed foundation file, as measured by the C++ runtime.
+
+    source: off | mapped (existing file mapped, nothing packed) | written (packed, file written) |
+    shared (another live session of this process had it) | memory-only (packed into memory; `note`
+    says why the file was not used). The backend reports no hit/miss counters, so there are none.
+    """
+
+    path: str
+    source: str
+    file_bytes: int
+    file_entries: int
+    mapped_bytes: int
+    load_seconds: float
+    check_seconds: float  # of load_seconds: footer and checksum check of an existing file
+    check_hashed: bool  # whether that check read and hashed the bytes (file changed since written)
+    note: str
+
+    @property
+    def from_file(self) -> bool:
+        return self.source in ("mapped", "shared")
+
+
+def packed_cache_path(bundle_dir: str | Path, foundation_fingerprint: str,
+                      cache_dir: str | Path | None = None) -> Path | None:
+    """The packed file for this foundation and runtime, or None (one warning) when the folder is unusable."""
+    from etlora import _runtime
+
+    folder = Path(cache_dir) if cache_dir is not None else Path(bundle_dir) / CACHE_DIR_NAME
+    path = folder / _runtime.packed_cache_file_name(foundation_fingerprint)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        log.warning("etlora: packed cache off: cannot create %s (%s)", folder, error.strerror or error)
+        return None
+    if not os.access(folder, os.W_OK):
+        log.warning("etlora: packed cache off: %s is not writable (hint: cache_dir=... elsewhere)", folder)
+        return None
+    if len(str(path)) > MAX_PATH_CHARS:
+        log.warning("etlora: packed cache off: %s is %d characters, the runtime takes at most %d "
+                    "(hint: a shorter cache_dir)", path, len(str(path)), MAX_PATH_CHARS)
+        return None
+    return path
