@@ -114,9 +114,12 @@ def _two_processes(report: Report) -> list[str]:
         return ["not measured"]
     first = pair.first
     cache_rss = first.region("packed_cache_file")
+    second_cache_rss = pair.second.region("packed_cache_file")
     cache = (f"the packed cache file is {_mb(cache_rss)} RSS / {_mb(first.region('packed_cache_file', 'pss'))} PSS "
-             "in each process" if cache_rss else
-             "no packed cache file is mapped (load option cache_dir / packed_cache, once etlora.load takes one)")
+             f"in process 1 and {_mb(second_cache_rss)} RSS in process 2 (the XNNPACK backend locks the file "
+             "for the process that maps it; another process packs into memory)" if cache_rss else
+             "no packed cache file is mapped (the report loads with packed_cache=False unless "
+             "--load-option packed_cache=true)")
     return [
         "| | RSS | PSS | foundation.ptd RSS / PSS | packed cache file RSS / PSS | anonymous RSS / PSS |",
         "|---|---|---|---|---|---|",
