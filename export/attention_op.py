@@ -7,8 +7,9 @@ place and reads only positions 0 .. input_pos[-1]. This module defines the op's 
 torch.export and ExecuTorch's out-variant pass, and an eager reference the export traces through
 and the tests compare against.
 
-The rotary embedding is applied here too: in the graph it is four small ops per projection, and
-every op of the XNNPACK delegate costs a thread-pool round trip at every layer and token.
+The rotary embedding and the LoRA updates of q/k/v are applied here too: in the graph they are
+four small ops per projection and adapter slot, and every op of the XNNPACK delegate costs a
+thread-pool round trip (and a dynamic operand a repack) at every layer and token.
 
 Layouts (docs/bundle-format.md): query [1, T, heads, head_dim] and key/value [1, T, kv_heads,
 head_dim] as the projections produce them (not rotated), caches [1, max_seq_len, kv_heads, head_dim]
@@ -16,6 +17,10 @@ head_dim] as the projections produce them (not rotated), caches [1, max_seq_len,
 rope_cos/rope_sin [max_seq_len, head_dim] (the rotary tables, rotate-half convention); output
 [1, T, heads, head_dim]. Query i attends to cache positions <= input_pos[i]; heads share kv heads in
 groups of heads / kv_heads (grouped-query attention); scores are scaled by 1/sqrt(head_dim).
+LoRA: `hidden` [1, T, hidden_size] is the projections' input; `lora_sites` lists which of
+query (0), key (1), value (2) are sites; `lora` holds, for each slot s of `adapter_scales` [S] and
+each listed site, lora_a [1, hidden_size, R] and lora_b [1, R, out]; the site's projection gains
+adapter_scales[s] * (hidden @ lora_a) @ lora_b before RoPE.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ NAMESPACE = "etlora"
 OP_NAME = "cached_attention"
 _ARGS = (
     "Tensor query, Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
-    "Tensor input_pos, Tensor rope_cos, Tensor rope_sin"
+    "Tensor input_pos, Tensor rope_cos, Tensor rope_sin, "
+    "Tensor hidden, Tensor adapter_scales, Tensor[] lora, int[] lora_sites"
 )
 
 _library = torch.library.Library(NAMESPACE, "DEF")
@@ -43,7 +49,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
 
 
-def _reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin):
+def _with_lora(projections, hidden, adapter_scales, lora, lora_sites):
+    """query, key, value plus every slot's LoRA update of the sites in lora_sites."""
+    projections = list(projections)
+    for slot in range(len(adapter_scales)):
+        for position, site in enumerate(lora_sites):
+            base = 2 * (slot * len(lora_sites) + position)
+            lora_a, lora_b = lora[base], lora[base + 1]
+            update = torch.bmm(torch.bmm(hidden, lora_a) * adapter_scales[slot], lora_b)
+            projections[site] = projections[site] + update.view(projections[site].shape)
+    return projections
+
+
+def _reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
+               hidden, adapter_scales, lora, lora_sites):
+    query, key, value = _with_lora((query, key, value), hidden, adapter_scales, lora, lora_sites)
     cos, sin = rope_cos[input_pos], rope_sin[input_pos]
     query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
     key_cache[:, input_pos] = key
@@ -61,16 +81,18 @@ def _reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, r
     return out.transpose(0, 1).unsqueeze(0).contiguous()
 
 
-def _reference_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *, out):
-    out.copy_(_reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin))
+def _reference_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
+                   hidden, adapter_scales, lora, lora_sites, *, out):
+    out.copy_(_reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
+                         hidden, adapter_scales, lora, lora_sites))
     return out
 
 
-def _fake(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin):
+def _fake(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *adapter_args):
     return torch.empty_like(query)
 
 
-def _fake_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *, out):
+def _fake_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *adapter_args, out):
     return out
 
 
@@ -80,7 +102,9 @@ _library.impl(OP_NAME, _fake, "Meta")
 _library.impl(f"{OP_NAME}.out", _fake_out, "Meta")
 
 
-def cached_attention(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin):
+def cached_attention(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
+                     hidden, adapter_scales, lora, lora_sites):
     return torch.ops.etlora.cached_attention(
-        query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin
+        query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
+        hidden, adapter_scales, lora, lora_sites,
     )

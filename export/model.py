@@ -90,6 +90,7 @@ class AdapterInputs:
         expected = 2 * adapter_slots * len(sites)
         if len(tensors) != expected:
             raise ValueError(f"expected {expected} adapter tensors, received {len(tensors)}")
+        self.scales = scales
         self.per_site: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
             path: [] for path in sites
         }
@@ -109,13 +110,16 @@ class AdaptableLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor, adapters: AdapterInputs | None = None) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        if adapters is None or self.path not in adapters.per_site:
+        if adapters is None or not self.is_site(adapters):
             return y
         # x is [1, T, in]; lora_a [1, in, R]; lora_b [1, R, out]: two bmm that XNNPACK runs with
         # both operands dynamic, so the adapter stays inside the delegate without being a constant.
         for lora_a, lora_b, scale in adapters.per_site[self.path]:
             y = y + torch.bmm(torch.bmm(x, lora_a) * scale, lora_b)
         return y
+
+    def is_site(self, adapters: AdapterInputs) -> bool:
+        return self.path in adapters.per_site
 
 
 class RMSNorm(nn.Module):
@@ -154,11 +158,23 @@ class Attention(nn.Module):
         # reshapes with one inferred dimension but not symbolic ones, and every op it refuses
         # splits the delegate, which costs time at every token.
         s = self.shape
-        q = self.q_proj(x, adapters).view(1, -1, s.num_heads, s.head_dim)
-        k = self.k_proj(x, adapters).view(1, -1, s.num_kv_heads, s.head_dim)
-        v = self.v_proj(x, adapters).view(1, -1, s.num_kv_heads, s.head_dim)
-        # RoPE, cache update and attention over the filled prefix, in place, in our runtime's kernel.
-        out = cached_attention(q, k, v, self.k_cache, self.v_cache, input_pos, rope_cos, rope_sin)
+        # Foundation projections in the delegate; their LoRA updates in the attention kernel,
+        # where they cost no delegate ops (export/attention_op.py).
+        q = F.linear(x, self.q_proj.weight, self.q_proj.bias).view(1, -1, s.num_heads, s.head_dim)
+        k = F.linear(x, self.k_proj.weight, self.k_proj.bias).view(1, -1, s.num_kv_heads, s.head_dim)
+        v = F.linear(x, self.v_proj.weight, self.v_proj.bias).view(1, -1, s.num_kv_heads, s.head_dim)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        lora_sites = [index for index, proj in enumerate(projections) if proj.is_site(adapters)]
+        lora = [
+            tensor
+            for slot in range(len(adapters.scales))
+            for index in lora_sites
+            for tensor in adapters.per_site[projections[index].path][slot][:2]
+        ]
+        out = cached_attention(
+            q, k, v, self.k_cache, self.v_cache, input_pos, rope_cos, rope_sin,
+            x, adapters.scales, lora, lora_sites,
+        )
         return self.o_proj(out.view(1, -1, s.num_heads * s.head_dim), adapters)
 
 

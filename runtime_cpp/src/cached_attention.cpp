@@ -1,15 +1,19 @@
-// etlora::cached_attention.out: rotary embedding, KV cache update and
-// attention of one decoder layer (schema and reference: export/attention_op.py).
+// etlora::cached_attention.out: LoRA updates of q/k/v, rotary embedding, KV
+// cache update and attention of one decoder layer (schema and reference:
+// export/attention_op.py).
 //
 // Why our own kernel: expressed in ATen, the cache update is a functional
 // index_put that copies the whole cache at every layer and token, attention
-// runs over every cache row under a mask, and RoPE is four small delegate ops
-// per projection. Here the call's keys and values are rotated and written in
-// place and each query reads only the rows up to its own position.
+// runs over every cache row under a mask, and RoPE and LoRA are four small
+// delegate ops per projection (each a thread-pool round trip, LoRA's dynamic
+// operands repacked at every call). Here the call's keys and values are
+// updated, rotated and written in place and each query reads only the rows up
+// to its own position.
 //
 // Layouts: query/out [1, T, H, D], key/value [1, T, KV, D], caches
-// [1, S, KV, D], input_pos [T] int64, rope_cos/rope_sin [S, D]; query head h
-// reads kv head h / (H / KV).
+// [1, S, KV, D], input_pos [T] int64, rope_cos/rope_sin [S, D], hidden
+// [1, T, E], adapter_scales [slots], lora: per slot per listed site
+// lora_a [1, E, R] and lora_b [1, R, out]; query head h reads kv head h / (H / KV).
 
 #include "etlora/kernels.h"
 
@@ -66,6 +70,28 @@ float dot(const float* a, const float* b, int64_t n) {
 ETLORA_VECTOR_CLONES
 void add_scaled(float* out, const float* row, float weight, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] += weight * row[i];
+}
+
+// rows[t] += scale * (hidden[t] @ lora_a) @ lora_b for t in [begin, end).
+ETLORA_VECTOR_CLONES
+void add_lora(const float* hidden, int64_t hidden_size, const float* lora_a, const float* lora_b,
+              int64_t rank, int64_t out_size, float scale, int64_t begin, int64_t end,
+              float* rows) {
+  std::vector<float> down(rank);
+  for (int64_t t = begin; t < end; ++t) {
+    std::fill(down.begin(), down.end(), 0.0f);
+    const float* x = hidden + t * hidden_size;
+    for (int64_t i = 0; i < hidden_size; ++i) {
+      const float* a_row = lora_a + i * rank;
+      for (int64_t r = 0; r < rank; ++r) down[r] += x[i] * a_row[r];
+    }
+    float* row = rows + t * out_size;
+    for (int64_t r = 0; r < rank; ++r) {
+      const float weight = scale * down[r];
+      const float* b_row = lora_b + r * out_size;
+      for (int64_t o = 0; o < out_size; ++o) row[o] += weight * b_row[o];
+    }
+  }
 }
 
 // out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x[half:], x[:half]].
@@ -160,9 +186,66 @@ bool check_layout(KernelRuntimeContext& context, const Tensor& query, const Tens
   return true;
 }
 
+// One LoRA site's tensors, checked against the projection they update.
+struct LoraSite {
+  int site;  // 0 query, 1 key, 2 value
+  const float* lora_a;
+  const float* lora_b;
+  int64_t rank;
+  float scale;
+};
+
+bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Tensor& scales,
+                  executorch::aten::ArrayRef<Tensor> lora,
+                  executorch::aten::ArrayRef<int64_t> lora_sites, const int64_t out_sizes[3],
+                  int64_t tokens, std::vector<LoraSite>& sites) {
+  if (hidden.scalar_type() != ScalarType::Float || hidden.dim() != 3 || hidden.size(0) != 1 ||
+      hidden.size(1) != tokens) {
+    return fail(context, "hidden: expected float32 [1, " + std::to_string(tokens) +
+                             ", hidden_size], got " + shape_string(hidden));
+  }
+  if (scales.scalar_type() != ScalarType::Float || scales.dim() != 1) {
+    return fail(context, "adapter_scales: expected float32 [slots], got " + shape_string(scales));
+  }
+  const int64_t slots = scales.size(0), listed = static_cast<int64_t>(lora_sites.size());
+  if (static_cast<int64_t>(lora.size()) != 2 * slots * listed) {
+    return fail(context, "lora: expected " + std::to_string(2 * slots * listed) +
+                             " tensors (2 per slot per listed site), got " +
+                             std::to_string(lora.size()));
+  }
+  const int64_t hidden_size = hidden.size(2);
+  const float* scale_values = scales.const_data_ptr<float>();
+  for (int64_t slot = 0; slot < slots; ++slot) {
+    for (int64_t position = 0; position < listed; ++position) {
+      const int64_t site = lora_sites[position];
+      if (site < 0 || site > 2) {
+        return fail(context, "lora_sites: expected 0 (query), 1 (key) or 2 (value), got " +
+                                 std::to_string(site));
+      }
+      const Tensor& lora_a = lora[2 * (slot * listed + position)];
+      const Tensor& lora_b = lora[2 * (slot * listed + position) + 1];
+      const int64_t rank = lora_a.dim() == 3 ? lora_a.size(2) : -1;
+      if (lora_a.scalar_type() != ScalarType::Float || lora_b.scalar_type() != ScalarType::Float ||
+          lora_a.dim() != 3 || lora_b.dim() != 3 || lora_a.size(1) != hidden_size ||
+          lora_b.size(1) != rank || lora_b.size(2) != out_sizes[site]) {
+        return fail(context, "lora slot " + std::to_string(slot) + " site " + std::to_string(site) +
+                                 ": expected float32 lora_a [1, " + std::to_string(hidden_size) +
+                                 ", R] and lora_b [1, R, " + std::to_string(out_sizes[site]) +
+                                 "], got " + shape_string(lora_a) + " and " + shape_string(lora_b));
+      }
+      if (scale_values[slot] != 0.0f) {
+        sites.push_back({static_cast<int>(site), lora_a.const_data_ptr<float>(),
+                         lora_b.const_data_ptr<float>(), rank, scale_values[slot]});
+      }
+    }
+  }
+  return true;
+}
+
 void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
-  if (stack.size() < 9) {
-    fail(context, "expected 9 arguments, got " + std::to_string(stack.size()));
+  if (stack.size() < 13 || !stack[10]->isTensorList() || !stack[11]->isIntList()) {
+    fail(context, "expected 13 arguments (lora a tensor list, lora_sites an int list), got " +
+                      std::to_string(stack.size()));
     return;
   }
   const Tensor& query = stack[0]->toTensor();
@@ -173,9 +256,18 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const Tensor& input_pos = stack[5]->toTensor();
   const Tensor& rope_cos = stack[6]->toTensor();
   const Tensor& rope_sin = stack[7]->toTensor();
-  Tensor& out = stack[8]->toTensor();
+  const Tensor& hidden = stack[8]->toTensor();
+  const Tensor& adapter_scales = stack[9]->toTensor();
+  Tensor& out = stack[12]->toTensor();
   if (!check_layout(context, query, key, value, key_cache, value_cache, input_pos, rope_cos,
                     rope_sin)) {
+    return;
+  }
+  const int64_t out_sizes[3] = {query.size(2) * query.size(3), key.size(2) * key.size(3),
+                                value.size(2) * value.size(3)};
+  std::vector<LoraSite> lora_sites;
+  if (!collect_lora(context, hidden, adapter_scales, stack[10]->toTensorList(),
+                    stack[11]->toIntList(), out_sizes, query.size(1), lora_sites)) {
     return;
   }
   if (executorch::runtime::resize_tensor(out, query.sizes()) != Error::Ok) {
@@ -189,22 +281,45 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const int64_t* positions = input_pos.const_data_ptr<int64_t>();
   float* keys = key_cache.mutable_data_ptr<float>();
   float* values = value_cache.mutable_data_ptr<float>();
+  // The projections with their LoRA updates (copies: the delegate's outputs stay as they are).
+  const float* projections[3] = {query.const_data_ptr<float>(), key.const_data_ptr<float>(),
+                                 value.const_data_ptr<float>()};
+  std::vector<float> updated[3];
+  for (const LoraSite& site : lora_sites) {
+    std::vector<float>& rows = updated[site.site];
+    if (rows.empty()) {
+      rows.assign(projections[site.site], projections[site.site] + tokens * out_sizes[site.site]);
+    }
+    auto update = [&](int64_t begin, int64_t end) {
+      add_lora(hidden.const_data_ptr<float>(), hidden.size(2), site.lora_a, site.lora_b, site.rank,
+               out_sizes[site.site], site.scale, begin, end, rows.data());
+    };
+    const int64_t work_per_token = (hidden.size(2) + out_sizes[site.site]) * site.rank;
+    if (tokens * work_per_token < (int64_t{1} << 18)) {
+      update(0, tokens);
+    } else {
+      executorch::extension::parallel_for(0, tokens, 1, update);
+    }
+  }
+  for (int site = 0; site < 3; ++site) {
+    if (!updated[site].empty()) projections[site] = updated[site].data();
+  }
   const float* cos_table = rope_cos.const_data_ptr<float>();
   const float* sin_table = rope_sin.const_data_ptr<float>();
   for (int64_t t = 0; t < tokens; ++t) {
     const float* cos = cos_table + positions[t] * head_dim;
     const float* sin = sin_table + positions[t] * head_dim;
     for (int64_t kv = 0; kv < kv_heads; ++kv) {
-      rotate(key.const_data_ptr<float>() + t * row_stride + kv * head_dim, cos, sin, head_dim,
+      rotate(projections[1] + t * row_stride + kv * head_dim, cos, sin, head_dim,
              keys + positions[t] * row_stride + kv * head_dim);
     }
-    std::memcpy(values + positions[t] * row_stride, value.const_data_ptr<float>() + t * row_stride,
+    std::memcpy(values + positions[t] * row_stride, projections[2] + t * row_stride,
                 row_stride * sizeof(float));
   }
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const int64_t groups = heads / kv_heads;
-  const float* queries = query.const_data_ptr<float>();
+  const float* queries = projections[0];
   float* result = out.mutable_data_ptr<float>();
   auto run_rows = [&](int64_t begin, int64_t end) {
     std::vector<float> scores(capacity), rotated_query(head_dim);

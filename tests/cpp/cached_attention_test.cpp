@@ -1,8 +1,8 @@
 // etlora::cached_attention.out, called through ExecuTorch's kernel registry as
-// a program would: against a naive double-precision reference (RoPE, cache
-// rows, attention) for a prefill large enough to take the threaded path and
-// for a decode step after it, and with a position past the cache, which must
-// fail without writing anything.
+// a program would: against a naive double-precision reference (LoRA on query
+// and value, RoPE, cache rows, attention) for a prefill large enough to take
+// the threaded path and for a decode step after it, and with a position past
+// the cache, which must fail without writing anything.
 #include <cmath>
 #include <random>
 #include <vector>
@@ -26,6 +26,29 @@ namespace {
 
 constexpr int64_t kHeads = 8, kKvHeads = 2, kHeadDim = 64, kCapacity = 96;
 constexpr int64_t kRow = kKvHeads * kHeadDim;
+constexpr int64_t kHidden = 48, kRank = 4;
+constexpr float kScale = 0.75f;
+
+// One adapter slot with LoRA on query (site 0) and value (site 2).
+struct Lora {
+  std::vector<float> query_a, query_b, value_a, value_b;
+};
+
+// rows[t] + scale * (hidden[t] @ a) @ b, in double.
+std::vector<double> with_lora(const std::vector<float>& rows, const std::vector<float>& hidden,
+                              const std::vector<float>& a, const std::vector<float>& b,
+                              int64_t out_size) {
+  const int64_t tokens = static_cast<int64_t>(hidden.size()) / kHidden;
+  std::vector<double> result(rows.begin(), rows.end());
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t r = 0; r < kRank; ++r) {
+      double down = 0;
+      for (int64_t i = 0; i < kHidden; ++i) down += double(hidden[t * kHidden + i]) * a[i * kRank + r];
+      for (int64_t o = 0; o < out_size; ++o) result[t * out_size + o] += kScale * down * b[r * out_size + o];
+    }
+  }
+  return result;
+}
 
 struct Cache {
   std::vector<float> keys = std::vector<float>(kCapacity * kRow, 0.0f);
@@ -45,11 +68,11 @@ struct Rope {
     }
   }
   // x rotated for position p, in double.
-  std::vector<double> apply(const float* x, int64_t p) const {
+  std::vector<double> apply(const double* x, int64_t p) const {
     std::vector<double> out(kHeadDim);
     const int64_t half = kHeadDim / 2;
     for (int64_t i = 0; i < kHeadDim; ++i) {
-      const double partner = i < half ? -double(x[i + half]) : double(x[i - half]);
+      const double partner = i < half ? -x[i + half] : x[i - half];
       out[i] = x[i] * double(cos[p * kHeadDim + i]) + partner * double(sin[p * kHeadDim + i]);
     }
     return out;
@@ -65,7 +88,7 @@ std::vector<float> random_values(size_t count, std::mt19937& rng) {
 }
 
 // out[t, h, :] over cache rows 0..positions[t] after writing this call's rows.
-std::vector<double> reference(const std::vector<float>& query, const Cache& cache,
+std::vector<double> reference(const std::vector<double>& query, const Cache& cache,
                               const std::vector<int64_t>& positions) {
   const int64_t tokens = static_cast<int64_t>(positions.size());
   std::vector<double> out(tokens * kHeads * kHeadDim, 0.0);
@@ -95,7 +118,8 @@ std::vector<double> reference(const std::vector<float>& query, const Cache& cach
 
 // Runs the kernel; returns its failure state and fills `out`.
 Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
-           std::vector<float>& value, std::vector<int64_t>& positions, std::vector<float>& out) {
+           std::vector<float>& value, std::vector<int64_t>& positions, std::vector<float>& hidden,
+           Lora& lora, std::vector<float>& out) {
   const int32_t tokens = static_cast<int32_t>(positions.size());
   auto q = make_tensor_ptr({1, tokens, int32_t(kHeads), int32_t(kHeadDim)}, query.data(), ScalarType::Float);
   auto k = make_tensor_ptr({1, tokens, int32_t(kKvHeads), int32_t(kHeadDim)}, key.data(), ScalarType::Float);
@@ -105,10 +129,27 @@ Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
   auto pos = make_tensor_ptr({tokens}, positions.data(), ScalarType::Long);
   auto cos = make_tensor_ptr({int32_t(kCapacity), int32_t(kHeadDim)}, std::vector<float>(kRope.cos));
   auto sin = make_tensor_ptr({int32_t(kCapacity), int32_t(kHeadDim)}, std::vector<float>(kRope.sin));
+  auto hidden_tensor = make_tensor_ptr({1, tokens, int32_t(kHidden)}, hidden.data(), ScalarType::Float);
+  auto scales = make_tensor_ptr({1}, std::vector<float>{kScale});
+  auto qa = make_tensor_ptr({1, int32_t(kHidden), int32_t(kRank)}, lora.query_a.data(), ScalarType::Float);
+  auto qb = make_tensor_ptr({1, int32_t(kRank), int32_t(kHeads * kHeadDim)}, lora.query_b.data(), ScalarType::Float);
+  auto va = make_tensor_ptr({1, int32_t(kHidden), int32_t(kRank)}, lora.value_a.data(), ScalarType::Float);
+  auto vb = make_tensor_ptr({1, int32_t(kRank), int32_t(kRow)}, lora.value_b.data(), ScalarType::Float);
+  EValue lora_values[] = {EValue(*qa), EValue(*qb), EValue(*va), EValue(*vb)};
+  EValue* lora_wrapped[] = {&lora_values[0], &lora_values[1], &lora_values[2], &lora_values[3]};
+  alignas(executorch::aten::Tensor) unsigned char lora_storage[4 * sizeof(executorch::aten::Tensor)];
+  executorch::runtime::BoxedEvalueList<executorch::aten::Tensor> lora_list(
+      lora_wrapped, reinterpret_cast<executorch::aten::Tensor*>(lora_storage), 4);
+  EValue site_values[] = {EValue(int64_t{0}), EValue(int64_t{2})};
+  EValue* site_wrapped[] = {&site_values[0], &site_values[1]};
+  int64_t site_storage[2];
+  executorch::runtime::BoxedEvalueList<int64_t> site_list(site_wrapped, site_storage, 2);
   out.assign(query.size(), 0.0f);
   auto o = make_tensor_ptr({1, tokens, int32_t(kHeads), int32_t(kHeadDim)}, out.data(), ScalarType::Float);
-  EValue args[] = {EValue(*q),   EValue(*k),   EValue(*v),   EValue(*kc), EValue(*vc),
-                   EValue(*pos), EValue(*cos), EValue(*sin), EValue(*o),  EValue(*o)};
+  EValue args[] = {EValue(*q),   EValue(*k),   EValue(*v),   EValue(*kc),
+                   EValue(*vc),  EValue(*pos), EValue(*cos), EValue(*sin),
+                   EValue(*hidden_tensor), EValue(*scales), EValue(&lora_list),
+                   EValue(&site_list), EValue(*o), EValue(*o)};
   constexpr int kArgs = sizeof(args) / sizeof(args[0]);
   EValue* stack[kArgs];
   for (int i = 0; i < kArgs; ++i) stack[i] = &args[i];
@@ -134,42 +175,50 @@ int main() {
   Cache cache;
   std::vector<float> out;
 
+  Lora lora{random_values(kHidden * kRank, rng), random_values(kRank * kHeads * kHeadDim, rng),
+            random_values(kHidden * kRank, rng), random_values(kRank * kRow, rng)};
+
   // Prefill of 80 tokens: enough work for the thread pool path.
   std::vector<int64_t> positions(80);
   for (int64_t t = 0; t < 80; ++t) positions[t] = t;
   auto query = random_values(80 * kHeads * kHeadDim, rng);
   auto key = random_values(80 * kRow, rng), value = random_values(80 * kRow, rng);
-  Error err = call(cache, query, key, value, positions, out);
+  auto hidden = random_values(80 * kHidden, rng);
+  Error err = call(cache, query, key, value, positions, hidden, lora, out);
   EXPECT(err == Error::Ok, "prefill failed: %s", etlora::last_kernel_error().c_str());
-  double key_diff = 0;
+  const std::vector<double> value_rows = with_lora(value, hidden, lora.value_a, lora.value_b, kRow);
+  double key_diff = 0, value_diff = 0;
   for (int64_t t = 0; t < 80; ++t) {
     for (int64_t kv = 0; kv < kKvHeads; ++kv) {
-      const std::vector<double> rotated = kRope.apply(&key[t * kRow + kv * kHeadDim], t);
+      std::vector<double> row(key.begin() + t * kRow + kv * kHeadDim, key.begin() + t * kRow + (kv + 1) * kHeadDim);
+      const std::vector<double> rotated = kRope.apply(row.data(), t);
       for (int64_t d = 0; d < kHeadDim; ++d) {
         key_diff = std::max(key_diff, std::abs(cache.keys[t * kRow + kv * kHeadDim + d] - rotated[d]));
       }
     }
   }
+  for (size_t i = 0; i < value_rows.size(); ++i) value_diff = std::max(value_diff, std::abs(cache.values[i] - value_rows[i]));
   EXPECT(key_diff < 1e-5, "cache rows 0..79 hold the rotated keys (max diff %g)", key_diff);
-  EXPECT(std::equal(value.begin(), value.end(), cache.values.begin()), "values written to rows 0..79");
-  double diff = max_diff(out, reference(query, cache, positions));
+  EXPECT(value_diff < 1e-4, "cache rows 0..79 hold value + its LoRA update (max diff %g)", value_diff);
+  double diff = max_diff(out, reference(with_lora(query, hidden, lora.query_a, lora.query_b, kHeads * kHeadDim), cache, positions));
   std::printf("prefill: max |kernel - reference| = %g\n", diff);
-  EXPECT(diff < 1e-5, "prefill differs by %g", diff);
+  EXPECT(diff < 1e-4, "prefill differs by %g", diff);
 
   // One decode step at position 80 reads all 81 rows.
   std::vector<int64_t> next = {80};
   auto step_query = random_values(kHeads * kHeadDim, rng);
   auto step_key = random_values(kRow, rng), step_value = random_values(kRow, rng);
-  err = call(cache, step_query, step_key, step_value, next, out);
+  auto step_hidden = random_values(kHidden, rng);
+  err = call(cache, step_query, step_key, step_value, next, step_hidden, lora, out);
   EXPECT(err == Error::Ok, "decode failed: %s", etlora::last_kernel_error().c_str());
-  diff = max_diff(out, reference(step_query, cache, next));
+  diff = max_diff(out, reference(with_lora(step_query, step_hidden, lora.query_a, lora.query_b, kHeads * kHeadDim), cache, next));
   std::printf("decode: max |kernel - reference| = %g\n", diff);
-  EXPECT(diff < 1e-5, "decode differs by %g", diff);
+  EXPECT(diff < 1e-4, "decode differs by %g", diff);
 
   // A position past the cache: refused, named, and nothing written.
   const Cache before = cache;
   std::vector<int64_t> outside = {kCapacity};
-  err = call(cache, step_query, step_key, step_value, outside, out);
+  err = call(cache, step_query, step_key, step_value, outside, step_hidden, lora, out);
   const std::string message = etlora::last_kernel_error();
   std::printf("past the cache: %s\n", message.c_str());
   EXPECT(err == Error::InvalidArgument, "expected InvalidArgument, got 0x%x", unsigned(err));
