@@ -18,9 +18,11 @@ rope_cos/rope_sin [max_seq_len, head_dim] (the rotary tables, rotate-half conven
 [1, T, heads, head_dim]. Query i attends to cache positions <= input_pos[i]; heads share kv heads in
 groups of heads / kv_heads (grouped-query attention); scores are scaled by 1/sqrt(head_dim).
 LoRA: `hidden` [1, T, hidden_size] is the projections' input; `lora_sites` lists which of
-query (0), key (1), value (2) are sites; `lora` holds, for each slot s of `adapter_scales` [S] and
-each listed site, lora_a [1, hidden_size, R] and lora_b [1, R, out]; the site's projection gains
-adapter_scales[s] * (hidden @ lora_a) @ lora_b before RoPE.
+query (0), key (1), value (2), o_proj (3) are sites; `lora` holds, for each slot s of
+`adapter_scales` [S] and each listed site, lora_a [1, in, R] and lora_b [1, R, out]; a q/k/v
+site's projection gains adapter_scales[s] * (hidden @ lora_a) @ lora_b before RoPE; o_proj's
+update, computed from the attention output, is added to `residual` [1, T, hidden_size] (the block's
+input), which comes back as the second output: the graph then adds only the foundation's o_proj.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ OP_NAME = "cached_attention"
 _ARGS = (
     "Tensor query, Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
     "Tensor input_pos, Tensor rope_cos, Tensor rope_sin, "
-    "Tensor hidden, Tensor adapter_scales, Tensor[] lora, int[] lora_sites"
+    "Tensor hidden, Tensor residual, Tensor adapter_scales, Tensor[] lora, int[] lora_sites"
 )
 
 _library = torch.library.Library(NAMESPACE, "DEF")
-_library.define(f"{OP_NAME}({_ARGS}) -> Tensor")
-_library.define(f"{OP_NAME}.out({_ARGS}, *, Tensor(c!) out) -> Tensor(c!)")
+_library.define(f"{OP_NAME}({_ARGS}) -> (Tensor, Tensor)")
+_library.define(
+    f"{OP_NAME}.out({_ARGS}, *, Tensor(c!) out, Tensor(d!) residual_out) -> (Tensor(c!), Tensor(d!))"
+)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -49,20 +53,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
 
 
-def _with_lora(projections, hidden, adapter_scales, lora, lora_sites):
-    """query, key, value plus every slot's LoRA update of the sites in lora_sites."""
+def _with_lora(projections, hidden, adapter_scales, lora, lora_sites, sites=(0, 1, 2)):
+    """projections plus every slot's LoRA update of those `sites` listed in lora_sites."""
     projections = list(projections)
     for slot in range(len(adapter_scales)):
         for position, site in enumerate(lora_sites):
+            if site not in sites:
+                continue
             base = 2 * (slot * len(lora_sites) + position)
             lora_a, lora_b = lora[base], lora[base + 1]
             update = torch.bmm(torch.bmm(hidden, lora_a) * adapter_scales[slot], lora_b)
-            projections[site] = projections[site] + update.view(projections[site].shape)
+            index = sites.index(site)
+            projections[index] = projections[index] + update.view(projections[index].shape)
     return projections
 
 
 def _reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
-               hidden, adapter_scales, lora, lora_sites):
+               hidden, residual, adapter_scales, lora, lora_sites):
     query, key, value = _with_lora((query, key, value), hidden, adapter_scales, lora, lora_sites)
     cos, sin = rope_cos[input_pos], rope_sin[input_pos]
     query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
@@ -78,22 +85,30 @@ def _reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, r
     visible = positions.unsqueeze(0) <= input_pos.unsqueeze(1)  # [T, S]
     scores = scores.masked_fill(~visible, float("-inf"))
     out = torch.softmax(scores, dim=-1) @ values  # [heads, T, D]
-    return out.transpose(0, 1).unsqueeze(0).contiguous()
+    out = out.transpose(0, 1).unsqueeze(0).contiguous()
+    (residual,) = _with_lora(
+        (residual,), out.view(1, out.shape[1], -1), adapter_scales, lora, lora_sites, sites=(3,)
+    )
+    return out, residual.clone()
 
 
 def _reference_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
-                   hidden, adapter_scales, lora, lora_sites, *, out):
-    out.copy_(_reference(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
-                         hidden, adapter_scales, lora, lora_sites))
-    return out
+                   hidden, residual, adapter_scales, lora, lora_sites, *, out, residual_out):
+    result, updated = _reference(query, key, value, key_cache, value_cache, input_pos, rope_cos,
+                                 rope_sin, hidden, residual, adapter_scales, lora, lora_sites)
+    out.copy_(result)
+    residual_out.copy_(updated)
+    return out, residual_out
 
 
-def _fake(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *adapter_args):
-    return torch.empty_like(query)
+def _fake(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, hidden,
+          residual, *adapter_args):
+    return torch.empty_like(query), torch.empty_like(residual)
 
 
-def _fake_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, *adapter_args, out):
-    return out
+def _fake_out(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin, hidden,
+              residual, *adapter_args, out, residual_out):
+    return out, residual_out
 
 
 _library.impl(OP_NAME, _reference, "CompositeExplicitAutograd")
@@ -103,8 +118,9 @@ _library.impl(f"{OP_NAME}.out", _fake_out, "Meta")
 
 
 def cached_attention(query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
-                     hidden, adapter_scales, lora, lora_sites):
+                     hidden, residual, adapter_scales, lora, lora_sites):
+    """-> (attention output [1, T, heads, head_dim], residual + o_proj's LoRA update)."""
     return torch.ops.etlora.cached_attention(
         query, key, value, key_cache, value_cache, input_pos, rope_cos, rope_sin,
-        hidden, adapter_scales, lora, lora_sites,
+        hidden, residual, adapter_scales, lora, lora_sites,
     )

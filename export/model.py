@@ -153,17 +153,19 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
 
-    def forward(self, x, input_pos, rope_cos, rope_sin, adapters):
+    def forward(self, x, residual, input_pos, rope_cos, rope_sin, adapters):
+        """residual + attention(x): the residual stream after this block's attention."""
         # Shapes use -1 for the token count and views only of contiguous tensors: XNNPACK takes
         # reshapes with one inferred dimension but not symbolic ones, and every op it refuses
         # splits the delegate, which costs time at every token.
         s = self.shape
         # Foundation projections in the delegate; their LoRA updates in the attention kernel,
-        # where they cost no delegate ops (export/attention_op.py).
+        # where they cost no delegate ops (export/attention_op.py). o_proj's update is added to
+        # the residual there, so that the delegate only adds the foundation's o_proj output.
         q = F.linear(x, self.q_proj.weight, self.q_proj.bias).view(1, -1, s.num_heads, s.head_dim)
         k = F.linear(x, self.k_proj.weight, self.k_proj.bias).view(1, -1, s.num_kv_heads, s.head_dim)
         v = F.linear(x, self.v_proj.weight, self.v_proj.bias).view(1, -1, s.num_kv_heads, s.head_dim)
-        projections = (self.q_proj, self.k_proj, self.v_proj)
+        projections = (self.q_proj, self.k_proj, self.v_proj, self.o_proj)
         lora_sites = [index for index, proj in enumerate(projections) if proj.is_site(adapters)]
         lora = [
             tensor
@@ -171,11 +173,12 @@ class Attention(nn.Module):
             for index in lora_sites
             for tensor in adapters.per_site[projections[index].path][slot][:2]
         ]
-        out = cached_attention(
+        out, residual = cached_attention(
             q, k, v, self.k_cache, self.v_cache, input_pos, rope_cos, rope_sin,
-            x, adapters.scales, lora, lora_sites,
+            x, residual, adapters.scales, lora, lora_sites,
         )
-        return self.o_proj(out.view(1, -1, s.num_heads * s.head_dim), adapters)
+        out = out.view(1, -1, s.num_heads * s.head_dim)
+        return residual + F.linear(out, self.o_proj.weight, self.o_proj.bias)
 
 
 class MLP(nn.Module):
@@ -200,7 +203,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(shape, layer)
 
     def forward(self, x, input_pos, rope_cos, rope_sin, adapters):
-        x = x + self.self_attn(self.input_layernorm(x), input_pos, rope_cos, rope_sin, adapters)
+        x = self.self_attn(self.input_layernorm(x), x, input_pos, rope_cos, rope_sin, adapters)
         return x + self.mlp(self.post_attention_layernorm(x), adapters)
 
 

@@ -1,4 +1,4 @@
-// etlora::cached_attention.out: LoRA updates of q/k/v, rotary embedding, KV
+// etlora::cached_attention.out: LoRA updates of q/k/v/o, rotary embedding, KV
 // cache update and attention of one decoder layer (schema and reference:
 // export/attention_op.py).
 //
@@ -12,8 +12,10 @@
 //
 // Layouts: query/out [1, T, H, D], key/value [1, T, KV, D], caches
 // [1, S, KV, D], input_pos [T] int64, rope_cos/rope_sin [S, D], hidden
-// [1, T, E], adapter_scales [slots], lora: per slot per listed site
-// lora_a [1, E, R] and lora_b [1, R, out]; query head h reads kv head h / (H / KV).
+// [1, T, E], residual/residual_out [1, T, E], adapter_scales [slots], lora:
+// per slot per listed site (0 q, 1 k, 2 v, 3 o) lora_a [1, in, R] and lora_b
+// [1, R, out]; query head h reads kv head h / (H / KV). o's update goes into
+// residual_out = residual + update, so the graph adds only the foundation o_proj.
 
 #include "etlora/kernels.h"
 
@@ -188,21 +190,28 @@ bool check_layout(KernelRuntimeContext& context, const Tensor& query, const Tens
 
 // One LoRA site's tensors, checked against the projection they update.
 struct LoraSite {
-  int site;  // 0 query, 1 key, 2 value
+  int site;  // 0 query, 1 key, 2 value, 3 o_proj
   const float* lora_a;
   const float* lora_b;
   int64_t rank;
   float scale;
 };
 
-bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Tensor& scales,
-                  executorch::aten::ArrayRef<Tensor> lora,
-                  executorch::aten::ArrayRef<int64_t> lora_sites, const int64_t out_sizes[3],
-                  int64_t tokens, std::vector<LoraSite>& sites) {
+constexpr int kSites = 4;
+constexpr int kOutputSite = 3;
+
+bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Tensor& residual,
+                  const Tensor& scales, executorch::aten::ArrayRef<Tensor> lora,
+                  executorch::aten::ArrayRef<int64_t> lora_sites, const int64_t in_sizes[kSites],
+                  const int64_t out_sizes[kSites], int64_t tokens, std::vector<LoraSite>& sites) {
   if (hidden.scalar_type() != ScalarType::Float || hidden.dim() != 3 || hidden.size(0) != 1 ||
       hidden.size(1) != tokens) {
     return fail(context, "hidden: expected float32 [1, " + std::to_string(tokens) +
                              ", hidden_size], got " + shape_string(hidden));
+  }
+  if (residual.scalar_type() != ScalarType::Float || residual.sizes() != hidden.sizes()) {
+    return fail(context, "residual: expected float32 " + shape_string(hidden) + " like hidden, got " +
+                             shape_string(residual));
   }
   if (scales.scalar_type() != ScalarType::Float || scales.dim() != 1) {
     return fail(context, "adapter_scales: expected float32 [slots], got " + shape_string(scales));
@@ -213,23 +222,22 @@ bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Ten
                              " tensors (2 per slot per listed site), got " +
                              std::to_string(lora.size()));
   }
-  const int64_t hidden_size = hidden.size(2);
   const float* scale_values = scales.const_data_ptr<float>();
   for (int64_t slot = 0; slot < slots; ++slot) {
     for (int64_t position = 0; position < listed; ++position) {
       const int64_t site = lora_sites[position];
-      if (site < 0 || site > 2) {
-        return fail(context, "lora_sites: expected 0 (query), 1 (key) or 2 (value), got " +
+      if (site < 0 || site >= kSites) {
+        return fail(context, "lora_sites: expected 0 (query), 1 (key), 2 (value) or 3 (o_proj), got " +
                                  std::to_string(site));
       }
       const Tensor& lora_a = lora[2 * (slot * listed + position)];
       const Tensor& lora_b = lora[2 * (slot * listed + position) + 1];
       const int64_t rank = lora_a.dim() == 3 ? lora_a.size(2) : -1;
       if (lora_a.scalar_type() != ScalarType::Float || lora_b.scalar_type() != ScalarType::Float ||
-          lora_a.dim() != 3 || lora_b.dim() != 3 || lora_a.size(1) != hidden_size ||
+          lora_a.dim() != 3 || lora_b.dim() != 3 || lora_a.size(1) != in_sizes[site] ||
           lora_b.size(1) != rank || lora_b.size(2) != out_sizes[site]) {
         return fail(context, "lora slot " + std::to_string(slot) + " site " + std::to_string(site) +
-                                 ": expected float32 lora_a [1, " + std::to_string(hidden_size) +
+                                 ": expected float32 lora_a [1, " + std::to_string(in_sizes[site]) +
                                  ", R] and lora_b [1, R, " + std::to_string(out_sizes[site]) +
                                  "], got " + shape_string(lora_a) + " and " + shape_string(lora_b));
       }
@@ -243,8 +251,8 @@ bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Ten
 }
 
 void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
-  if (stack.size() < 13 || !stack[10]->isTensorList() || !stack[11]->isIntList()) {
-    fail(context, "expected 13 arguments (lora a tensor list, lora_sites an int list), got " +
+  if (stack.size() < 15 || !stack[11]->isTensorList() || !stack[12]->isIntList()) {
+    fail(context, "expected 15 arguments (lora a tensor list, lora_sites an int list), got " +
                       std::to_string(stack.size()));
     return;
   }
@@ -257,17 +265,27 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const Tensor& rope_cos = stack[6]->toTensor();
   const Tensor& rope_sin = stack[7]->toTensor();
   const Tensor& hidden = stack[8]->toTensor();
-  const Tensor& adapter_scales = stack[9]->toTensor();
-  Tensor& out = stack[12]->toTensor();
+  const Tensor& residual = stack[9]->toTensor();
+  const Tensor& adapter_scales = stack[10]->toTensor();
+  Tensor& out = stack[13]->toTensor();
+  Tensor& residual_out = stack[14]->toTensor();
   if (!check_layout(context, query, key, value, key_cache, value_cache, input_pos, rope_cos,
                     rope_sin)) {
     return;
   }
-  const int64_t out_sizes[3] = {query.size(2) * query.size(3), key.size(2) * key.size(3),
-                                value.size(2) * value.size(3)};
+  const int64_t attention_width = query.size(2) * query.size(3);
+  const int64_t hidden_size = hidden.dim() == 3 ? hidden.size(2) : 0;
+  const int64_t in_sizes[kSites] = {hidden_size, hidden_size, hidden_size, attention_width};
+  const int64_t out_sizes[kSites] = {attention_width, key.size(2) * key.size(3),
+                                     value.size(2) * value.size(3), hidden_size};
   std::vector<LoraSite> lora_sites;
-  if (!collect_lora(context, hidden, adapter_scales, stack[10]->toTensorList(),
-                    stack[11]->toIntList(), out_sizes, query.size(1), lora_sites)) {
+  if (!collect_lora(context, hidden, residual, adapter_scales, stack[11]->toTensorList(),
+                    stack[12]->toIntList(), in_sizes, out_sizes, query.size(1), lora_sites)) {
+    return;
+  }
+  if (executorch::runtime::resize_tensor(residual_out, residual.sizes()) != Error::Ok) {
+    fail(context, "residual_out: cannot hold " + shape_string(residual) + ", planned " +
+                      shape_string(residual_out));
     return;
   }
   if (executorch::runtime::resize_tensor(out, query.sizes()) != Error::Ok) {
@@ -285,21 +303,25 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const float* projections[3] = {query.const_data_ptr<float>(), key.const_data_ptr<float>(),
                                  value.const_data_ptr<float>()};
   std::vector<float> updated[3];
-  for (const LoraSite& site : lora_sites) {
-    std::vector<float>& rows = updated[site.site];
-    if (rows.empty()) {
-      rows.assign(projections[site.site], projections[site.site] + tokens * out_sizes[site.site]);
-    }
+  auto apply_lora = [&](const LoraSite& site, const float* inputs, float* rows) {
     auto update = [&](int64_t begin, int64_t end) {
-      add_lora(hidden.const_data_ptr<float>(), hidden.size(2), site.lora_a, site.lora_b, site.rank,
-               out_sizes[site.site], site.scale, begin, end, rows.data());
+      add_lora(inputs, in_sizes[site.site], site.lora_a, site.lora_b, site.rank,
+               out_sizes[site.site], site.scale, begin, end, rows);
     };
-    const int64_t work_per_token = (hidden.size(2) + out_sizes[site.site]) * site.rank;
+    const int64_t work_per_token = (in_sizes[site.site] + out_sizes[site.site]) * site.rank;
     if (tokens * work_per_token < (int64_t{1} << 18)) {
       update(0, tokens);
     } else {
       executorch::extension::parallel_for(0, tokens, 1, update);
     }
+  };
+  for (const LoraSite& site : lora_sites) {
+    if (site.site == kOutputSite) continue;
+    std::vector<float>& rows = updated[site.site];
+    if (rows.empty()) {
+      rows.assign(projections[site.site], projections[site.site] + tokens * out_sizes[site.site]);
+    }
+    apply_lora(site, hidden.const_data_ptr<float>(), rows.data());
   }
   for (int site = 0; site < 3; ++site) {
     if (!updated[site].empty()) projections[site] = updated[site].data();
@@ -343,6 +365,12 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   } else {
     const int64_t grain = std::max<int64_t>(1, (kParallelWork / 8) / work_per_item);
     executorch::extension::parallel_for(0, items, grain, run_rows);
+  }
+
+  std::memcpy(residual_out.mutable_data_ptr<float>(), residual.const_data_ptr<float>(),
+              residual.nbytes());
+  for (const LoraSite& site : lora_sites) {
+    if (site.site == kOutputSite) apply_lora(site, result, residual_out.mutable_data_ptr<float>());
   }
 }
 

@@ -1,6 +1,6 @@
 // etlora::cached_attention.out, called through ExecuTorch's kernel registry as
-// a program would: against a naive double-precision reference (LoRA on query
-// and value, RoPE, cache rows, attention) for a prefill large enough to take
+// a program would: against a naive double-precision reference (LoRA on query,
+// value and o_proj, RoPE, cache rows, attention, residual) for a prefill large enough to take
 // the threaded path and for a decode step after it, and with a position past
 // the cache, which must fail without writing anything.
 #include <cmath>
@@ -29,21 +29,21 @@ constexpr int64_t kRow = kKvHeads * kHeadDim;
 constexpr int64_t kHidden = 48, kRank = 4;
 constexpr float kScale = 0.75f;
 
-// One adapter slot with LoRA on query (site 0) and value (site 2).
+// One adapter slot with LoRA on query (site 0), value (site 2) and o_proj (site 3).
 struct Lora {
-  std::vector<float> query_a, query_b, value_a, value_b;
+  std::vector<float> query_a, query_b, value_a, value_b, output_a, output_b;
 };
 
 // rows[t] + scale * (hidden[t] @ a) @ b, in double.
 std::vector<double> with_lora(const std::vector<float>& rows, const std::vector<float>& hidden,
                               const std::vector<float>& a, const std::vector<float>& b,
-                              int64_t out_size) {
-  const int64_t tokens = static_cast<int64_t>(hidden.size()) / kHidden;
+                              int64_t out_size, int64_t in_size = kHidden) {
+  const int64_t tokens = static_cast<int64_t>(hidden.size()) / in_size;
   std::vector<double> result(rows.begin(), rows.end());
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t r = 0; r < kRank; ++r) {
       double down = 0;
-      for (int64_t i = 0; i < kHidden; ++i) down += double(hidden[t * kHidden + i]) * a[i * kRank + r];
+      for (int64_t i = 0; i < in_size; ++i) down += double(hidden[t * in_size + i]) * a[i * kRank + r];
       for (int64_t o = 0; o < out_size; ++o) result[t * out_size + o] += kScale * down * b[r * out_size + o];
     }
   }
@@ -119,7 +119,8 @@ std::vector<double> reference(const std::vector<double>& query, const Cache& cac
 // Runs the kernel; returns its failure state and fills `out`.
 Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
            std::vector<float>& value, std::vector<int64_t>& positions, std::vector<float>& hidden,
-           Lora& lora, std::vector<float>& out) {
+           std::vector<float>& residual, Lora& lora, std::vector<float>& out,
+           std::vector<float>& residual_out) {
   const int32_t tokens = static_cast<int32_t>(positions.size());
   auto q = make_tensor_ptr({1, tokens, int32_t(kHeads), int32_t(kHeadDim)}, query.data(), ScalarType::Float);
   auto k = make_tensor_ptr({1, tokens, int32_t(kKvHeads), int32_t(kHeadDim)}, key.data(), ScalarType::Float);
@@ -135,21 +136,28 @@ Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
   auto qb = make_tensor_ptr({1, int32_t(kRank), int32_t(kHeads * kHeadDim)}, lora.query_b.data(), ScalarType::Float);
   auto va = make_tensor_ptr({1, int32_t(kHidden), int32_t(kRank)}, lora.value_a.data(), ScalarType::Float);
   auto vb = make_tensor_ptr({1, int32_t(kRank), int32_t(kRow)}, lora.value_b.data(), ScalarType::Float);
-  EValue lora_values[] = {EValue(*qa), EValue(*qb), EValue(*va), EValue(*vb)};
-  EValue* lora_wrapped[] = {&lora_values[0], &lora_values[1], &lora_values[2], &lora_values[3]};
-  alignas(executorch::aten::Tensor) unsigned char lora_storage[4 * sizeof(executorch::aten::Tensor)];
+  auto oa = make_tensor_ptr({1, int32_t(kHeads * kHeadDim), int32_t(kRank)}, lora.output_a.data(), ScalarType::Float);
+  auto ob = make_tensor_ptr({1, int32_t(kRank), int32_t(kHidden)}, lora.output_b.data(), ScalarType::Float);
+  EValue lora_values[] = {EValue(*qa), EValue(*qb), EValue(*va), EValue(*vb), EValue(*oa), EValue(*ob)};
+  EValue* lora_wrapped[6];
+  for (int i = 0; i < 6; ++i) lora_wrapped[i] = &lora_values[i];
+  alignas(executorch::aten::Tensor) unsigned char lora_storage[6 * sizeof(executorch::aten::Tensor)];
   executorch::runtime::BoxedEvalueList<executorch::aten::Tensor> lora_list(
-      lora_wrapped, reinterpret_cast<executorch::aten::Tensor*>(lora_storage), 4);
-  EValue site_values[] = {EValue(int64_t{0}), EValue(int64_t{2})};
-  EValue* site_wrapped[] = {&site_values[0], &site_values[1]};
-  int64_t site_storage[2];
-  executorch::runtime::BoxedEvalueList<int64_t> site_list(site_wrapped, site_storage, 2);
+      lora_wrapped, reinterpret_cast<executorch::aten::Tensor*>(lora_storage), 6);
+  EValue site_values[] = {EValue(int64_t{0}), EValue(int64_t{2}), EValue(int64_t{3})};
+  EValue* site_wrapped[] = {&site_values[0], &site_values[1], &site_values[2]};
+  int64_t site_storage[3];
+  executorch::runtime::BoxedEvalueList<int64_t> site_list(site_wrapped, site_storage, 3);
+  auto residual_tensor = make_tensor_ptr({1, tokens, int32_t(kHidden)}, residual.data(), ScalarType::Float);
+  residual_out.assign(residual.size(), 0.0f);
+  auto residual_out_tensor = make_tensor_ptr({1, tokens, int32_t(kHidden)}, residual_out.data(), ScalarType::Float);
   out.assign(query.size(), 0.0f);
   auto o = make_tensor_ptr({1, tokens, int32_t(kHeads), int32_t(kHeadDim)}, out.data(), ScalarType::Float);
   EValue args[] = {EValue(*q),   EValue(*k),   EValue(*v),   EValue(*kc),
                    EValue(*vc),  EValue(*pos), EValue(*cos), EValue(*sin),
-                   EValue(*hidden_tensor), EValue(*scales), EValue(&lora_list),
-                   EValue(&site_list), EValue(*o), EValue(*o)};
+                   EValue(*hidden_tensor), EValue(*residual_tensor), EValue(*scales),
+                   EValue(&lora_list), EValue(&site_list), EValue(*o),
+                   EValue(*residual_out_tensor), EValue(*o), EValue(*residual_out_tensor)};
   constexpr int kArgs = sizeof(args) / sizeof(args[0]);
   EValue* stack[kArgs];
   for (int i = 0; i < kArgs; ++i) stack[i] = &args[i];
@@ -176,15 +184,17 @@ int main() {
   std::vector<float> out;
 
   Lora lora{random_values(kHidden * kRank, rng), random_values(kRank * kHeads * kHeadDim, rng),
-            random_values(kHidden * kRank, rng), random_values(kRank * kRow, rng)};
+            random_values(kHidden * kRank, rng), random_values(kRank * kRow, rng),
+            random_values(kHeads * kHeadDim * kRank, rng), random_values(kRank * kHidden, rng)};
+  std::vector<float> residual_out;
 
   // Prefill of 80 tokens: enough work for the thread pool path.
   std::vector<int64_t> positions(80);
   for (int64_t t = 0; t < 80; ++t) positions[t] = t;
   auto query = random_values(80 * kHeads * kHeadDim, rng);
   auto key = random_values(80 * kRow, rng), value = random_values(80 * kRow, rng);
-  auto hidden = random_values(80 * kHidden, rng);
-  Error err = call(cache, query, key, value, positions, hidden, lora, out);
+  auto hidden = random_values(80 * kHidden, rng), residual = random_values(80 * kHidden, rng);
+  Error err = call(cache, query, key, value, positions, hidden, residual, lora, out, residual_out);
   EXPECT(err == Error::Ok, "prefill failed: %s", etlora::last_kernel_error().c_str());
   const std::vector<double> value_rows = with_lora(value, hidden, lora.value_a, lora.value_b, kRow);
   double key_diff = 0, value_diff = 0;
@@ -203,13 +213,22 @@ int main() {
   double diff = max_diff(out, reference(with_lora(query, hidden, lora.query_a, lora.query_b, kHeads * kHeadDim), cache, positions));
   std::printf("prefill: max |kernel - reference| = %g\n", diff);
   EXPECT(diff < 1e-4, "prefill differs by %g", diff);
+  const std::vector<double> expected_residual =
+      with_lora(residual, out, lora.output_a, lora.output_b, kHidden, kHeads * kHeadDim);
+  std::vector<float> residual_out_copy = residual_out;
+  diff = max_diff(residual_out_copy, expected_residual);
+  double largest = 0;
+  for (double v : expected_residual) largest = std::max(largest, std::abs(v));
+  std::printf("prefill residual + o_proj LoRA: max diff %g (largest value %g)\n", diff, largest);
+  EXPECT(diff < 1e-5 * largest, "residual_out differs by %g", diff);
 
   // One decode step at position 80 reads all 81 rows.
   std::vector<int64_t> next = {80};
   auto step_query = random_values(kHeads * kHeadDim, rng);
   auto step_key = random_values(kRow, rng), step_value = random_values(kRow, rng);
-  auto step_hidden = random_values(kHidden, rng);
-  err = call(cache, step_query, step_key, step_value, next, step_hidden, lora, out);
+  auto step_hidden = random_values(kHidden, rng), step_residual = random_values(kHidden, rng);
+  err = call(cache, step_query, step_key, step_value, next, step_hidden, step_residual, lora, out,
+             residual_out);
   EXPECT(err == Error::Ok, "decode failed: %s", etlora::last_kernel_error().c_str());
   diff = max_diff(out, reference(with_lora(step_query, step_hidden, lora.query_a, lora.query_b, kHeads * kHeadDim), cache, next));
   std::printf("decode: max |kernel - reference| = %g\n", diff);
@@ -218,7 +237,8 @@ int main() {
   // A position past the cache: refused, named, and nothing written.
   const Cache before = cache;
   std::vector<int64_t> outside = {kCapacity};
-  err = call(cache, step_query, step_key, step_value, outside, step_hidden, lora, out);
+  err = call(cache, step_query, step_key, step_value, outside, step_hidden, step_residual, lora,
+             out, residual_out);
   const std::string message = etlora::last_kernel_error();
   std::printf("past the cache: %s\n", message.c_str());
   EXPECT(err == Error::InvalidArgument, "expected InvalidArgument, got 0x%x", unsigned(err));
