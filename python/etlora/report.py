@@ -158,12 +158,19 @@ class Report:
         return self.session_steps[0]
 
     @property
+    def reference_steps(self) -> list[Step]:
+        """The foundation-only sessions: the first, then those whose mean growth is the per-session state."""
+        return [step for step in self.session_steps if step.name.endswith("(foundation only)")]
+
+    @property
     def per_session_rss(self) -> int:
-        return self.step("session 2 (foundation only)").rss - self.step("session 1 (foundation only)").rss
+        first, *extra = self.reference_steps
+        return (extra[-1].rss - first.rss) // len(extra)
 
     @property
     def per_session_pss(self) -> int:
-        return self.step("session 2 (foundation only)").pss - self.step("session 1 (foundation only)").pss
+        first, *extra = self.reference_steps
+        return (extra[-1].pss - first.pss) // len(extra)
 
     @property
     def per_session_surplus(self) -> int:
@@ -175,7 +182,7 @@ class Report:
 
     @property
     def adapter_costs(self) -> list[AdapterCost]:
-        costs, before = [], self.step("session 2 (foundation only)")
+        costs, before = [], self.reference_steps[-1]
         for name in self.adapters:
             after = self.step(f"+ session {name}")
             growth = after.rss - before.rss
@@ -234,7 +241,8 @@ class Report:
         last = self.step(f"+ session {self.adapters[-1]}")
         switched = self.step(f"session 1 switched through {n} adapters")
         one_switching = first.pss + max(0, switched.pss - last.pss)
-        all_alive = last.pss - self.per_session_pss  # without the second foundation-only session
+        # without the extra foundation-only sessions
+        all_alive = last.pss - (len(self.reference_steps) - 1) * self.per_session_pss
         naive_total = sum(p.loaded.pss for p in self.naive)
         naive_model = sum(p.model_pss for p in self.naive)
         idle = self.idle.pss

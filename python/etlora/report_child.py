@@ -101,6 +101,9 @@ class Recorder:
 # sessions
 
 
+REFERENCE_SESSIONS = 3  # foundation-only sessions after the first, for the per-session state
+
+
 def open_session(bundle: str, adapter: str | None, load_options: dict):
     """THE place where the report opens a session (etlora's and the naive models'). The packed
     weight file is off unless the user asks (`--load-option packed_cache=true`, `cache_dir=...`):
@@ -137,8 +140,12 @@ def measure_sessions(bundle: str, adapters: list[str], generate: bool, load_opti
     record = _start(load_options)
     first = open_session(bundle, None, load_options)
     record("session 1 (foundation only)")
-    sessions = [first, open_session(bundle, None, load_options)]
-    record("session 2 (foundation only)")
+    sessions = [first]
+    # Several foundation-only sessions: the per-session state is their mean growth, one sample
+    # alone carries a few hundred kB of heap noise into every adapter's cost.
+    for number in range(2, 2 + REFERENCE_SESSIONS):
+        sessions.append(open_session(bundle, None, load_options))
+        record(f"session {number} (foundation only)")
     for name in adapters:
         sessions.append(open_session(bundle, name, load_options))
         record(f"+ session {name}")

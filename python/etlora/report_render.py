@@ -39,8 +39,8 @@ def _per_session(report: Report) -> list[str]:
         f"per-session state: predicted {_mb(planned.planned_bytes)}, measured {_mb(report.per_session_rss)}  ",
         f"(predicted: model.pte's memory-planned buffers of `{planned.method}`, KV cache {_mb(planned.kv_cache_bytes)} "
         f"in {planned.kv_cache_tensors} tensors + activations {_mb(planned.activation_bytes)} sized for a "
-        f"max_seq_len prefill; measured: RSS growth of a second foundation-only session after one forward, "
-        f"PSS {_mb(report.per_session_pss)})",
+        f"max_seq_len prefill; measured: mean RSS growth of {len(report.reference_steps) - 1} more "
+        f"foundation-only sessions after one forward each, PSS {_mb(report.per_session_pss)})",
         "",
     ]
     if report.per_session_surplus > report.surplus_tolerance:
@@ -75,9 +75,9 @@ def _per_session(report: Report) -> list[str]:
         "files are mmapped and only pages a forward touched are resident; a forward reads every A and B "
         "matrix, so after it the whole adapter counts, once per process however many sessions use it. "
         "Adapter cost = RSS growth of one more session with the adapter minus the measured per-session "
-        "state (a foundation-only session's growth), so the target compares the adapter with what it adds. "
-        "That reference is one sample: heap variation between sessions (a few hundred kB) shows as costs a "
-        "little below 1.0x.",
+        "state (the mean growth of several foundation-only sessions), so the target compares the adapter "
+        "with what it adds. Each adapter session is one sample: heap variation between sessions (up to "
+        "about a MB) moves a cost by a few tenths of its .ptd either way.",
     ]
     return lines
 
