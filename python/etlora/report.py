@@ -85,11 +85,11 @@ class Disk:
 class AdapterCost:
     adapter: str
     ptd_bytes: int
-    session_rss_growth: int  # RSS growth of one more session with this adapter active
+    cost_bytes: int  # RSS growth when an existing session makes the adapter resident: the target's figure
+    cost_pss_bytes: int  # the same in PSS
     resident_adapter_pages: int  # of which: RSS growth of the adapter .ptd mappings
     resident_adapter_pss: int  # the same pages in PSS: a page mapped twice in one process counts once
-    cost_bytes: int  # session_rss_growth minus the measured per-session state (RSS): the target's figure
-    cost_pss_bytes: int  # the same in PSS (session PSS growth minus per-session state PSS)
+    session_rss_growth: int  # RSS growth of one more session with this adapter (pages already resident)
 
     @property
     def times_ptd(self) -> float:
@@ -182,22 +182,22 @@ class Report:
 
     @property
     def adapter_costs(self) -> list[AdapterCost]:
-        costs, before = [], self.reference_steps[-1]
+        costs, names = [], [step.name for step in self.session_steps]
+        previous_session = self.session_steps[names.index(f"+ session {self.adapters[0]}") - 1] if self.adapters else None
         for name in self.adapters:
-            after = self.step(f"+ session {name}")
-            growth = after.rss - before.rss
-            pages = after.region("adapter_files") - before.region("adapter_files")
-            pages_pss = after.region("adapter_files", "pss") - before.region("adapter_files", "pss")
+            after = self.step(f"session 1 + adapter {name}")
+            before = self.session_steps[names.index(after.name) - 1]
+            session = self.step(f"+ session {name}")
             costs.append(AdapterCost(
                 adapter=name,
                 ptd_bytes=self.disk.adapter_bytes[name],
-                session_rss_growth=growth,
-                resident_adapter_pages=pages,
-                resident_adapter_pss=pages_pss,
-                cost_bytes=growth - self.per_session_rss,
-                cost_pss_bytes=after.pss - before.pss - self.per_session_pss,
+                cost_bytes=after.rss - before.rss,
+                cost_pss_bytes=after.pss - before.pss,
+                resident_adapter_pages=after.region("adapter_files") - before.region("adapter_files"),
+                resident_adapter_pss=after.region("adapter_files", "pss") - before.region("adapter_files", "pss"),
+                session_rss_growth=session.rss - previous_session.rss,
             ))
-            before = after
+            previous_session = session
         return costs
 
     # N sessions
@@ -237,12 +237,11 @@ class Report:
         rows = [Comparison(f"disk: bundle vs {n} merged models", self.disk.bundle_bytes, self.disk.naive_bytes)]
         if not self.adapters:
             return rows
-        first = self.step("session 1 (foundation only)")
-        last = self.step(f"+ session {self.adapters[-1]}")
-        switched = self.step(f"session 1 switched through {n} adapters")
-        one_switching = first.pss + max(0, switched.pss - last.pss)
-        # without the extra foundation-only sessions
-        all_alive = last.pss - (len(self.reference_steps) - 1) * self.per_session_pss
+        extra_references = (len(self.reference_steps) - 1) * self.per_session_pss
+        # one session switching through the adapters (its largest step), without the extra
+        # foundation-only sessions
+        one_switching = max(self.step(f"session 1 + adapter {name}").pss for name in self.adapters) - extra_references
+        all_alive = self.step(f"+ session {self.adapters[-1]}").pss - extra_references
         naive_total = sum(p.loaded.pss for p in self.naive)
         naive_model = sum(p.model_pss for p in self.naive)
         idle = self.idle.pss

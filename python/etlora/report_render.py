@@ -55,9 +55,10 @@ def _per_session(report: Report) -> list[str]:
         lines.append(
             f"- adapter cost beyond per-session state ({cost.adapter}): {_mb(cost.cost_bytes)} = "
             f"{cost.times_ptd:.2f}x its .ptd of {_mb(cost.ptd_bytes)} (target <= {ADAPTER_COST_LIMIT}x): "
-            f"{_verdict(cost.passed)}; in PSS {_mb(cost.cost_pss_bytes)} = {cost.times_ptd_pss:.2f}x. "
-            f"Session RSS growth {_mb(cost.session_rss_growth)}, of which the .ptd's mapped pages "
-            f"{_mb(cost.resident_adapter_pages)} RSS / {_mb(cost.resident_adapter_pss)} PSS"
+            f"{_verdict(cost.passed)}; in PSS {_mb(cost.cost_pss_bytes)} = {cost.times_ptd_pss:.2f}x; "
+            f"of which the .ptd's mapped pages {_mb(cost.resident_adapter_pages)} RSS / "
+            f"{_mb(cost.resident_adapter_pss)} PSS. Another session with it: +{_mb(cost.session_rss_growth)} RSS "
+            f"(per-session state {_mb(report.per_session_rss)})"
         )
     double = max(report.adapter_costs, key=lambda cost: cost.double_counted_pages, default=None)
     if double is not None and double.double_counted_pages > 0.01 * double.ptd_bytes:
@@ -71,13 +72,12 @@ def _per_session(report: Report) -> list[str]:
         ]
     lines += [
         "",
-        "How: each session runs one forward with its adapter active before it is measured. Adapter .ptd "
-        "files are mmapped and only pages a forward touched are resident; a forward reads every A and B "
-        "matrix, so after it the whole adapter counts, once per process however many sessions use it. "
-        "Adapter cost = RSS growth of one more session with the adapter minus the measured per-session "
-        "state (the mean growth of several foundation-only sessions), so the target compares the adapter "
-        "with what it adds. Each adapter session is one sample: heap variation between sessions (up to "
-        "about a MB) moves a cost by a few tenths of its .ptd either way.",
+        "How: adapter .ptd files are mmapped and only pages a forward touched are resident; a forward "
+        "reads every A and B matrix, so after it the whole adapter counts, once per process however many "
+        "sessions use it. Adapter cost = RSS growth when the first session switches to the adapter and "
+        "runs one forward: the adapter alone, without a new session's state (measured separately as the "
+        "mean growth of several foundation-only sessions) and without the heap noise of opening one "
+        "(up to about a MB, which would move a small adapter's figure by a few tenths of its .ptd).",
     ]
     return lines
 
