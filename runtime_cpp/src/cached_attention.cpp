@@ -49,14 +49,20 @@ using executorch::runtime::Span;
 constexpr const char* kOpName = "etlora::cached_attention.out";
 
 // Hot loops compiled for the host's vector width where the compiler can pick
-// at load time (x86 ifunc); a plain build elsewhere.
+// at load time (x86 ifunc); a plain build elsewhere. The per-row helpers are
+// inlined into each clone, so the dispatch happens once per loop, not per row.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ETLORA_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#define ETLORA_VECTOR_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define ETLORA_VECTOR_CLONES
 #endif
+#if defined(__GNUC__)
+#define ETLORA_ROW_HELPER inline __attribute__((always_inline))
+#else
+#define ETLORA_ROW_HELPER inline
+#endif
 
-ETLORA_VECTOR_CLONES
+ETLORA_ROW_HELPER
 float dot(const float* a, const float* b, int64_t n) {
   float lanes[16] = {};
   int64_t i = 0;
@@ -69,7 +75,7 @@ float dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
-ETLORA_VECTOR_CLONES
+ETLORA_ROW_HELPER
 void add_scaled(float* out, const float* row, float weight, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] += weight * row[i];
 }
@@ -83,15 +89,9 @@ void add_lora(const float* hidden, int64_t hidden_size, const float* lora_a, con
   for (int64_t t = begin; t < end; ++t) {
     std::fill(down.begin(), down.end(), 0.0f);
     const float* x = hidden + t * hidden_size;
-    for (int64_t i = 0; i < hidden_size; ++i) {
-      const float* a_row = lora_a + i * rank;
-      for (int64_t r = 0; r < rank; ++r) down[r] += x[i] * a_row[r];
-    }
-    float* row = rows + t * out_size;
+    for (int64_t i = 0; i < hidden_size; ++i) add_scaled(down.data(), lora_a + i * rank, x[i], rank);
     for (int64_t r = 0; r < rank; ++r) {
-      const float weight = scale * down[r];
-      const float* b_row = lora_b + r * out_size;
-      for (int64_t o = 0; o < out_size; ++o) row[o] += weight * b_row[o];
+      add_scaled(rows + t * out_size, lora_b + r * out_size, scale * down[r], out_size);
     }
   }
 }
@@ -105,6 +105,7 @@ void rotate(const float* x, const float* cos, const float* sin, int64_t head_dim
 }
 
 // One query row of one head against cache rows [0, visible).
+ETLORA_VECTOR_CLONES
 void attend_row(const float* query, const float* key_cache, const float* value_cache,
                 int64_t visible, int64_t row_stride, int64_t head_dim, float scale,
                 float* scores, float* out) {
