@@ -26,18 +26,29 @@ MALFORMED = Path(__file__).parent / "fixtures" / "malformed"
 
 # One load in a fresh process: what it did with the packed file, and its logits.
 _LOAD = """
-import json, sys
+import json, os, sys
 import etlora
-bundle, packed = sys.argv[1], sys.argv[2] == "on"
-session = etlora.load(bundle, adapters={"support": 1.0}, packed_cache=packed)
+bundle, packed, residency = sys.argv[1], sys.argv[2] == "on", sys.argv[4]
+session = etlora.load(bundle, adapters={"support": 1.0}, packed_cache=packed,
+                      packed_cache_residency=residency)
 tokens = [int(t) for t in sys.argv[3].split(",")]
-print(json.dumps({"packed_cache": session.packed_cache.__dict__, "logits": session.logits(tokens).tolist()}))
+info = dict(session.packed_cache.__dict__)
+# Bytes of the packed file still mapped after the load, from /proc/self/maps.
+inode = os.stat(info["path"]).st_ino if info["path"] and os.path.exists(info["path"]) else None
+info["mapped_now"] = sum(
+    int(end, 16) - int(start, 16)
+    for start, end, fields in (
+        (*line.split()[0].split("-"), line.split()) for line in open("/proc/self/maps"))
+    if inode is not None and len(fields) > 4 and fields[4] == str(inode))
+print(json.dumps({"packed_cache": info, "logits": session.logits(tokens).tolist()}))
 """
 
 
-def load_in_fresh_process(bundle: Path, packed: bool = True) -> tuple[dict, np.ndarray]:
+def load_in_fresh_process(bundle: Path, packed: bool = True,
+                          residency: str = "copy") -> tuple[dict, np.ndarray]:
     out = subprocess.run([sys.executable, "-c", _LOAD, str(bundle), "on" if packed else "off",
-                          ",".join(map(str, TOKENS))], check=True, capture_output=True, text=True).stdout
+                          ",".join(map(str, TOKENS)), residency],
+                         check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["packed_cache"], np.asarray(result["logits"], dtype=np.float32)
 
@@ -88,6 +99,7 @@ def test_temp_files_of_dead_writers_are_removed(bundle_copy):
 def test_later_start_maps_the_file_with_identical_logits(bundle_copy):
     first_info, first = load_in_fresh_process(bundle_copy)
     later_info, later = load_in_fresh_process(bundle_copy)
+    mapped_info, mapped = load_in_fresh_process(bundle_copy, residency="map")
     off_info, off = load_in_fresh_process(bundle_copy, packed=False)
     assert first_info["source"] == "written"
     assert later_info["source"] == "mapped" and later_info["mapped_bytes"] > 0, later_info
@@ -96,6 +108,23 @@ def test_later_start_maps_the_file_with_identical_logits(bundle_copy):
     assert off_info["source"] == "off"
     assert np.abs(later - first).max() == 0
     assert np.abs(later - off).max() == 0
+    assert np.abs(mapped - off).max() == 0
+
+
+def test_default_residency_copies_the_packed_weights_out_of_the_file(bundle_copy):
+    load_in_fresh_process(bundle_copy)  # writes the file
+    copied, _ = load_in_fresh_process(bundle_copy)
+    mapped, _ = load_in_fresh_process(bundle_copy, residency="map")
+    # Every mapped byte was moved into private memory, and nothing of the file stays mapped.
+    assert copied["copied_bytes"] == copied["mapped_bytes"] >= copied["file_bytes"] > 0, copied
+    assert copied["mapped_now"] == 0 and 0 < copied["copy_seconds"] < copied["load_seconds"]
+    assert mapped["source"] == "mapped" and mapped["copied_bytes"] == 0 and mapped["copy_seconds"] == 0
+    assert mapped["mapped_now"] == mapped["mapped_bytes"] >= mapped["file_bytes"], mapped
+
+
+def test_unknown_residency_is_refused_with_the_choices(bundle):
+    with pytest.raises(etlora.EtloraError, match=r"packed_cache_residency: expected one of 'copy', 'map', got 'disk'"):
+        etlora.load(bundle, packed_cache_residency="disk")
 
 
 def test_copied_cache_is_hashed_once_then_mapped(bundle_copy, tmp_path):
@@ -110,6 +139,9 @@ def test_sessions_of_one_process_share_the_mapped_file(bundle_copy):
     first = etlora.load(bundle_copy, adapters={"support": 1.0})
     second = etlora.load(bundle_copy, adapters={"legal": 1.0})
     assert first.packed_cache.source == "written" and second.packed_cache.source == "shared"
+    # The first load copied the weights into memory; the second shares that copy.
+    assert second.packed_cache.copied_bytes == first.packed_cache.copied_bytes > 0
+    assert second.packed_cache.mapped_bytes == first.packed_cache.mapped_bytes
     assert _runtime.weight_cache_stats()["packed_cache_files"] >= 1
     alone = etlora.load(bundle_copy, adapters={"legal": 1.0}, packed_cache=False)
     assert np.abs(second.logits(TOKENS) - alone.logits(TOKENS)).max() == 0
@@ -211,11 +243,13 @@ def test_runner_writes_then_maps_and_shows_cache(bundle_copy):
     args = [runner_path(), "--bundle", str(bundle_copy), "--tokens", "1,2,3", "--show-cache"]
     first = subprocess.run(args, check=True, capture_output=True, text=True)
     later = subprocess.run(args, check=True, capture_output=True, text=True)
+    kept = subprocess.run(args + ["--map-packed-cache"], check=True, capture_output=True, text=True)
     off = subprocess.run(args + ["--no-packed-cache"], check=True, capture_output=True, text=True)
     assert "packed cache: written" in first.stderr and "packed cache: mapped" in later.stderr
     assert "packed cache: off" in off.stderr
-    logits = [run.stdout.splitlines()[1] for run in (first, later, off)]
-    assert logits[0] == logits[1] == logits[2]
+    assert "copied into memory 0.0 MiB" not in later.stderr and "copied into memory 0.0 MiB" in kept.stderr
+    logits = [run.stdout.splitlines()[1] for run in (first, later, kept, off)]
+    assert logits[0] == logits[1] == logits[2] == logits[3]
     elsewhere = subprocess.run(args + ["--packed-cache", str(bundle_copy / "elsewhere")],
                                check=True, capture_output=True, text=True)
     assert f"packed cache: written {bundle_copy / 'elsewhere'}/" in elsewhere.stderr

@@ -14,6 +14,7 @@ for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 from etlora.export.errors import AdapterError, BundleError, EtloraError
+from etlora.packed_cache import PackedCacheResidency
 from etlora.session import Session, load
 
-__all__ = ["AdapterError", "BundleError", "EtloraError", "Session", "load"]
+__all__ = ["AdapterError", "BundleError", "EtloraError", "PackedCacheResidency", "Session", "load"]

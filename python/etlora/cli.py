@@ -138,7 +138,8 @@ def cmd_run(args) -> int:
     adapters = dict(args.adapter or [])
     with _step("loading bundle"):
         session = etlora.load(args.bundle, adapters=adapters, packed_cache=not args.no_packed_cache,
-                              cache_dir=args.packed_cache)
+                              cache_dir=args.packed_cache,
+                              packed_cache_residency="map" if args.map_packed_cache else "copy")
     active = ", ".join(f"{name}={strength:g}" for name, strength in adapters.items()) or "none"
     console.print(f"adapters: {active}")
     result = session.generate(
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder for the packed foundation file (default BUNDLE/.etlora-cache)")
     run.add_argument("--no-packed-cache", action="store_true",
                      help="pack the foundation weights at load without keeping them in a file")
+    run.add_argument("--map-packed-cache", action="store_true",
+                     help="keep the packed file mapped instead of copying its weights into memory")
     run.set_defaults(run=cmd_run)
 
     inspect = commands.add_parser(

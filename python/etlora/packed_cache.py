@@ -11,12 +11,27 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 CACHE_DIR_NAME = ".etlora-cache"
 MAX_PATH_CHARS = 230  # the C++ runtime's kMaxPackedCachePath: the backend truncates longer paths
 
 log = logging.getLogger("etlora")
+
+
+class PackedCacheResidency(Enum):
+    """Where the packed weights live after a load that used the file.
+
+    COPY (default) moves them from the file's mapping into private memory at the same addresses:
+    on the machine we benchmark on, XNNPACK decodes about 20% slower from mapped page-cache pages
+    (docs/results/), and the copy costs about 0.2 s per start. MAP keeps the mapping, which
+    shares the pages with the page cache: less memory at start-up, for devices where mapped pages
+    read as fast as private ones.
+    """
+
+    COPY = "copy"
+    MAP = "map"
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,9 @@ class PackedCacheInfo:
     source: str
     file_bytes: int
     file_entries: int
-    mapped_bytes: int
+    mapped_bytes: int  # bytes of the file the backend mapped for the load
+    copied_bytes: int  # of those, moved into private memory (residency COPY); 0 when kept mapped
+    copy_seconds: float  # of load_seconds: that copy
     load_seconds: float
     check_seconds: float  # of load_seconds: footer and checksum check of an existing file
     check_hashed: bool  # whether that check read and hashed the bytes (file changed since written)

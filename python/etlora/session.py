@@ -15,7 +15,7 @@ import numpy as np
 
 from etlora.export.errors import BundleError, EtloraError
 from etlora.export.manifest import Manifest, read_manifest
-from etlora.packed_cache import PackedCacheInfo, log, packed_cache_path
+from etlora.packed_cache import PackedCacheInfo, PackedCacheResidency, log, packed_cache_path
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,20 @@ class Generation:
     stop_reason: str  # eos | max_new_tokens | max_seq_len | callback
 
 
+def _residency(value: PackedCacheResidency | str) -> PackedCacheResidency:
+    try:
+        return PackedCacheResidency(value)
+    except ValueError:
+        choices = ", ".join(repr(r.value) for r in PackedCacheResidency)
+        raise EtloraError(f"packed_cache_residency: expected one of {choices}, got {value!r}") from None
+
+
 class Session:
     """One loaded program with its foundation; adapters switch without reloading either."""
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, packed_cache: bool = True,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None,
+                 packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY):
         from etlora import _runtime
 
         self.bundle_dir = Path(bundle_dir)
@@ -48,6 +57,7 @@ class Session:
                 str(self.bundle_dir / manifest.program.file),
                 str(self.bundle_dir / manifest.foundation.file),
                 packed_cache_path=str(packed_path) if packed_path else "",
+                packed_cache_residency=_residency(packed_cache_residency).value,
             )
         except (ValueError, RuntimeError) as error:
             raise BundleError(str(error)) from None
@@ -192,13 +202,17 @@ class Session:
 
 
 def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
-         packed_cache: bool = True, cache_dir: str | Path | None = None) -> Session:
+         packed_cache: bool = True, cache_dir: str | Path | None = None,
+         packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY) -> Session:
     """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`.
 
     packed_cache: keep XNNPACK's packed foundation weights in a file so that later starts map them
     instead of packing again; the file lives in `cache_dir` (default `<bundle>/.etlora-cache/`).
     An unwritable folder turns it off with one warning. `session.packed_cache` says what happened.
+    packed_cache_residency: "copy" (default) moves the weights into private memory after the load,
+    "map" keeps the file mapped (see PackedCacheResidency).
     """
-    session = Session(bundle_dir, read_manifest(bundle_dir), packed_cache=packed_cache, cache_dir=cache_dir)
+    session = Session(bundle_dir, read_manifest(bundle_dir), packed_cache=packed_cache,
+                      cache_dir=cache_dir, packed_cache_residency=packed_cache_residency)
     session.set_adapters(adapters)
     return session

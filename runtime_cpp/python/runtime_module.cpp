@@ -74,12 +74,21 @@ py::array_t<float> to_array(std::vector<float>&& values) {
 class PySession {
  public:
   PySession(const std::string& program_path, const std::string& foundation_path, bool weight_cache,
-            const std::string& packed_cache_path) {
+            const std::string& packed_cache_path, const std::string& packed_cache_residency) {
+    etlora::SessionOptions options;
+    options.weight_cache = weight_cache;
+    options.packed_cache_path = packed_cache_path;
+    if (packed_cache_residency == "map") {
+      options.packed_cache_residency = etlora::PackedCacheResidency::kMap;
+    } else if (packed_cache_residency != "copy") {
+      throw py::value_error("packed_cache_residency: expected 'copy' or 'map', got '" +
+                            packed_cache_residency + "'");
+    }
     etlora::StatusOr<std::unique_ptr<etlora::Session>> opened =
         etlora::Status(etlora::StatusCode::kRuntimeError, "not opened");
     {
       py::gil_scoped_release release;
-      opened = etlora::Session::open(program_path, foundation_path, {weight_cache, packed_cache_path});
+      opened = etlora::Session::open(program_path, foundation_path, options);
     }
     if (!opened.ok()) raise_status(opened.status());
     session_ = std::move(*opened);
@@ -157,7 +166,8 @@ class PySession {
 py::dict packed_cache_dict(const etlora::PackedCacheInfo& info) {
   return py::dict("path"_a = info.path, "source"_a = etlora::packed_cache_source_name(info.source),
                   "file_bytes"_a = info.file_bytes, "file_entries"_a = info.file_entries,
-                  "mapped_bytes"_a = info.mapped_bytes, "load_seconds"_a = info.load_seconds,
+                  "mapped_bytes"_a = info.mapped_bytes, "copied_bytes"_a = info.copied_bytes,
+                  "copy_seconds"_a = info.copy_seconds, "load_seconds"_a = info.load_seconds,
                   "check_seconds"_a = info.check_seconds, "check_hashed"_a = info.check_hashed,
                   "note"_a = info.note);
 }
@@ -231,13 +241,17 @@ PYBIND11_MODULE(_runtime, m) {
       },
       py::arg("path"), "Footer check of a packed foundation file: valid, problem, file_bytes, entries.");
   py::class_<PySession>(m, "Session")
-      .def(py::init<const std::string&, const std::string&, bool, const std::string&>(),
+      .def(py::init<const std::string&, const std::string&, bool, const std::string&,
+                    const std::string&>(),
            py::arg("program_path"), py::arg("foundation_path"), py::kw_only(),
            py::arg("weight_cache") = true, py::arg("packed_cache_path") = "",
+           py::arg("packed_cache_residency") = "copy",
            "Load model.pte with foundation.ptd (memory-mapped); no adapter active. weight_cache: "
            "share packed foundation weights with other Sessions (XNNPACK weight cache). "
            "packed_cache_path: the packed foundation file (name from packed_cache_file_name), "
-           "written at the first start and mapped at later ones; '' = off.")
+           "written at the first start and mapped at later ones; '' = off. packed_cache_residency: "
+           "'copy' moves the packed weights into private memory after the load, 'map' keeps the "
+           "file mapped.")
       .def("set_adapters", &PySession::set_adapters, py::arg("adapters"),
            "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.")
       .def("forward", &PySession::forward, py::arg("tokens"), py::arg("start_pos"),
@@ -267,7 +281,8 @@ PYBIND11_MODULE(_runtime, m) {
           "packed_cache",
           [](const PySession& s) { return packed_cache_dict(s.session().packed_cache()); },
           "How this load used the packed foundation file: path, source (off | mapped | written | "
-          "shared | memory-only), file_bytes, file_entries, mapped_bytes, load_seconds, check_seconds, check_hashed, note.")
+          "shared | memory-only), file_bytes, file_entries, mapped_bytes, copied_bytes, copy_seconds, "
+          "load_seconds, check_seconds, check_hashed, note.")
       .def_property_readonly("load_anon_bytes",
                              [](const PySession& s) { return s.session().load_anon_bytes(); })
       .def_property_readonly("vocab_size",

@@ -23,6 +23,8 @@ namespace {
 struct LiveFile {
   std::string backend_path;  // the string the backend's cache is keyed by
   int64_t sessions = 0;
+  int64_t mapped_bytes = 0;  // what the first Session's load mapped
+  int64_t copied_bytes = 0;  // ... and moved into memory (mapped_bytes_of reads 0 after that)
 };
 
 std::mutex& open_mutex() {
@@ -98,7 +100,8 @@ int64_t packed_files_in_use() {
   return static_cast<int64_t>(live_files().size());
 }
 
-StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& final_path) {
+StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& final_path,
+                                                              PackedCacheResidency residency) {
   if (final_path.size() > kMaxPackedCachePath) {
     return Status(StatusCode::kInvalidArgument,
                   "packed cache path " + final_path + ": expected at most " +
@@ -110,6 +113,7 @@ StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& 
   std::unique_ptr<PackedFileUse> use(new PackedFileUse());
   use->open_lock_ = std::unique_lock<std::mutex>(open_mutex());
   use->final_path_ = final_path;
+  use->residency_ = residency;
   {
     std::lock_guard<std::mutex> lock(table_mutex());
     auto live = live_files().find(final_path);
@@ -210,8 +214,16 @@ PackedCacheInfo PackedFileUse::settle() {
       ::unlink(backend_path_.c_str());
     }
   }
+  LiveFile live_before;
+  if (expected_ == PackedCacheSource::kShared) {
+    std::lock_guard<std::mutex> lock(table_mutex());
+    auto live = live_files().find(final_path_);
+    if (live != live_files().end()) live_before = live->second;
+  }
   if (info.source != PackedCacheSource::kMemoryOnly) {
-    info.mapped_bytes = mapped_bytes_of(final_path_);
+    // A shared file the first Session copied into memory is no longer mapped.
+    info.mapped_bytes = mapped_bytes_of(final_path_) + live_before.copied_bytes;
+    info.copied_bytes = live_before.copied_bytes;
     if (info.mapped_bytes == 0) {
       info.source = PackedCacheSource::kMemoryOnly;
       info.note = "the backend did not map " + final_path_ +
@@ -224,10 +236,20 @@ PackedCacheInfo PackedFileUse::settle() {
   const PackedFileCheck file = check_packed_cache_file(final_path_);
   info.file_bytes = file.file_bytes;
   info.file_entries = file.entries;
+  if (info.source != PackedCacheSource::kMemoryOnly && residency_ == PackedCacheResidency::kCopy) {
+    // Whatever of the file is still mapped (all of it, unless a live Session
+    // copied it already; a Session that asked kMap leaves it mapped).
+    const MemoryCopy copy = copy_file_mappings_to_memory(final_path_);
+    info.copied_bytes += copy.bytes;
+    info.copy_seconds = copy.seconds;
+    if (!copy.problem.empty()) info.note += (info.note.empty() ? "" : "; ") + copy.problem;
+  }
   if (info.source != PackedCacheSource::kMemoryOnly) {
     std::lock_guard<std::mutex> lock(table_mutex());
     LiveFile& live = live_files()[final_path_];
     live.backend_path = backend_path_;
+    live.mapped_bytes = info.mapped_bytes;
+    live.copied_bytes = info.copied_bytes;
     ++live.sessions;
     registered_ = true;
   }

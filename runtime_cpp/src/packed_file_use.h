@@ -21,7 +21,8 @@ class PackedFileUse {
  public:
   // Decides the backend path for `final_path` (a path whose name comes from
   // packed_cache_file_name). Holds the open lock until settle() or destruction.
-  static StatusOr<std::unique_ptr<PackedFileUse>> plan(const std::string& final_path);
+  static StatusOr<std::unique_ptr<PackedFileUse>> plan(const std::string& final_path,
+                                                       PackedCacheResidency residency);
 
   // The string for the backend's packed_cache_path; empty: give none.
   const std::string& backend_path() const { return backend_path_; }
@@ -30,7 +31,8 @@ class PackedFileUse {
   Status check_name(const std::string& foundation_fingerprint) const;
 
   // After the backend packed or mapped (load_method succeeded): renames a
-  // complete temp file into place, measures, registers this Session.
+  // complete temp file into place, measures, copies the packed weights into
+  // memory (kCopy), registers this Session.
   PackedCacheInfo settle();
 
   // Unregisters; removes a temp file the load left behind.
@@ -43,6 +45,7 @@ class PackedFileUse {
   std::unique_lock<std::mutex> open_lock_;
   std::string final_path_;
   std::string backend_path_;
+  PackedCacheResidency residency_ = PackedCacheResidency::kCopy;
   PackedCacheSource expected_ = PackedCacheSource::kMemoryOnly;
   std::string note_;
   int64_t mtime_before_ns_ = 0;

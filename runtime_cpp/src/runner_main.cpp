@@ -13,7 +13,8 @@
 //
 //   Either form: [--packed-cache DIR | --no-packed-cache] keeps XNNPACK's
 //     packed foundation weights in DIR (default: .etlora-cache/ beside
-//     model.pte) so later starts map them instead of packing again;
+//     model.pte) so later starts map them instead of packing again, then
+//     copy them into private memory ([--map-packed-cache]: keep the mapping);
 //     [--show-cache] prints the cache figures on stderr.
 #include <sys/stat.h>
 
@@ -47,6 +48,7 @@ struct Options {
   bool weight_cache = true;
   bool packed_cache = true;
   std::string packed_cache_dir;  // empty: .etlora-cache/ beside model.pte
+  etlora::PackedCacheResidency packed_cache_residency = etlora::PackedCacheResidency::kCopy;
   etlora::GenerationOptions generation;
 };
 
@@ -61,7 +63,9 @@ void usage() {
                "       either form: [--show-cache] (XNNPACK weight cache figures on stderr)\n"
                "                    [--no-weight-cache] (load without the cache)\n"
                "                    [--packed-cache DIR | --no-packed-cache] (packed foundation file;\n"
-               "                     default DIR: .etlora-cache/ beside model.pte)\n");
+               "                     default DIR: .etlora-cache/ beside model.pte)\n"
+               "                    [--map-packed-cache] (keep the packed file mapped instead of\n"
+               "                     copying its weights into private memory)\n");
 }
 
 bool parse_number(const std::string& option, const std::string& text, double& value) {
@@ -125,6 +129,10 @@ bool parse_args(int argc, char** argv, Options& options) {
     }
     if (arg == "--no-packed-cache") {
       options.packed_cache = false;
+      continue;
+    }
+    if (arg == "--map-packed-cache") {
+      options.packed_cache_residency = etlora::PackedCacheResidency::kMap;
       continue;
     }
     if (arg == "--show-cache" || arg == "--no-weight-cache") {
@@ -288,11 +296,12 @@ void show_cache(const etlora::Session& session) {
     return;
   }
   std::fprintf(stderr,
-               "packed cache: %s %s (%lld entries, file %.1f MiB, mapped %.1f MiB) | load %.3f s "
-               "(check %.3f s)%s%s\n",
+               "packed cache: %s %s (%lld entries, file %.1f MiB, mapped %.1f MiB, copied into "
+               "memory %.1f MiB) | load %.3f s (check %.3f s, copy %.3f s)%s%s\n",
                etlora::packed_cache_source_name(packed.source), packed.path.c_str(),
                static_cast<long long>(packed.file_entries), packed.file_bytes / mib,
-               packed.mapped_bytes / mib, packed.load_seconds, packed.check_seconds,
+               packed.mapped_bytes / mib, packed.copied_bytes / mib, packed.load_seconds,
+               packed.check_seconds, packed.copy_seconds,
                packed.note.empty() ? "" : " | ",
                packed.note.c_str());
 }
@@ -306,8 +315,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto load_start = std::chrono::steady_clock::now();
-  auto session = etlora::Session::open(options.model, options.data,
-                                       {options.weight_cache, packed_cache_path(options)});
+  etlora::SessionOptions session_options;
+  session_options.weight_cache = options.weight_cache;
+  session_options.packed_cache_path = packed_cache_path(options);
+  session_options.packed_cache_residency = options.packed_cache_residency;
+  auto session = etlora::Session::open(options.model, options.data, session_options);
   if (!session.ok()) {
     std::fprintf(stderr, "error: %s\n", session.status().message().c_str());
     return 1;

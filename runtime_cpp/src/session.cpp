@@ -215,7 +215,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                         " given with the weight cache off; hint: the XNNPACK backend reads and "
                         "writes the packed file only through its weight cache, turn it on");
     }
-    auto planned = PackedFileUse::plan(options.packed_cache_path);
+    auto planned = PackedFileUse::plan(options.packed_cache_path, options.packed_cache_residency);
     if (!planned.ok()) return planned.status();
     impl.packed_file = std::move(*planned);
   }

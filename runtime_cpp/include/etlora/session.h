@@ -67,6 +67,10 @@ struct SessionOptions {
   // process, unwritable folder) leaves the Session packing into memory, with
   // the reason in packed_cache().note. Never changes the logits.
   std::string packed_cache_path;
+  // Where the packed weights live after the load (packed_cache.h): a private
+  // copy in memory (default, faster decode where mapped pages read slower) or
+  // the file's mapping.
+  PackedCacheResidency packed_cache_residency = PackedCacheResidency::kCopy;
 };
 
 // An adapter to activate: its file and how strongly to apply it.
