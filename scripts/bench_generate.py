@@ -482,6 +482,10 @@ def main(argv=None) -> int:
         return run
 
     results["etlora python"] = measure(python_one, names, PROMPTS, args.repeats)
+    packed = session.packed_cache
+    notes.append(f"etlora packed weights: {packed.source}, {packed.copied_bytes / 2**20:.0f} MiB copied into "
+                 f"memory, {packed.mapped_bytes / 2**20:.0f} MiB mapped at load (default residency: copy; "
+                 "mapped page-cache pages decode slower here, runtime_cpp/README.md)")
 
     foundation_only = None
     if args.foundation_bundle:
