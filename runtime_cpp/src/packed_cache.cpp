@@ -267,10 +267,6 @@ std::vector<Mapping> file_mappings(const std::string& path) {
 
 }  // namespace
 
-const char* packed_cache_residency_name(PackedCacheResidency residency) {
-  return residency == PackedCacheResidency::kCopy ? "copy" : "map";
-}
-
 int64_t mapped_bytes_of(const std::string& path) {
   int64_t total = 0;
   for (const Mapping& mapping : file_mappings(path)) total += mapping.end - mapping.start;

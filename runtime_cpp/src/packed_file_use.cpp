@@ -23,8 +23,7 @@ namespace {
 struct LiveFile {
   std::string backend_path;  // the string the backend's cache is keyed by
   int64_t sessions = 0;
-  int64_t mapped_bytes = 0;  // what the first Session's load mapped
-  int64_t copied_bytes = 0;  // ... and moved into memory (mapped_bytes_of reads 0 after that)
+  int64_t copied_bytes = 0;  // moved into memory by kCopy Sessions (no longer mapped)
 };
 
 std::mutex& open_mutex() {
@@ -248,7 +247,6 @@ PackedCacheInfo PackedFileUse::settle() {
     std::lock_guard<std::mutex> lock(table_mutex());
     LiveFile& live = live_files()[final_path_];
     live.backend_path = backend_path_;
-    live.mapped_bytes = info.mapped_bytes;
     live.copied_bytes = info.copied_bytes;
     ++live.sessions;
     registered_ = true;

@@ -81,7 +81,6 @@ enum class PackedCacheResidency {
   kCopy,
   kMap,
 };
-const char* packed_cache_residency_name(PackedCacheResidency residency);
 
 // Figures of one Session's packed file, all measured here (the backend has
 // no counters): no entry, hit or miss counts beyond what the file holds.
