@@ -73,10 +73,10 @@ const char* packed_cache_source_name(PackedCacheSource source);
 // kCopy then moves them into private anonymous memory at the same addresses.
 // Why copy by default: on the machine we benchmark on, XNNPACK's GEMM reads
 // page-cache pages of an older file about 20% slower than anonymous memory
-// (decode 30 vs 37 tok/s on SmolLM2, docs/results/), and the copy costs about
-// 0.2 s of a 0.03 s start. kMap keeps the mapping: pages stay shared with the
-// page cache (no second copy, cheaper start), for devices where mapped pages
-// read as fast.
+// (decode 30 vs 37 tok/s on SmolLM2, docs/results/), while the copy adds only
+// about 0.2 s to a later start (packing takes 2 s). kMap keeps the mapping:
+// pages stay shared with the page cache (no second copy, cheaper start), for
+// devices where mapped pages read as fast.
 enum class PackedCacheResidency {
   kCopy,
   kMap,
