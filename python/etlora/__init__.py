@@ -16,5 +16,9 @@ for _noisy in ("torchao", "torch.utils._pytree"):
 from etlora.export.errors import AdapterError, BundleError, EtloraError
 from etlora.packed_cache import PackedCacheResidency
 from etlora.session import Session, load
+from etlora.thread_pool import ThreadPoolState, configure_thread_pool, thread_pool_state
 
-__all__ = ["AdapterError", "BundleError", "EtloraError", "PackedCacheResidency", "Session", "load"]
+__all__ = [
+    "AdapterError", "BundleError", "EtloraError", "PackedCacheResidency", "Session", "ThreadPoolState",
+    "configure_thread_pool", "load", "thread_pool_state",
+]

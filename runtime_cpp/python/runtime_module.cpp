@@ -14,6 +14,7 @@
 #include <pybind11/stl.h>
 
 #include <etlora/generator.h>
+#include <etlora/thread_pool.h>
 #include <etlora/session.h>
 #include <etlora/tokenizer.h>
 
@@ -230,6 +231,25 @@ PYBIND11_MODULE(_runtime, m) {
       "The backend exposes no entry/hit counters.");
   m.def("executorch_version", &etlora::executorch_version,
         "The executorch release the runtime was built against (part of packed file names).");
+  m.def(
+      "configure_thread_pool",
+      [](double worker_spin_us) {
+        etlora::ThreadPoolOptions options;
+        options.worker_spin_us = worker_spin_us;
+        const etlora::Status status = etlora::configure_thread_pool(options);
+        if (!status.ok()) raise_status(status);
+      },
+      py::arg("worker_spin_us"),
+      "Keep ExecuTorch's pool workers spinning worker_spin_us after each task (process-wide).");
+  m.def(
+      "thread_pool_state",
+      [] {
+        const etlora::ThreadPoolState state = etlora::thread_pool_state();
+        return py::dict("configured"_a = state.configured, "installed"_a = state.installed,
+                        "worker_threads"_a = state.worker_threads,
+                        "worker_spin_us"_a = state.worker_spin_us);
+      },
+      "configured, installed (etlora's executor provides the workers), worker_threads, worker_spin_us.");
   m.def("packed_cache_file_name", &etlora::packed_cache_file_name, py::arg("foundation_fingerprint"),
         "The packed foundation file's name for a fingerprint and this runtime.");
   m.def(

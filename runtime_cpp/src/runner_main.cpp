@@ -29,6 +29,7 @@
 
 #include <etlora/generator.h>
 #include <etlora/session.h>
+#include <etlora/thread_pool.h>
 #include <etlora/tokenizer.h>
 
 namespace {
@@ -49,6 +50,7 @@ struct Options {
   bool packed_cache = true;
   std::string packed_cache_dir;  // empty: .etlora-cache/ beside model.pte
   etlora::PackedCacheResidency packed_cache_residency = etlora::PackedCacheResidency::kCopy;
+  double pool_spin_us = etlora::ThreadPoolOptions{}.worker_spin_us;
   etlora::GenerationOptions generation;
 };
 
@@ -65,7 +67,9 @@ void usage() {
                "                    [--packed-cache DIR | --no-packed-cache] (packed foundation file;\n"
                "                     default DIR: .etlora-cache/ beside model.pte)\n"
                "                    [--map-packed-cache] (keep the packed file mapped instead of\n"
-               "                     copying its weights into private memory)\n");
+               "                     copying its weights into private memory)\n"
+               "                    [--pool-spin-us N] (idle thread-pool workers spin N us before\n"
+               "                     sleeping; default 1000, 0 saves power)\n");
 }
 
 bool parse_number(const std::string& option, const std::string& text, double& value) {
@@ -160,6 +164,8 @@ bool parse_args(int argc, char** argv, Options& options) {
       options.shown_logits = std::atoi(value.c_str());
     } else if (arg == "--packed-cache") {
       options.packed_cache_dir = value;
+    } else if (arg == "--pool-spin-us") {
+      if (!parse_number(arg, value, options.pool_spin_us)) return false;
     } else if (arg == "--bundle") {
       options.bundle = value;
     } else if (arg == "--tokenizer") {
@@ -315,6 +321,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto load_start = std::chrono::steady_clock::now();
+  etlora::ThreadPoolOptions pool_options;
+  pool_options.worker_spin_us = options.pool_spin_us;
+  if (etlora::Status pool = etlora::configure_thread_pool(pool_options); !pool.ok()) {
+    std::fprintf(stderr, "error: %s\n", pool.message().c_str());
+    return 2;
+  }
   etlora::SessionOptions session_options;
   session_options.weight_cache = options.weight_cache;
   session_options.packed_cache_path = packed_cache_path(options);

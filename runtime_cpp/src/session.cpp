@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <fstream>
 #include <unordered_map>
@@ -17,8 +18,10 @@
 #include <executorch/runtime/backend/interface.h>
 #include <executorch/runtime/backend/options.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/runtime/platform/log.h>
 
 #include "etlora/kernels.h"
+#include "etlora/thread_pool.h"
 #include "format_util.h"
 #include "packed_file_use.h"
 
@@ -203,6 +206,12 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       " not found (expected foundation.ptd beside model.pte)");
   }
   if (Status registered = register_kernels(); !registered.ok()) return registered;
+  if (!thread_pool_state().configured) {
+    // Only speed depends on it: a pool that cannot take the executor runs as before.
+    if (Status pool = configure_thread_pool({}); !pool.ok()) {
+      ET_LOG(Info, "etlora: thread pool left as it is: %s", pool.message().c_str());
+    }
+  }
   const auto load_start = std::chrono::steady_clock::now();
   const int64_t anon_before = read_rss().anon;
   std::unique_ptr<Session> session(new Session());
