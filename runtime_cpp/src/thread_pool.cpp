@@ -5,8 +5,10 @@
 // returns the thread once it has idled for the pool's own short spin. Our
 // threads then keep spinning (worker_spin_us) before sleeping, so the next
 // call's task starts at once instead of waiting for a futex wake-up. The
-// executorch wheel ships no pthreadpool header, so the two declarations we
-// use are written out here, as pthreadpool.h declares them.
+// executorch wheel ships no pthreadpool header, so the declarations we use
+// are written out here as pthreadpool.h declares them; the 1.5.1 wheel's
+// libexecutorch_threadpool.so exports this generation of the API
+// (pthreadpool_create_v2, pthreadpool_update_executor).
 #include "etlora/thread_pool.h"
 
 #include <atomic>
