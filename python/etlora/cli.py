@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from etlora.export.errors import EtloraError
+from etlora.thread_pool import DEFAULT_WORKER_SPIN_US
 
 console = Console(stderr=True)
 stdout = Console()
@@ -263,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pack the foundation weights at load without keeping them in a file")
     run.add_argument("--map-packed-cache", action="store_true",
                      help="keep the packed file mapped instead of copying its weights into memory")
-    run.add_argument("--pool-spin-us", type=float, default=1000.0, metavar="N",
+    run.add_argument("--pool-spin-us", type=float, default=DEFAULT_WORKER_SPIN_US, metavar="N",
                      help="idle thread-pool workers spin N microseconds before sleeping "
                           "(default 1000; 0 saves power, decodes slower)")
     run.set_defaults(run=cmd_run)

@@ -47,7 +47,8 @@ using Clock = std::chrono::steady_clock;
 
 class SpinningExecutor {
  public:
-  explicit SpinningExecutor(int workers) {
+  SpinningExecutor(int workers, double spin_us) {
+    set_spin(spin_us);
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { run(); });
   }
 
@@ -135,22 +136,20 @@ Status configure_thread_pool(const ThreadPoolOptions& options) {
                       std::to_string(options.worker_spin_us));
   }
   std::lock_guard<std::mutex> lock(g_mutex);
-  if (g_executor == nullptr) {
+  if (g_executor != nullptr) {
+    g_executor->set_spin(options.worker_spin_us);
+  } else if (!g_configured) {
     pthreadpool_t pool = executorch::extension::threadpool::get_pthreadpool();
     if (pool == nullptr) {
       return Status(StatusCode::kRuntimeError, "ExecuTorch's thread pool is not available");
     }
+    // A one-thread pool has no worker to keep awake: nothing to install.
     const size_t threads = pthreadpool_get_threads_count(pool);
-    if (threads <= 1) {
-      g_spin_us = options.worker_spin_us;
-      g_configured = true;
-      return Status();  // no worker threads to keep awake
+    if (threads > 1) {
+      g_executor = new SpinningExecutor(static_cast<int>(threads) - 1, options.worker_spin_us);
+      pthreadpool_update_executor(pool, &g_table, g_executor);
     }
-    g_executor = new SpinningExecutor(static_cast<int>(threads) - 1);
-    g_executor->set_spin(options.worker_spin_us);
-    pthreadpool_update_executor(pool, &g_table, g_executor);
   }
-  g_executor->set_spin(options.worker_spin_us);
   g_spin_us = options.worker_spin_us;
   g_configured = true;
   return Status();
