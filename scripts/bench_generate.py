@@ -177,15 +177,21 @@ def python_run(session, adapter: str, prompt: str, max_new_tokens: int, ignore_e
                result.prompt_tokens, len(result.token_ids), list(result.token_ids))
 
 
-def runner_run(bundle: Path, adapter: str, prompt: str, max_new_tokens: int) -> Run:
+RUNNER_KERNEL_PATH = re.compile(r"kernel path: (\w+)")
+runner_kernel_paths: set[str] = set()  # what the runner's stats lines said
+
+
+def runner_run(bundle: Path, adapter: str, prompt: str, max_new_tokens: int, kernel_path: str) -> Run:
     command = ["etlora_runner", "--bundle", str(bundle), "--prompt", prompt,
-               "--max-new-tokens", str(max_new_tokens)]
+               "--max-new-tokens", str(max_new_tokens), "--kernel-path", kernel_path]
     if adapter != NO_ADAPTER:
         command += ["--adapter", f"{adapter}=1.0"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     match = STATS_LINE.search(done.stderr)
     if done.returncode != 0 or match is None:
         raise RuntimeError(f"etlora_runner failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    if path := RUNNER_KERNEL_PATH.search(done.stderr):
+        runner_kernel_paths.add(path.group(1))
     prompt_tokens, prefill, new_tokens, decode = match.groups()
     return Run(float(prefill), float(decode), int(prompt_tokens), int(new_tokens))
 
@@ -339,13 +345,18 @@ def version(package: str) -> str | None:
 
 
 def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    import etlora
+    from etlora.kernel_path import cpu_model
+
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
+        # Which compiled vector path etlora's kernels ran (python session; the runner's is in
+        # results_kernel_paths), and which this CPU could run.
+        "kernel_path": etlora.kernel_path(),
+        "kernel_paths_runnable": [path.name for path in etlora.kernel_paths() if path.runnable],
         "load_average": os.getloadavg(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -394,7 +405,8 @@ def print_report(report: dict) -> None:
     console.print(
         f"[bold]SmolLM2-135M-Instruct fp32[/], {setup['threads']} threads, {len(setup['prompts'])} prompts, "
         f"max_new_tokens={setup['max_new_tokens']}, median of {setup['repeats']} repeats, "
-        f"max_seq_len={setup['max_seq_len']}  |  {report['machine']['cpu_model']}, {report['machine']['cores']} cores"
+        f"max_seq_len={setup['max_seq_len']}  |  {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
+        f"kernel path {report['machine']['kernel_path']}"
     )
     console.print("  ".join(f"{k}: {v:.1f} s" for k, v in timing.items() if v is not None))
     results, extra = report["results"], report["derived"]
@@ -449,6 +461,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "baseline for what the adapter path costs, since a LoRA program always runs it")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp columns")
     parser.add_argument("--no-runner", action="store_true", help="skip the etlora_runner columns")
+    parser.add_argument("--kernel-path", default="auto",
+                        help="vector path of etlora's kernels for the session and the runner (default auto: "
+                             "the best this CPU runs); recorded in the JSON either way")
     parser.add_argument("--llama-cpp-src", type=Path,
                         help="folder with llama.cpp's convert scripts (default: from the sdist, cached)")
     return parser.parse_args(argv)
@@ -468,6 +483,9 @@ def main(argv=None) -> int:
     else:
         bundle = args.bundle
         adapters = bundle_adapters(bundle)
+    import etlora
+
+    etlora.select_kernel_path(args.kernel_path)
     session, timing["bundle_load"] = load_session(bundle)
     names = [NO_ADAPTER, *adapters]
     n = args.max_new_tokens
@@ -500,7 +518,7 @@ def main(argv=None) -> int:
                      f"{n} tokens per prompt; etlora_runner still stops at EOS")
     if not args.no_runner:
         print("etlora_runner ...", file=sys.stderr)
-        results["etlora runner"] = measure(lambda a, p: runner_run(bundle, a, p, n), names, PROMPTS, args.repeats)
+        results["etlora runner"] = measure(lambda a, p: runner_run(bundle, a, p, n, args.kernel_path), names, PROMPTS, args.repeats)
         notes.append("etlora_runner: a fresh process per generation (load not timed; first forward is cold)")
 
     agreement = {}
@@ -535,6 +553,8 @@ def main(argv=None) -> int:
     notes.append("threads: llama.cpp n_threads=2; etlora uses ExecuTorch's default threadpool (one thread per core)")
     report = {
         "machine": machine_info(),
+        "results_kernel_paths": {"etlora python": etlora.kernel_path(),
+                                 "etlora runner": sorted(runner_kernel_paths)},
         "setup": {"bundle": str(bundle), "adapters": names, "adapter_dirs": {k: str(v) for k, v in adapters.items()},
                   "prompts": PROMPTS, "max_new_tokens": n, "repeats": args.repeats, "threads": THREADS,
                   "ignore_eos": args.ignore_eos, "max_seq_len": session.max_seq_len},

@@ -14,11 +14,13 @@ for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 from etlora.export.errors import AdapterError, BundleError, EtloraError
+from etlora.kernel_path import KernelPath, kernel_path, kernel_paths, select_kernel_path
 from etlora.packed_cache import PackedCacheResidency
 from etlora.session import Session, load
 from etlora.thread_pool import ThreadPoolState, configure_thread_pool, thread_pool_state
 
 __all__ = [
-    "AdapterError", "BundleError", "EtloraError", "PackedCacheResidency", "Session", "ThreadPoolState",
-    "configure_thread_pool", "load", "thread_pool_state",
+    "AdapterError", "BundleError", "EtloraError", "KernelPath", "PackedCacheResidency", "Session",
+    "ThreadPoolState", "configure_thread_pool", "kernel_path", "kernel_paths", "load",
+    "select_kernel_path", "thread_pool_state",
 ]

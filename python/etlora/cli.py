@@ -138,12 +138,16 @@ def cmd_run(args) -> int:
 
     adapters = dict(args.adapter or [])
     etlora.configure_thread_pool(args.pool_spin_us)
+    if args.kernel_path:
+        etlora.select_kernel_path(args.kernel_path)
     with _step("loading bundle"):
         session = etlora.load(args.bundle, adapters=adapters, packed_cache=not args.no_packed_cache,
                               cache_dir=args.packed_cache,
                               packed_cache_residency="map" if args.map_packed_cache else "copy")
     active = ", ".join(f"{name}={strength:g}" for name, strength in adapters.items()) or "none"
     console.print(f"adapters: {active}")
+    if args.run_verbose or args.verbose:
+        console.print(_runtime_line(), highlight=False, soft_wrap=True)
     result = session.generate(
         args.prompt,
         max_new_tokens=args.max_new_tokens,
@@ -160,6 +164,17 @@ def cmd_run(args) -> int:
         f"(stopped: {result.stop_reason})"
     )
     return 0
+
+
+def _runtime_line() -> str:
+    """CPU, kernel path and thread pool: what a speed figure depends on besides the bundle."""
+    import etlora
+    from etlora.kernel_path import cpu_model
+
+    runnable = ", ".join(path.name for path in etlora.kernel_paths() if path.runnable)
+    pool = etlora.thread_pool_state()
+    return (f"cpu: {cpu_model()} | kernel path: {etlora.kernel_path()} (runnable here: {runnable}) | "
+            f"thread pool: {pool.worker_threads + 1} threads, workers spin {pool.worker_spin_us:g} us")
 
 
 def _parse_load_option(text: str) -> tuple[str, object]:
@@ -267,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pool-spin-us", type=float, default=DEFAULT_WORKER_SPIN_US, metavar="N",
                      help="idle thread-pool workers spin N microseconds before sleeping "
                           "(default 1000; 0 saves power, decodes slower)")
+    run.add_argument("--kernel-path", metavar="NAME", default=None,
+                     help="vector path of etlora's kernels: auto (default: ETLORA_KERNEL_PATH, else "
+                          "the best this CPU runs), avx512, avx2, portable")
+    run.add_argument("--verbose", dest="run_verbose", action="store_true",
+                     help="also print the CPU, the kernel path and the thread pool in use")
     run.set_defaults(run=cmd_run)
 
     inspect = commands.add_parser(

@@ -14,6 +14,7 @@
 #include <pybind11/stl.h>
 
 #include <etlora/generator.h>
+#include <etlora/kernel_path.h>
 #include <etlora/thread_pool.h>
 #include <etlora/session.h>
 #include <etlora/tokenizer.h>
@@ -250,6 +251,33 @@ PYBIND11_MODULE(_runtime, m) {
                         "worker_spin_us"_a = state.worker_spin_us);
       },
       "configured, installed (etlora's executor provides the workers), worker_threads, worker_spin_us.");
+  m.def(
+      "kernel_paths",
+      [] {
+        py::list paths;
+        for (const etlora::KernelPathInfo& path : etlora::kernel_paths()) {
+          paths.append(py::dict("name"_a = path.name, "needs"_a = path.needs,
+                                "runnable"_a = path.runnable));
+        }
+        return paths;
+      },
+      "The vector paths this build compiled, best first: name, needs (CPU features), runnable.");
+  m.def(
+      "select_kernel_path",
+      [](const std::string& name) {
+        if (const etlora::Status status = etlora::select_kernel_path(name); !status.ok()) {
+          raise_status(status);
+        }
+      },
+      py::arg("name"), "Run etlora's kernels on this path (or 'auto'), process-wide.");
+  m.def(
+      "kernel_path",
+      [] {
+        auto path = etlora::kernel_path();
+        if (!path.ok()) raise_status(path.status());
+        return *path;
+      },
+      "The path in effect (settled from ETLORA_KERNEL_PATH or auto on first use).");
   m.def("packed_cache_file_name", &etlora::packed_cache_file_name, py::arg("foundation_fingerprint"),
         "The packed foundation file's name for a fingerprint and this runtime.");
   m.def(

@@ -16,8 +16,13 @@
 // per slot per listed site (0 q, 1 k, 2 v, 3 o) lora_a [1, in, R] and lora_b
 // [1, R, out]; query head h reads kv head h / (H / KV). o's update goes into
 // residual_out = residual + update, so the graph adds only the foundation o_proj.
+//
+// The per-row loops (LoRA, rotation, attention of one query row) live in
+// attention_rows.cpp, compiled once per vector path; this file checks the
+// arguments, splits the work and calls the selected path (kernel_path.h).
 
 #include "etlora/kernels.h"
+#include "etlora/kernel_path.h"
 
 #include <algorithm>
 #include <cmath>
@@ -34,6 +39,7 @@
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 #include <executorch/runtime/platform/log.h>
 
+#include "attention_rows.h"
 #include "format_util.h"
 
 namespace etlora {
@@ -47,84 +53,6 @@ using executorch::runtime::KernelRuntimeContext;
 using executorch::runtime::Span;
 
 constexpr const char* kOpName = "etlora::cached_attention.out";
-
-// Hot loops compiled for the host's vector width where the compiler can pick
-// at load time (x86 ifunc); a plain build elsewhere. The per-row helpers are
-// inlined into each clone, so the dispatch happens once per loop, not per row.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ETLORA_VECTOR_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#else
-#define ETLORA_VECTOR_CLONES
-#endif
-#if defined(__GNUC__)
-#define ETLORA_ROW_HELPER inline __attribute__((always_inline))
-#else
-#define ETLORA_ROW_HELPER inline
-#endif
-
-ETLORA_ROW_HELPER
-float dot(const float* a, const float* b, int64_t n) {
-  float lanes[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int l = 0; l < 16; ++l) lanes[l] += a[i + l] * b[i + l];
-  }
-  float sum = 0.0f;
-  for (int l = 0; l < 16; ++l) sum += lanes[l];
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
-ETLORA_ROW_HELPER
-void add_scaled(float* out, const float* row, float weight, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] += weight * row[i];
-}
-
-// rows[t] += scale * (hidden[t] @ lora_a) @ lora_b for t in [begin, end).
-ETLORA_VECTOR_CLONES
-void add_lora(const float* hidden, int64_t hidden_size, const float* lora_a, const float* lora_b,
-              int64_t rank, int64_t out_size, float scale, int64_t begin, int64_t end,
-              float* rows) {
-  std::vector<float> down(rank);
-  for (int64_t t = begin; t < end; ++t) {
-    std::fill(down.begin(), down.end(), 0.0f);
-    const float* x = hidden + t * hidden_size;
-    for (int64_t i = 0; i < hidden_size; ++i) add_scaled(down.data(), lora_a + i * rank, x[i], rank);
-    for (int64_t r = 0; r < rank; ++r) {
-      add_scaled(rows + t * out_size, lora_b + r * out_size, scale * down[r], out_size);
-    }
-  }
-}
-
-// out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x[half:], x[:half]].
-ETLORA_VECTOR_CLONES
-void rotate(const float* x, const float* cos, const float* sin, int64_t head_dim, float* out) {
-  const int64_t half = head_dim / 2;
-  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] - x[i + half] * sin[i];
-  for (int64_t i = half; i < head_dim; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
-}
-
-// One query row of one head against cache rows [0, visible).
-ETLORA_VECTOR_CLONES
-void attend_row(const float* query, const float* key_cache, const float* value_cache,
-                int64_t visible, int64_t row_stride, int64_t head_dim, float scale,
-                float* scores, float* out) {
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < visible; ++j) {
-    scores[j] = dot(query, key_cache + j * row_stride, head_dim) * scale;
-    max_score = std::max(max_score, scores[j]);
-  }
-  float total = 0.0f;
-  for (int64_t j = 0; j < visible; ++j) {
-    scores[j] = std::exp(scores[j] - max_score);
-    total += scores[j];
-  }
-  std::fill(out, out + head_dim, 0.0f);
-  const float inverse = 1.0f / total;
-  for (int64_t j = 0; j < visible; ++j) {
-    add_scaled(out, value_cache + j * row_stride, scores[j] * inverse, head_dim);
-  }
-}
 
 thread_local std::string t_last_error;
 
@@ -252,6 +180,7 @@ bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Ten
 }
 
 void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
+  t_last_error.clear();  // a message describes this call's failure, never an earlier one
   if (stack.size() < 15 || !stack[11]->isTensorList() || !stack[12]->isIntList()) {
     fail(context, "expected 15 arguments (lora a tensor list, lora_sites an int list), got " +
                       std::to_string(stack.size()));
@@ -274,6 +203,12 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
                     rope_sin)) {
     return;
   }
+  auto row_ops = attention_row_ops();
+  if (!row_ops.ok()) {
+    fail(context, row_ops.status().message());
+    return;
+  }
+  const AttentionRowOps& ops = **row_ops;
   const int64_t attention_width = query.size(2) * query.size(3);
   const int64_t hidden_size = hidden.dim() == 3 ? hidden.size(2) : 0;
   const int64_t in_sizes[kSites] = {hidden_size, hidden_size, hidden_size, attention_width};
@@ -306,8 +241,9 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   std::vector<float> updated[3];
   auto apply_lora = [&](const LoraSite& site, const float* inputs, float* rows) {
     auto update = [&](int64_t begin, int64_t end) {
-      add_lora(inputs, in_sizes[site.site], site.lora_a, site.lora_b, site.rank,
-               out_sizes[site.site], site.scale, begin, end, rows);
+      std::vector<float> down(site.rank);
+      ops.add_lora(inputs, in_sizes[site.site], site.lora_a, site.lora_b, site.rank,
+                   out_sizes[site.site], site.scale, begin, end, down.data(), rows);
     };
     const int64_t work_per_token = (in_sizes[site.site] + out_sizes[site.site]) * site.rank;
     if (tokens * work_per_token < (int64_t{1} << 18)) {
@@ -333,7 +269,7 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
     const float* cos = cos_table + positions[t] * head_dim;
     const float* sin = sin_table + positions[t] * head_dim;
     for (int64_t kv = 0; kv < kv_heads; ++kv) {
-      rotate(projections[1] + t * row_stride + kv * head_dim, cos, sin, head_dim,
+      ops.rotate(projections[1] + t * row_stride + kv * head_dim, cos, sin, head_dim,
              keys + positions[t] * row_stride + kv * head_dim);
     }
     std::memcpy(values + positions[t] * row_stride, projections[2] + t * row_stride,
@@ -349,9 +285,9 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads, kv = h / groups;
       const int64_t offset = (t * heads + h) * head_dim;
-      rotate(queries + offset, cos_table + positions[t] * head_dim,
+      ops.rotate(queries + offset, cos_table + positions[t] * head_dim,
              sin_table + positions[t] * head_dim, head_dim, rotated_query.data());
-      attend_row(rotated_query.data(), keys + kv * head_dim, values + kv * head_dim,
+      ops.attend_row(rotated_query.data(), keys + kv * head_dim, values + kv * head_dim,
                  positions[t] + 1, row_stride, head_dim, scale, scores.data(), result + offset);
     }
   };
@@ -390,6 +326,8 @@ Status register_kernels() {
     return Status(StatusCode::kRuntimeError, std::string("could not register kernel ") + kOpName +
                                                  " (" + error_name(result) + ")");
   }
+  // A bad ETLORA_KERNEL_PATH is reported when a session opens, not at the first token.
+  if (auto path = kernel_path(); !path.ok()) return path.status();
   return Status();
 }
 

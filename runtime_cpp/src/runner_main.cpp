@@ -29,6 +29,7 @@
 
 #include <etlora/generator.h>
 #include <etlora/session.h>
+#include <etlora/kernel_path.h>
 #include <etlora/thread_pool.h>
 #include <etlora/tokenizer.h>
 
@@ -51,6 +52,7 @@ struct Options {
   std::string packed_cache_dir;  // empty: .etlora-cache/ beside model.pte
   etlora::PackedCacheResidency packed_cache_residency = etlora::PackedCacheResidency::kCopy;
   double pool_spin_us = etlora::ThreadPoolOptions{}.worker_spin_us;
+  std::string kernel_path;  // empty: ETLORA_KERNEL_PATH or auto
   etlora::GenerationOptions generation;
 };
 
@@ -69,7 +71,9 @@ void usage() {
                "                    [--map-packed-cache] (keep the packed file mapped instead of\n"
                "                     copying its weights into private memory)\n"
                "                    [--pool-spin-us N] (idle thread-pool workers spin N us before\n"
-               "                     sleeping; default 1000, 0 saves power)\n");
+               "                     sleeping; default 1000, 0 saves power)\n"
+               "                    [--kernel-path NAME|auto] (vector path of etlora's kernels;\n"
+               "                     default: ETLORA_KERNEL_PATH, else the best this CPU runs)\n");
 }
 
 bool parse_number(const std::string& option, const std::string& text, double& value) {
@@ -164,6 +168,8 @@ bool parse_args(int argc, char** argv, Options& options) {
       options.shown_logits = std::atoi(value.c_str());
     } else if (arg == "--packed-cache") {
       options.packed_cache_dir = value;
+    } else if (arg == "--kernel-path") {
+      options.kernel_path = value;
     } else if (arg == "--pool-spin-us") {
       if (!parse_number(arg, value, options.pool_spin_us)) return false;
     } else if (arg == "--bundle") {
@@ -248,10 +254,12 @@ int run_prompt(etlora::Session& session, const Options& options) {
     return 1;
   }
   const etlora::GenerationStats& stats = result->stats;
-  std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s | decode: %lld tokens, %.1f tok/s | stop: %s\n",
+  std::fprintf(stderr,
+               "prefill: %lld tokens, %.1f tok/s | decode: %lld tokens, %.1f tok/s | stop: %s | "
+               "kernel path: %s\n",
                static_cast<long long>(stats.prompt_tokens), stats.prefill_tokens_per_second(),
                static_cast<long long>(stats.generated_tokens), stats.decode_tokens_per_second(),
-               stats.stop_reason.c_str());
+               stats.stop_reason.c_str(), etlora::kernel_path().value().c_str());
   return 0;
 }
 
@@ -327,6 +335,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", pool.message().c_str());
     return 2;
   }
+  if (!options.kernel_path.empty()) {
+    if (etlora::Status path = etlora::select_kernel_path(options.kernel_path); !path.ok()) {
+      std::fprintf(stderr, "error: --kernel-path: %s\n", path.message().c_str());
+      return 2;
+    }
+  }
   etlora::SessionOptions session_options;
   session_options.weight_cache = options.weight_cache;
   session_options.packed_cache_path = packed_cache_path(options);
@@ -365,5 +379,6 @@ int main(int argc, char** argv) {
   std::printf("\n");
   std::printf("load: %.1f ms, set_adapters: %.1f ms, run (%zu tokens): %.1f ms\n", load_ms,
               adapter_ms, options.tokens.size(), run_ms);
+  std::printf("kernel path: %s\n", etlora::kernel_path().value().c_str());
   return 0;
 }

@@ -1,8 +1,16 @@
 // etlora::cached_attention.out, called through ExecuTorch's kernel registry as
-// a program would: against a naive double-precision reference (LoRA on query,
-// value and o_proj, RoPE, cache rows, attention, residual) for a prefill large enough to take
-// the threaded path and for a decode step after it, and with a position past
-// the cache, which must fail without writing anything.
+// a program would, on every vector path this CPU runs (or on the one named on
+// the command line): against a double-precision reference (LoRA on query,
+// value and o_proj, RoPE, cache rows, attention, residual) for a prefill large
+// enough to take the threaded path and for a decode step after it, and with a
+// position past the cache, which must fail without writing anything.
+//
+// Error bounds are derived, not tuned: every comparison allows the worst-case
+// float32 rounding error of the computation it checks (Higham's gamma_n, see
+// `gamma`), scaled by the magnitudes involved, which holds for any summation
+// order, FMA contraction or vector width. The test prints the worst
+// observed/bound ratio; real mistakes (a wrong row, head or rotation) are
+// errors of the order of the values themselves, far above these bounds.
 #include <cmath>
 #include <random>
 #include <vector>
@@ -12,6 +20,7 @@
 #include <executorch/runtime/kernel/kernel_runtime_context.h>
 #include <executorch/runtime/kernel/operator_registry.h>
 
+#include <etlora/kernel_path.h>
 #include <etlora/kernels.h>
 
 #include "test_bundle.h"
@@ -34,20 +43,83 @@ struct Lora {
   std::vector<float> query_a, query_b, value_a, value_b, output_a, output_b;
 };
 
-// rows[t] + scale * (hidden[t] @ a) @ b, in double.
-std::vector<double> with_lora(const std::vector<float>& rows, const std::vector<float>& hidden,
-                              const std::vector<float>& a, const std::vector<float>& b,
-                              int64_t out_size, int64_t in_size = kHidden) {
+// Float32's unit roundoff and Higham's gamma_n = n u / (1 - n u): a float
+// computation whose every result passes through at most n roundings (a sum or
+// dot product of n terms in any order, with or without FMA) differs from the
+// exact result by at most gamma_n times the same computation on absolute
+// values (its "magnitude"). Chains of such steps add their n (to first order).
+constexpr double kUnitRoundoff = 1.0 / (1 << 24);
+double gamma(int64_t roundings) {
+  const double nu = double(roundings) * kUnitRoundoff;
+  return nu / (1.0 - nu);
+}
+
+// An exact (double) result and its magnitude, element by element.
+struct Bounded {
+  std::vector<double> value, magnitude;
+};
+
+// An exact result and the error a correct float32 kernel may make, per element.
+struct Expected {
+  std::vector<double> value, tolerance;
+};
+
+Expected within_gamma(const Bounded& exact, int64_t roundings) {
+  Expected expected{exact.value, exact.magnitude};
+  for (double& t : expected.tolerance) t *= gamma(roundings);
+  return expected;
+}
+
+// rows[t] + scale * (hidden[t] @ a) @ b, in double, with its magnitude.
+// The kernel's chain per element: in_size roundings for each down-projection
+// sum, one for the scale, then kRank additions of one product each.
+Bounded with_lora(const std::vector<float>& rows, const std::vector<float>& hidden,
+                  const std::vector<float>& a, const std::vector<float>& b, int64_t out_size,
+                  int64_t in_size = kHidden) {
   const int64_t tokens = static_cast<int64_t>(hidden.size()) / in_size;
-  std::vector<double> result(rows.begin(), rows.end());
+  Bounded result{std::vector<double>(rows.begin(), rows.end()), {}};
+  for (float v : rows) result.magnitude.push_back(std::abs(v));
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t r = 0; r < kRank; ++r) {
-      double down = 0;
-      for (int64_t i = 0; i < in_size; ++i) down += double(hidden[t * in_size + i]) * a[i * kRank + r];
-      for (int64_t o = 0; o < out_size; ++o) result[t * out_size + o] += kScale * down * b[r * out_size + o];
+      double down = 0, down_magnitude = 0;
+      for (int64_t i = 0; i < in_size; ++i) {
+        const double term = double(hidden[t * in_size + i]) * a[i * kRank + r];
+        down += term;
+        down_magnitude += std::abs(term);
+      }
+      for (int64_t o = 0; o < out_size; ++o) {
+        result.value[t * out_size + o] += kScale * down * b[r * out_size + o];
+        result.magnitude[t * out_size + o] += kScale * down_magnitude * std::abs(b[r * out_size + o]);
+      }
     }
   }
   return result;
+}
+constexpr int64_t lora_roundings(int64_t in_size) { return in_size + kRank + 2; }
+
+// Checks got against expected element by element; prints the worst
+// difference and the worst element's share of its tolerance.
+void expect_within(const char* what, const std::vector<float>& got, const Expected& expected) {
+  const std::vector<double>& value = expected.value;
+  const std::vector<double>& bound = expected.tolerance;
+  double worst_diff = 0, worst_ratio = 0;
+  size_t worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double diff = std::abs(double(got[i]) - value[i]);
+    const double ratio = diff == 0 ? 0 : bound[i] > 0 ? diff / bound[i] : INFINITY;
+    worst_diff = std::max(worst_diff, diff);
+    if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+  }
+  double largest_tolerance = 0, largest_value = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    largest_tolerance = std::max(largest_tolerance, bound[i]);
+    largest_value = std::max(largest_value, std::abs(value[i]));
+  }
+  std::printf("  %s: max |kernel - reference| = %.3g, worst element at %.3f of its bound "
+              "(largest bound %.3g, largest value %.3g)\n",
+              what, worst_diff, worst_ratio, largest_tolerance, largest_value);
+  EXPECT(worst_ratio <= 1.0, "%s: element %zu is %.9g, expected %.9g within %.3g", what, worst,
+         got[worst], value[worst], bound[worst]);
 }
 
 struct Cache {
@@ -77,8 +149,21 @@ struct Rope {
     }
     return out;
   }
+  // The magnitude of that rotation: |x_i cos_i| + |partner_i sin_i|.
+  std::vector<double> apply_magnitude(const double* x, int64_t p) const {
+    std::vector<double> out(kHeadDim);
+    const int64_t half = kHeadDim / 2;
+    for (int64_t i = 0; i < kHeadDim; ++i) {
+      const double partner = i < half ? x[i + half] : x[i - half];
+      out[i] = std::abs(x[i] * double(cos[p * kHeadDim + i])) +
+               std::abs(partner * double(sin[p * kHeadDim + i]));
+    }
+    return out;
+  }
 };
 const Rope kRope;
+// x * cos - partner * sin: two products and one sum.
+constexpr int64_t kRotateRoundings = 2;
 
 std::vector<float> random_values(size_t count, std::mt19937& rng) {
   std::normal_distribution<float> normal;
@@ -87,28 +172,54 @@ std::vector<float> random_values(size_t count, std::mt19937& rng) {
   return values;
 }
 
-// out[t, h, :] over cache rows 0..positions[t] after writing this call's rows.
-std::vector<double> reference(const std::vector<double>& query, const Cache& cache,
-                              const std::vector<int64_t>& positions) {
+// out[t, h, :] over cache rows 0..positions[t] after writing this call's rows
+// (read from the kernel's cache, so only attention itself is checked), and the
+// rounding error a correct float32 kernel may make there, element by element:
+// - the rotated query carries query_error = lora + rotate roundings (relative to
+//   its magnitude); a score is a dot product of kHeadDim terms times the scale,
+//   so |score error| <= gamma(query_error + kHeadDim + 1) * score magnitude A_j;
+//   subtracting the row maximum adds at most 2 roundings of |A_j| + max A;
+//   together at most delta = gamma(query_error + kHeadDim + 3) * 2 max_j A_j;
+// - shifting every score by at most delta moves each softmax weight by a factor
+//   within [exp(-2 delta), exp(2 delta)]; exp (1 ulp), the running total
+//   (visible terms), its inverse and the product add gamma(visible + 3);
+// - the weighted sum of visible value rows adds gamma(visible + 1);
+// so |error| <= (exp(2 delta) - 1 + gamma(2 visible + 4)) * sum_j w_j |v_jd|.
+// Second-order products of these small terms are covered by a factor 1.01.
+Expected reference(const Bounded& query, int64_t query_roundings, const Cache& cache,
+                   const std::vector<int64_t>& positions) {
   const int64_t tokens = static_cast<int64_t>(positions.size());
-  std::vector<double> out(tokens * kHeads * kHeadDim, 0.0);
+  const double scale = 1.0 / std::sqrt(double(kHeadDim));
+  Expected out{std::vector<double>(tokens * kHeads * kHeadDim, 0.0),
+               std::vector<double>(tokens * kHeads * kHeadDim, 0.0)};
   for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t visible = positions[t] + 1;
     for (int64_t h = 0; h < kHeads; ++h) {
-      const int64_t kv = h / (kHeads / kKvHeads);
-      const std::vector<double> q = kRope.apply(&query[(t * kHeads + h) * kHeadDim], positions[t]);
-      std::vector<double> weights(positions[t] + 1);
-      double top = -1e300, total = 0;
-      for (int64_t j = 0; j <= positions[t]; ++j) {
-        double score = 0;
-        for (int64_t d = 0; d < kHeadDim; ++d) score += q[d] * cache.keys[j * kRow + kv * kHeadDim + d];
-        weights[j] = score / std::sqrt(double(kHeadDim));
+      const int64_t kv = h / (kHeads / kKvHeads), row = (t * kHeads + h) * kHeadDim;
+      const std::vector<double> q = kRope.apply(&query.value[row], positions[t]);
+      const std::vector<double> q_magnitude = kRope.apply_magnitude(&query.magnitude[row], positions[t]);
+      std::vector<double> weights(visible);
+      double top = -1e300, total = 0, largest_score_magnitude = 0;
+      for (int64_t j = 0; j < visible; ++j) {
+        double score = 0, score_magnitude = 0;
+        for (int64_t d = 0; d < kHeadDim; ++d) {
+          const double key = cache.keys[j * kRow + kv * kHeadDim + d];
+          score += q[d] * key;
+          score_magnitude += q_magnitude[d] * std::abs(key);
+        }
+        weights[j] = score * scale;
+        largest_score_magnitude = std::max(largest_score_magnitude, score_magnitude * scale);
         top = std::max(top, weights[j]);
       }
       for (double& w : weights) total += (w = std::exp(w - top));
-      for (int64_t j = 0; j <= positions[t]; ++j) {
+      const double delta =
+          gamma(query_roundings + kRotateRoundings + kHeadDim + 3) * 2 * largest_score_magnitude;
+      const double relative = 1.01 * (std::expm1(2 * delta) + gamma(2 * visible + 4));
+      for (int64_t j = 0; j < visible; ++j) {
         for (int64_t d = 0; d < kHeadDim; ++d) {
-          out[(t * kHeads + h) * kHeadDim + d] +=
-              weights[j] / total * cache.values[j * kRow + kv * kHeadDim + d];
+          const double v = cache.values[j * kRow + kv * kHeadDim + d];
+          out.value[row + d] += weights[j] / total * v;
+          out.tolerance[row + d] += relative * weights[j] / total * std::abs(v);
         }
       }
     }
@@ -168,25 +279,15 @@ Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
   return context.failure_state();
 }
 
-double max_diff(const std::vector<float>& out, const std::vector<double>& expected) {
-  double diff = 0;
-  for (size_t i = 0; i < out.size(); ++i) diff = std::max(diff, std::abs(out[i] - expected[i]));
-  return diff;
-}
-
-}  // namespace
-
-int main() {
-  const etlora::Status registered = etlora::register_kernels();
-  EXPECT(registered.ok(), "%s", registered.message().c_str());
+// The whole scenario on the selected path; returns the number of failed checks.
+int check_path() {
+  const int failures_before = etlora_test::failures;
   std::mt19937 rng(7);
   Cache cache;
-  std::vector<float> out;
-
+  std::vector<float> out, residual_out;
   Lora lora{random_values(kHidden * kRank, rng), random_values(kRank * kHeads * kHeadDim, rng),
             random_values(kHidden * kRank, rng), random_values(kRank * kRow, rng),
             random_values(kHeads * kHeadDim * kRank, rng), random_values(kRank * kHidden, rng)};
-  std::vector<float> residual_out;
 
   // Prefill of 80 tokens: enough work for the thread pool path.
   std::vector<int64_t> positions(80);
@@ -196,31 +297,45 @@ int main() {
   auto hidden = random_values(80 * kHidden, rng), residual = random_values(80 * kHidden, rng);
   Error err = call(cache, query, key, value, positions, hidden, residual, lora, out, residual_out);
   EXPECT(err == Error::Ok, "prefill failed: %s", etlora::last_kernel_error().c_str());
-  const std::vector<double> value_rows = with_lora(value, hidden, lora.value_a, lora.value_b, kRow);
-  double key_diff = 0, value_diff = 0;
+
+  Bounded rotated_keys;
   for (int64_t t = 0; t < 80; ++t) {
     for (int64_t kv = 0; kv < kKvHeads; ++kv) {
-      std::vector<double> row(key.begin() + t * kRow + kv * kHeadDim, key.begin() + t * kRow + (kv + 1) * kHeadDim);
-      const std::vector<double> rotated = kRope.apply(row.data(), t);
-      for (int64_t d = 0; d < kHeadDim; ++d) {
-        key_diff = std::max(key_diff, std::abs(cache.keys[t * kRow + kv * kHeadDim + d] - rotated[d]));
-      }
+      const std::vector<double> row(key.begin() + t * kRow + kv * kHeadDim,
+                                    key.begin() + t * kRow + (kv + 1) * kHeadDim);
+      for (double v : kRope.apply(row.data(), t)) rotated_keys.value.push_back(v);
+      for (double v : kRope.apply_magnitude(row.data(), t)) rotated_keys.magnitude.push_back(v);
     }
   }
-  for (size_t i = 0; i < value_rows.size(); ++i) value_diff = std::max(value_diff, std::abs(cache.values[i] - value_rows[i]));
-  EXPECT(key_diff < 1e-5, "cache rows 0..79 hold the rotated keys (max diff %g)", key_diff);
-  EXPECT(value_diff < 1e-4, "cache rows 0..79 hold value + its LoRA update (max diff %g)", value_diff);
-  double diff = max_diff(out, reference(with_lora(query, hidden, lora.query_a, lora.query_b, kHeads * kHeadDim), cache, positions));
-  std::printf("prefill: max |kernel - reference| = %g\n", diff);
-  EXPECT(diff < 1e-4, "prefill differs by %g", diff);
-  const std::vector<double> expected_residual =
-      with_lora(residual, out, lora.output_a, lora.output_b, kHidden, kHeads * kHeadDim);
-  std::vector<float> residual_out_copy = residual_out;
-  diff = max_diff(residual_out_copy, expected_residual);
-  double largest = 0;
-  for (double v : expected_residual) largest = std::max(largest, std::abs(v));
-  std::printf("prefill residual + o_proj LoRA: max diff %g (largest value %g)\n", diff, largest);
-  EXPECT(diff < 1e-5 * largest, "residual_out differs by %g", diff);
+  const std::vector<float> key_rows(cache.keys.begin(), cache.keys.begin() + 80 * kRow);
+  const std::vector<float> value_rows(cache.values.begin(), cache.values.begin() + 80 * kRow);
+  expect_within("prefill cache rows 0..79: rotated keys", key_rows,
+                within_gamma(rotated_keys, kRotateRoundings));
+  expect_within("prefill cache rows 0..79: value + LoRA", value_rows,
+                within_gamma(with_lora(value, hidden, lora.value_a, lora.value_b, kRow),
+                             lora_roundings(kHidden)));
+  const Bounded prefill_query = with_lora(query, hidden, lora.query_a, lora.query_b, kHeads * kHeadDim);
+  expect_within("prefill attention", out,
+                reference(prefill_query, lora_roundings(kHidden), cache, positions));
+  // The bound has teeth: a kernel that attended one row short of each query's
+  // own position would be outside it.
+  {
+    std::vector<int64_t> one_short(positions);
+    for (int64_t& p : one_short) p = std::max<int64_t>(p - 1, 0);
+    const Expected wrong = reference(prefill_query, lora_roundings(kHidden), cache, one_short);
+    size_t outside = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      outside += std::abs(out[i] - wrong.value[i]) > wrong.tolerance[i];
+    }
+    std::printf("  one row short: %zu of %zu outputs outside the bound\n", outside, out.size());
+    EXPECT(outside > out.size() / 2, "the bound tells a one-row-short attention apart (%zu of %zu)",
+           outside, out.size());
+  }
+  // o_proj's update reads the kernel's own attention output, so only the LoRA step is checked.
+  expect_within("prefill residual + o_proj LoRA", residual_out,
+                within_gamma(with_lora(residual, out, lora.output_a, lora.output_b, kHidden,
+                                       kHeads * kHeadDim),
+                             lora_roundings(kHeads * kHeadDim)));
 
   // One decode step at position 80 reads all 81 rows.
   std::vector<int64_t> next = {80};
@@ -230,9 +345,9 @@ int main() {
   err = call(cache, step_query, step_key, step_value, next, step_hidden, step_residual, lora, out,
              residual_out);
   EXPECT(err == Error::Ok, "decode failed: %s", etlora::last_kernel_error().c_str());
-  diff = max_diff(out, reference(with_lora(step_query, step_hidden, lora.query_a, lora.query_b, kHeads * kHeadDim), cache, next));
-  std::printf("decode: max |kernel - reference| = %g\n", diff);
-  EXPECT(diff < 1e-4, "decode differs by %g", diff);
+  expect_within("decode attention", out,
+                reference(with_lora(step_query, step_hidden, lora.query_a, lora.query_b, kHeads * kHeadDim),
+                          lora_roundings(kHidden), cache, next));
 
   // A position past the cache: refused, named, and nothing written.
   const Cache before = cache;
@@ -240,12 +355,49 @@ int main() {
   err = call(cache, step_query, step_key, step_value, outside, step_hidden, step_residual, lora,
              out, residual_out);
   const std::string message = etlora::last_kernel_error();
-  std::printf("past the cache: %s\n", message.c_str());
+  std::printf("  past the cache: %s\n", message.c_str());
   EXPECT(err == Error::InvalidArgument, "expected InvalidArgument, got 0x%x", unsigned(err));
   EXPECT(etlora_test::contains(message, "outside the KV cache"), "message names the cause: %s",
          message.c_str());
   EXPECT(cache.keys == before.keys && cache.values == before.values, "cache unchanged");
+  // The next successful call leaves no stale message behind.
+  err = call(cache, step_query, step_key, step_value, next, step_hidden, step_residual, lora, out,
+             residual_out);
+  EXPECT(err == Error::Ok && etlora::last_kernel_error().empty(),
+         "a successful call clears the last error, got '%s'", etlora::last_kernel_error().c_str());
+  return etlora_test::failures - failures_before;
+}
 
+}  // namespace
+
+// cached_attention_test [PATH]: PATH runs one vector path (exit 77 when this
+// CPU cannot run it); without one, every path of this build that the CPU runs.
+int main(int argc, char** argv) {
+  const etlora::Status registered = etlora::register_kernels();
+  EXPECT(registered.ok(), "%s", registered.message().c_str());
+  const std::string wanted = argc > 1 ? argv[1] : "";
+  bool known = wanted.empty();
+  int ran = 0;
+  for (const etlora::KernelPathInfo& path : etlora::kernel_paths()) {
+    if (!wanted.empty() && path.name != wanted) continue;
+    known = true;
+    if (!path.runnable) {
+      std::printf("path %s: skipped, this CPU lacks %s\n", path.name.c_str(), path.needs.c_str());
+      if (!wanted.empty()) return etlora_test::kSkipped;
+      continue;
+    }
+    const etlora::Status selected = etlora::select_kernel_path(path.name);
+    EXPECT(selected.ok(), "%s", selected.message().c_str());
+    const auto active = etlora::kernel_path();
+    EXPECT(active.ok() && *active == path.name, "kernel path %s is in effect",
+           path.name.c_str());
+    std::printf("path %s:\n", path.name.c_str());
+    const int failed = check_path();
+    std::printf("path %s: %s\n", path.name.c_str(), failed ? "FAILED" : "passed");
+    ++ran;
+  }
+  EXPECT(known, "expected a kernel path of this build, got '%s'", wanted.c_str());
+  EXPECT(ran > 0, "at least one path ran");
   std::printf("%s\n", etlora_test::failures ? "FAILED" : "PASSED");
   return etlora_test::failures ? 1 : 0;
 }
