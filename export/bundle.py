@@ -22,13 +22,15 @@ from .manifest import (
     PROGRAM_FILE,
     AdapterRecord,
     FileRecord,
+    QuantizationRecord,
     FoundationRecord,
     Manifest,
     ProgramRecord,
     TokenizerRecord,
     read_manifest,
 )
-from .program import Backend, ProgramSpec, lower_program
+from .program import DERIVED_CONSTANTS, Backend, ProgramSpec, lower_program
+from .quantization import FoundationQuantization, module_patterns, sizes_by_pattern
 
 Step = Callable[[str], ContextManager]
 
@@ -44,6 +46,7 @@ class ExportOptions:
     adapter_slots: int = 1
     max_seq_len: int = 512
     backend: Backend = Backend.XNNPACK
+    quantization: FoundationQuantization = FoundationQuantization()  # adapters stay float
 
 
 def adapter_record(adapter: LoraAdapter, file: str) -> AdapterRecord:
@@ -60,6 +63,7 @@ def adapter_record(adapter: LoraAdapter, file: str) -> AdapterRecord:
 
 
 def _program_spec(shape, adapters: list[LoraAdapter], options: ExportOptions) -> ProgramSpec:
+    options.quantization.check(shape)
     largest = max((adapter.rank for adapter in adapters), default=0)
     max_rank = options.max_rank if options.max_rank is not None else largest
     target_modules = resolve_target_modules(options.target_modules, adapters)
@@ -78,6 +82,7 @@ def _program_spec(shape, adapters: list[LoraAdapter], options: ExportOptions) ->
         adapter_slots=options.adapter_slots,
         max_seq_len=options.max_seq_len,
         backend=options.backend,
+        quantization=options.quantization,
     )
 
 
@@ -125,6 +130,8 @@ def export_bundle(
                 fingerprint=foundation.fingerprint,
                 source=foundation.source,
                 config=config_summary(foundation),
+                weights_id=spec.quantization.weights_id(foundation.fingerprint),
+                quantization=_quantization_record(foundation, spec, lowered.quantized_modules),
             ),
             files={name: FileRecord.of(staging / name) for name in files},
             adapters=records,
@@ -132,6 +139,27 @@ def export_bundle(
         )
         manifest.write(staging)
     return manifest
+
+
+def _quantization_record(foundation, spec: ProgramSpec, quantized_modules: tuple[str, ...]) -> QuantizationRecord:
+    """What foundation.ptd holds as integers, and the float32 tensors left beside them, with sizes."""
+    quantization = spec.quantization
+    if not quantization.quantized:
+        return QuantizationRecord()
+    integer_weights = {f"{path}.weight" for path in quantized_modules}
+    float_weights = {name: tensor.numel() * 4 for name, tensor in foundation.state_dict.items()
+                     if name not in integer_weights}
+    rope_table_bytes = spec.max_seq_len * foundation.shape.head_dim * 4  # [max_seq_len, head_dim]
+    float_weights.update({name: rope_table_bytes for name in DERIVED_CONSTANTS})
+    return QuantizationRecord(
+        scheme=quantization.scheme.value,
+        group_size=quantization.group_size,
+        embedding_bits=quantization.embedding_bits,
+        embedding_group_size=quantization.embedding_group_size,
+        head_bits=quantization.head_bits,
+        quantized_modules=module_patterns(list(quantized_modules)),
+        float_weights=sizes_by_pattern(float_weights),
+    )
 
 
 def _write_tokenizer(foundation, staging: Path) -> tuple[list[str], TokenizerRecord | None]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import BundleError
 from .files import sha256_file, write_atomically
+from .quantization import QuantScheme
 
 FORMAT_NAME = "etlora-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: foundation.quantization and foundation.weights_id
+READABLE_VERSIONS = (1, 2)  # a version 1 manifest is an fp32 foundation
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILE = "model.pte"
 FOUNDATION_FILE = "foundation.ptd"
@@ -40,11 +42,26 @@ class ProgramRecord:
 
 
 @dataclass(frozen=True)
+class QuantizationRecord:
+    """How foundation.ptd stores the foundation; adapters are float whatever this says."""
+
+    scheme: str = QuantScheme.FP32.value  # "fp32", "8da4w", "8da8w"
+    group_size: int | None = None  # weights per scale; None: per output channel (or fp32)
+    embedding_bits: int | None = None  # 4 or 8 when the token embedding is stored as integers
+    embedding_group_size: int | None = None  # embedding values per scale; None: per row
+    head_bits: int | None = None  # lm_head's integer width (8: per row), None for fp32
+    quantized_modules: list[str] = field(default_factory=list)  # e.g. "model.layers.*.mlp.up_proj", "lm_head"
+    float_weights: dict[str, int] = field(default_factory=dict)  # weights left in float32 -> bytes
+
+
+@dataclass(frozen=True)
 class FoundationRecord:
     file: str
-    fingerprint: str
+    fingerprint: str  # of the float checkpoint: adapters are checked against it
     source: str
     config: dict
+    weights_id: str = ""  # the foundation as stored (names the packed weight file); "" in version 1
+    quantization: QuantizationRecord = field(default_factory=QuantizationRecord)
 
 
 @dataclass(frozen=True)
@@ -88,15 +105,15 @@ def _parse(data: dict, path: Path) -> Manifest:
     if data.get("format") != FORMAT_NAME:
         raise BundleError(f"{path}: expected format {FORMAT_NAME!r}, received {data.get('format')!r}")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BundleError(
-            f"{path}: bundle format version {version}, this etlora reads version {FORMAT_VERSION} "
-            "(hint: re-export the bundle with this etlora, or upgrade etlora)"
+            f"{path}: bundle format version {version}, this etlora reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (hint: re-export the bundle with this etlora, or upgrade etlora)"
         )
     try:
         return Manifest(
             program=ProgramRecord(**data["program"]),
-            foundation=FoundationRecord(**data["foundation"]),
+            foundation=_parse_foundation(data["foundation"], path),
             files={name: FileRecord(**record) for name, record in data["files"].items()},
             adapters={name: AdapterRecord(**record) for name, record in data["adapters"].items()},
             tokenizer=TokenizerRecord(**data["tokenizer"]) if data.get("tokenizer") else None,
@@ -105,6 +122,19 @@ def _parse(data: dict, path: Path) -> Manifest:
         )
     except (KeyError, TypeError) as error:
         raise BundleError(f"{path}: manifest is missing or has unexpected fields ({error})") from None
+
+
+def _parse_foundation(data: dict, path: Path) -> FoundationRecord:
+    fields = dict(data)
+    quantization = QuantizationRecord(**fields.pop("quantization", {}))
+    known = [scheme.value for scheme in QuantScheme]
+    if quantization.scheme not in known:
+        raise BundleError(
+            f"{path}: foundation quantization scheme {quantization.scheme!r} is unknown to this etlora "
+            f"(reads {', '.join(known)}; hint: upgrade etlora)"
+        )
+    record = FoundationRecord(**fields, quantization=quantization)
+    return record if record.weights_id else replace(record, weights_id=record.fingerprint)
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

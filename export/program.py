@@ -17,6 +17,7 @@ from .adapter_file import ProgramSlots
 from .errors import EtloraError
 from .foundation import Foundation
 from .model import Attention, LlamaForExport
+from .quantization import FoundationQuantization, foundation_path
 
 FORMAT_VERSION = 2  # 2: KV cache [1, S, kv_heads, head_dim] updated by etlora::cached_attention
 FOUNDATION_TAG = "foundation"
@@ -38,6 +39,7 @@ class ProgramSpec:
     adapter_slots: int
     max_seq_len: int
     backend: Backend
+    quantization: FoundationQuantization = FoundationQuantization()
 
     def slots(self, foundation: Foundation) -> ProgramSlots:
         dims = tuple(foundation.shape.linear_dims(site.rsplit(".", 1)[1]) for site in self.sites)
@@ -48,10 +50,12 @@ class ProgramSpec:
 class LoweredProgram:
     program_bytes: bytes
     foundation_bytes: bytes
+    quantized_modules: tuple[str, ...] = ()  # module paths whose weights foundation.ptd holds as integers
 
 
 def build_model(foundation: Foundation, spec: ProgramSpec) -> LlamaForExport:
-    """The export model with the foundation's weights loaded (strictly: every name must match)."""
+    """The export model with the foundation's weights loaded (strictly: every name must match),
+    not yet quantized (`spec.quantization.apply`)."""
     model = LlamaForExport(
         foundation.shape,
         foundation.inv_freq,
@@ -101,6 +105,8 @@ def _constant_methods(foundation: Foundation, spec: ProgramSpec) -> dict:
     return {
         "etlora_format_version": FORMAT_VERSION,
         "etlora_foundation_fingerprint": foundation.fingerprint,
+        # The foundation as stored (fp32 or quantized): names the packed weight file.
+        "etlora_foundation_weights_id": spec.quantization.weights_id(foundation.fingerprint),
         "etlora_sites": list(spec.sites),
         "etlora_site_shapes": [size for dims in slots.site_dims for size in dims],
         "etlora_max_rank": spec.max_rank,
@@ -121,6 +127,7 @@ def lower_program(foundation: Foundation, spec: ProgramSpec) -> LoweredProgram:
     from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
 
     model = build_model(foundation, spec)
+    quantized_modules = spec.quantization.apply(model)
     inputs = example_inputs(foundation, spec)
     tokens = Dim("tokens", min=1, max=spec.max_seq_len)
     adapter_shapes = (None,) * (len(inputs) - 3)
@@ -137,7 +144,7 @@ def lower_program(foundation: Foundation, spec: ProgramSpec) -> LoweredProgram:
     def tag_by_path(path: str) -> str | None:
         if path in kv_cache_paths:
             return None  # method state, planned in the program's memory
-        if path not in foundation_paths:
+        if foundation_path(path) not in foundation_paths:
             raise EtloraError(
                 f"constant {path} is not a foundation weight; refusing to place it in foundation.ptd"
             )
@@ -184,4 +191,5 @@ def lower_program(foundation: Foundation, spec: ProgramSpec) -> LoweredProgram:
     return LoweredProgram(
         program_bytes=program_bytes,
         foundation_bytes=external[FOUNDATION_TAG],
+        quantized_modules=tuple(quantized_modules),
     )

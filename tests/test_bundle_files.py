@@ -91,7 +91,9 @@ def test_add_adapter_equals_export_output(bundle_copy, other_bundle, fixtures_di
 
 def test_manifest_sizes_and_sha256_match_files(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
+    assert manifest["foundation"]["quantization"]["scheme"] == "fp32"
+    assert manifest["foundation"]["weights_id"] == manifest["foundation"]["fingerprint"]
     tokenizer_files = {name for name in manifest["files"] if name.startswith("tokenizer/")}
     assert {"tokenizer/tokenizer.json", "tokenizer/etlora_tokenizer.txt"} <= tokenizer_files
     assert manifest["tokenizer"] == {"directory": "tokenizer", "runtime_file": "tokenizer/etlora_tokenizer.txt"}

@@ -167,7 +167,7 @@ def test_foundation_ptd_from_another_bundle(bundle_copy, tmp_path):
 
 def test_manifest_from_a_future_version(bundle_copy):
     shutil.copy(MALFORMED / "manifest_future_version.json", bundle_copy / "manifest.json")
-    with pytest.raises(BundleError, match=r"bundle format version 99, this etlora reads version 1"):
+    with pytest.raises(BundleError, match=r"bundle format version 99, this etlora reads versions 1, 2"):
         etlora.load(bundle_copy)
 
 

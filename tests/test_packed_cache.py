@@ -61,8 +61,8 @@ def bundle_copy(bundle_copy):
 
 
 def packed_file(bundle: Path) -> Path:
-    fingerprint = read_manifest(bundle).foundation.fingerprint
-    return bundle / CACHE_DIR_NAME / _runtime.packed_cache_file_name(fingerprint)
+    weights_id = read_manifest(bundle).foundation.weights_id
+    return bundle / CACHE_DIR_NAME / _runtime.packed_cache_file_name(weights_id)
 
 
 def test_first_load_writes_the_file_named_by_fingerprint_and_runtime(bundle_copy):

@@ -16,13 +16,16 @@ import pytest
 import torch
 
 import etlora
-from etlora.demo_tasks import TASKS, chat_prompt_ids
+from etlora.demo_tasks import QUALITY_PROMPTS, TASKS, chat_prompt_ids
 
 pytestmark = pytest.mark.slow
 
 ADAPTERS = Path(__file__).resolve().parent.parent / "assets" / "adapters"
 NEW_TOKENS = 40
 PARITY_PROMPTS = ["What is the capital of France?", "Give me two tips for sleeping well."]
+# Measured on the 8da4w bundle (docs/results/quality_smollm2_*.md): see the note of issue 11.
+EFFECT_8DA4W_MIN = 8  # of 10 held-out prompts per adapter
+AGREEMENT_8DA4W_MIN = 0.30  # share of greedy tokens identical to fp32's, 20 prompts x 32 tokens
 
 
 def demo_adapters() -> list[str]:
@@ -43,6 +46,23 @@ def smollm2_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def smollm2_8da4w_bundle(tmp_path_factory) -> Path:
+    """The phone-sized bundle: 8da4w linears, 4-bit embedding, the same float demo adapters."""
+    from etlora.export import ExportOptions, export_bundle
+    from etlora.export.quantization import FoundationQuantization
+    from etlora.real_model import smollm2_gguf_path
+
+    names = demo_adapters()
+    if not names:
+        pytest.skip("no demo adapters under assets/adapters")
+    out = tmp_path_factory.mktemp("smollm2") / "bundle-8da4w"
+    quantization = FoundationQuantization.from_options("8da4w", 32, embedding_bits=4)
+    export_bundle(smollm2_gguf_path(), {name: ADAPTERS / name for name in names}, out,
+                  ExportOptions(max_seq_len=256, quantization=quantization))
+    return out
+
+
+@pytest.fixture(scope="module")
 def hf_model():
     from etlora.real_model import load_smollm2_hf
 
@@ -59,6 +79,28 @@ def test_adapter_effect_shows_in_nine_of_ten_held_out_prompts(smollm2_bundle, na
     session.set_adapters({})
     base_hits = sum(shows_effect(session.generate(p, max_new_tokens=NEW_TOKENS).text) for p in prompts[:10])
     assert base_hits <= 2, f"{name}: the foundation alone already shows the effect in {base_hits}/10"
+
+
+@pytest.mark.parametrize("name", demo_adapters())
+def test_adapter_effect_shows_on_the_8da4w_foundation(smollm2_8da4w_bundle, name):
+    """The float adapters, trained on the float model, still do their job on the 4-bit foundation."""
+    prompts, shows_effect = TASKS[name]
+    session = etlora.load(smollm2_8da4w_bundle, adapters={name: 1.0})
+    answers = [session.generate(prompt, max_new_tokens=NEW_TOKENS).text for prompt in prompts[:10]]
+    hits = sum(shows_effect(answer) for answer in answers)
+    assert hits >= EFFECT_8DA4W_MIN, f"{name}: effect in {hits}/10: {answers}"
+
+
+def test_8da4w_greedy_output_agrees_with_fp32(smollm2_bundle, smollm2_8da4w_bundle):
+    """Position-by-position agreement of greedy tokens with the fp32 bundle, no adapter."""
+    fp32, quantized = etlora.load(smollm2_bundle), etlora.load(smollm2_8da4w_bundle)
+    same = total = 0
+    for prompt in QUALITY_PROMPTS:
+        expected = fp32.generate(prompt, max_new_tokens=32, stop_at_eos=False).token_ids
+        received = quantized.generate(prompt, max_new_tokens=32, stop_at_eos=False).token_ids
+        same += sum(a == b for a, b in zip(expected, received))
+        total += len(expected)
+    assert same / total >= AGREEMENT_8DA4W_MIN, f"{same}/{total} tokens identical"
 
 
 @pytest.mark.parametrize("name", [None, *demo_adapters()])

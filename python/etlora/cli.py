@@ -53,10 +53,13 @@ def _print_summary(bundle_dir: Path, seconds: float) -> None:
 
 def cmd_export(args) -> int:
     from etlora.export import Backend, ExportOptions, export_bundle
+    from etlora.export.quantization import FoundationQuantization
 
     adapters = dict(args.adapter or [])
     if len(adapters) != len(args.adapter or []):
         raise EtloraError("--adapter: the same adapter name is given twice")
+    quantization = FoundationQuantization.from_options(args.quantize, args.group_size, args.quantize_embedding,
+                                                       args.embedding_group_size, args.head_bits)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise EtloraError(f"{out}: exists and is not empty (hint: pass --force to replace it)")
@@ -67,6 +70,7 @@ def cmd_export(args) -> int:
         adapter_slots=args.adapter_slots,
         max_seq_len=args.max_seq_len,
         backend=Backend(args.backend),
+        quantization=quantization,
     )
     export_bundle(args.model, adapters, out, options, step=_step)
     _print_summary(out, time.perf_counter() - started)
@@ -104,6 +108,15 @@ def cmd_inspect(args) -> int:
         f"max rank {report.max_rank}, {report.adapter_slots} slot(s), max seq {report.max_seq_len}, "
         f"targets {','.join(report.target_modules)}, foundation {report.foundation_fingerprint[:12]}"
     )
+    quantization = report.quantization
+    if quantization["scheme"] == "fp32":
+        stdout.print("foundation weights: fp32")
+    else:
+        group = f"groups of {quantization['group_size']}" if quantization["group_size"] else "per channel"
+        group += f", output head {quantization['head_bits']}-bit"
+        left = ", ".join(f"{name} {_megabytes(size)}" for name, size in quantization["float_weights"].items())
+        stdout.print(f"foundation weights: {quantization['scheme']} ({group}) in "
+                     f"{', '.join(quantization['quantized_modules'])}; left in float32: {left}", soft_wrap=True)
     files = Table("file", "role", "size", "check")
     for row in report.files:
         files.add_row(row.name, row.role, _megabytes(row.size), "ok" if row.status == "ok" else "[red]BAD[/]")
@@ -237,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--adapter-slots", type=int, default=1, help="adapters active at once (default 1)")
     export.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (default 512)")
     export.add_argument("--backend", choices=["xnnpack"], default="xnnpack", help="delegate (default xnnpack)")
+    export.add_argument("--quantize", default="fp32", metavar="SCHEME",
+                        help="foundation weights: fp32 (default), 8da4w (8-bit dynamic activations, 4-bit "
+                             "grouped weights) or 8da8w (8-bit per-channel weights); adapters stay float")
+    export.add_argument("--group-size", type=int, default=None, metavar="N",
+                        help="weights per scale for --quantize (default 32 for 8da4w, per channel for 8da8w)")
+    export.add_argument("--head-bits", type=int, default=None, metavar="BITS",
+                        help="the output head's weights with --quantize: 8 per row (default, as llama.cpp's Q4 "
+                             "files keep it) or 4 like the other linears (8da4w only)")
+    export.add_argument("--quantize-embedding", type=int, default=None, metavar="BITS",
+                        help="also store the token embedding as 4- or 8-bit integers (ExecuTorch's quantized "
+                             "embedding kernels); needs --quantize")
+    export.add_argument("--embedding-group-size", type=int, default=None, metavar="N",
+                        help="embedding values per scale (default 32 for 4 bits, per row for 8)")
     export.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     export.set_defaults(run=cmd_export)
 

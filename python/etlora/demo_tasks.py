@@ -133,6 +133,20 @@ def zorbish_word_accuracy(text: str, sentence: str) -> float:
     return sum(a == b for a, b in zip(produced, expected)) / len(expected)
 
 
+# Quality of a quantized foundation against fp32 (greedy agreement, no adapter): 20 everyday prompts.
+QUALITY_PROMPTS = GENERAL_HELDOUT + [
+    "Write a haiku about the sea.",
+    "Explain what a noun is.",
+    "Name three planets.",
+    "What is the boiling point of water?",
+    "Tell me a fact about owls.",
+    "How do I make a cup of tea?",
+    "What is the largest ocean on Earth?",
+    "Suggest a name for a pet goldfish.",
+    "Why is the sky blue?",
+    "What is a good breakfast before a long walk?",
+]
+
 # adapter name -> (held-out prompts, effect checker)
 TASKS = {
     "shout": (GENERAL_HELDOUT, is_upper_case_answer),

@@ -38,6 +38,7 @@ class BundleReport:
     max_seq_len: int
     target_modules: list[str]
     foundation_fingerprint: str
+    quantization: dict  # manifest foundation.quantization: scheme, group_size, quantized_modules, float_weights
     files: list[FileRow]
     adapters: list[AdapterRow]
     problems: list[str]
@@ -103,6 +104,7 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         max_seq_len=manifest.program.max_seq_len,
         target_modules=manifest.program.target_modules,
         foundation_fingerprint=manifest.foundation.fingerprint,
+        quantization=asdict(manifest.foundation.quantization),
         files=files,
         adapters=adapters,
         problems=problems,

@@ -60,13 +60,13 @@ class PackedCacheInfo:
         return self.source in ("mapped", "shared")
 
 
-def packed_cache_path(bundle_dir: str | Path, foundation_fingerprint: str,
+def packed_cache_path(bundle_dir: str | Path, foundation_weights_id: str,
                       cache_dir: str | Path | None = None) -> Path | None:
     """The packed file for this foundation and runtime, or None (one warning) when the folder is unusable."""
     from etlora import _runtime
 
     folder = Path(cache_dir) if cache_dir is not None else Path(bundle_dir) / CACHE_DIR_NAME
-    path = folder / _runtime.packed_cache_file_name(foundation_fingerprint)
+    path = folder / _runtime.packed_cache_file_name(foundation_weights_id)
     try:
         folder.mkdir(exist_ok=True)
     except OSError as error:

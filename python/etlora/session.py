@@ -51,7 +51,7 @@ class Session:
         self._check_files_present()
         packed_path = None
         if packed_cache:
-            packed_path = packed_cache_path(self.bundle_dir, manifest.foundation.fingerprint, cache_dir)
+            packed_path = packed_cache_path(self.bundle_dir, manifest.foundation.weights_id, cache_dir)
         try:
             self._runtime = _runtime.Session(
                 str(self.bundle_dir / manifest.program.file),

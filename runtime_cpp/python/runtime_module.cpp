@@ -278,7 +278,7 @@ PYBIND11_MODULE(_runtime, m) {
         return *path;
       },
       "The path in effect (settled from ETLORA_KERNEL_PATH or auto on first use).");
-  m.def("packed_cache_file_name", &etlora::packed_cache_file_name, py::arg("foundation_fingerprint"),
+  m.def("packed_cache_file_name", &etlora::packed_cache_file_name, py::arg("foundation_weights_id"),
         "The packed foundation file's name for a fingerprint and this runtime.");
   m.def(
       "check_packed_cache_file",

@@ -53,13 +53,13 @@ PackedFileCheck problem(PackedFileCheck check, const std::string& path, const st
 
 const char* executorch_version() { return ETLORA_EXECUTORCH_VERSION; }
 
-std::string packed_cache_file_name(const std::string& foundation_fingerprint) {
+std::string packed_cache_file_name(const std::string& foundation_weights_id) {
   std::string version = executorch_version();
   for (char& c : version) {
     const bool plain = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-';
     if (!plain) c = '_';  // "1.5.1+cpu" -> "1.5.1_cpu"
   }
-  return "xnnpack-packed-" + foundation_fingerprint.substr(0, 32) + "-et" + version + ".bin";
+  return "xnnpack-packed-" + foundation_weights_id.substr(0, 32) + "-et" + version + ".bin";
 }
 
 PackedFileCheck check_packed_cache_file(const std::string& path) {

@@ -157,12 +157,12 @@ StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& 
   return use;
 }
 
-Status PackedFileUse::check_name(const std::string& foundation_fingerprint) const {
-  const std::string expected = packed_cache_file_name(foundation_fingerprint);
+Status PackedFileUse::check_name(const std::string& foundation_weights_id) const {
+  const std::string expected = packed_cache_file_name(foundation_weights_id);
   if (base_name(final_path_) == expected) return Status::ok_status();
   return Status(StatusCode::kInvalidArgument,
                 "packed cache path " + final_path_ + ": expected the file name " + expected +
-                    " (foundation fingerprint and executorch version), got " +
+                    " (foundation weights id and executorch version), got " +
                     base_name(final_path_) +
                     "; hint: build the name with packed_cache_file_name() so that another "
                     "foundation or runtime never maps this file");

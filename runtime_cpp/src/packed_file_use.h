@@ -28,7 +28,7 @@ class PackedFileUse {
   const std::string& backend_path() const { return backend_path_; }
 
   // The file name must carry the program's foundation fingerprint.
-  Status check_name(const std::string& foundation_fingerprint) const;
+  Status check_name(const std::string& foundation_weights_id) const;
 
   // After the backend packed or mapped (load_method succeeded): renames a
   // complete temp file into place, measures, copies the packed weights into

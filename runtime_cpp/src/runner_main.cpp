@@ -279,9 +279,9 @@ std::string packed_cache_path(const Options& options) {
                  std::strerror(errno));
     return "";
   }
-  auto fingerprint = etlora::read_foundation_fingerprint(options.model);
-  if (!fingerprint.ok()) return "";  // Session::open reports the program's problem
-  return dir + "/" + etlora::packed_cache_file_name(*fingerprint);
+  auto weights_id = etlora::read_foundation_weights_id(options.model);
+  if (!weights_id.ok()) return "";  // Session::open reports the program's problem
+  return dir + "/" + etlora::packed_cache_file_name(*weights_id);
 }
 
 double ms_since(std::chrono::steady_clock::time_point start) {

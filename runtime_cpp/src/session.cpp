@@ -152,20 +152,36 @@ StatusOr<WeightCacheStats> weight_cache_stats() {
   return stats;
 }
 
-StatusOr<std::string> read_foundation_fingerprint(const std::string& program_path) {
+// One string from a constant method.
+StatusOr<std::string> read_string(Module& module, const std::string& program, const std::string& name) {
+  auto strings = read_strings(module, program, name);
+  if (!strings.ok()) return strings.status();
+  if (strings->size() != 1) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program + ": " + name + " is expected to return one string, got " +
+                      std::to_string(strings->size()));
+  }
+  return (*strings)[0];
+}
+
+// etlora_foundation_weights_id (the foundation as stored: fp32 or quantized), or the
+// fingerprint for programs exported before it existed (always fp32).
+StatusOr<std::string> read_weights_id(Module& module, const std::string& program,
+                                      const std::string& fingerprint) {
+  auto names = module.method_names();
+  if (names.ok() && names->count("etlora_foundation_weights_id") == 0) return fingerprint;
+  return read_string(module, program, "etlora_foundation_weights_id");
+}
+
+StatusOr<std::string> read_foundation_weights_id(const std::string& program_path) {
   if (!is_file(program_path)) {
     return Status(StatusCode::kNotFound, "program file " + program_path +
                                              " not found (expected model.pte of an etlora bundle)");
   }
   Module module(program_path, Module::LoadMode::Mmap);
-  auto fingerprint = read_strings(module, program_path, "etlora_foundation_fingerprint");
+  auto fingerprint = read_string(module, program_path, "etlora_foundation_fingerprint");
   if (!fingerprint.ok()) return fingerprint.status();
-  if (fingerprint->size() != 1) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path +
-                      ": etlora_foundation_fingerprint is expected to return one string");
-  }
-  return (*fingerprint)[0];
+  return read_weights_id(module, program_path, *fingerprint);
 }
 
 struct Session::Impl {
@@ -289,8 +305,11 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       ": etlora_foundation_fingerprint is expected to return one string");
   }
   info.foundation_fingerprint = (*fingerprint)[0];
+  auto weights_id = read_weights_id(module, program_path, info.foundation_fingerprint);
+  if (!weights_id.ok()) return weights_id.status();
+  info.foundation_weights_id = *weights_id;
   if (impl.packed_file) {  // before forward loads: nothing is packed or mapped yet
-    Status named = impl.packed_file->check_name(info.foundation_fingerprint);
+    Status named = impl.packed_file->check_name(info.foundation_weights_id);
     if (!named.ok()) return named;
   }
   info.sites = *sites;

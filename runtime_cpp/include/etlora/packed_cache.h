@@ -21,10 +21,11 @@ namespace etlora {
 // The executorch release this runtime was built against (its XNNPACK packs).
 const char* executorch_version();
 
-// The file name for a foundation: the first 32 hex digits of its fingerprint
-// and the executorch version, so another foundation or runtime never maps it:
-// "xnnpack-packed-<fingerprint[:32]>-et<version>.bin".
-std::string packed_cache_file_name(const std::string& foundation_fingerprint);
+// The file name for a foundation as stored: the first 32 hex digits of its
+// weights id (the fingerprint for fp32, a hash of it and the quantization
+// otherwise) and the executorch version, so another foundation, quantization
+// or runtime never maps it: "xnnpack-packed-<weights_id[:32]>-et<version>.bin".
+std::string packed_cache_file_name(const std::string& foundation_weights_id);
 
 // The longest path the backend takes (its option strings hold 255 bytes); a
 // Session needs room for a temp suffix on top.

@@ -22,7 +22,8 @@ constexpr int64_t kFormatVersion = 2;
 // What the program's constant methods say about its input layout.
 struct ProgramInfo {
   int64_t format_version = 0;
-  std::string foundation_fingerprint;
+  std::string foundation_fingerprint;   // of the float checkpoint: adapter files must match it
+  std::string foundation_weights_id;    // the foundation as stored (fp32 or quantized): names the packed file
   std::vector<std::string> sites;               // in input order
   std::vector<std::pair<int64_t, int64_t>> site_shapes;  // (in, out) per site
   int64_t max_rank = 0;
@@ -51,16 +52,17 @@ struct WeightCacheStats {
 // Reads the figures above. Fails if the XNNPACK backend is not registered.
 StatusOr<WeightCacheStats> weight_cache_stats();
 
-// The program's etlora_foundation_fingerprint, read without loading the
-// foundation or any delegate (to name the packed file before Session::open).
-StatusOr<std::string> read_foundation_fingerprint(const std::string& program_path);
+// The program's etlora_foundation_weights_id (its fingerprint for programs
+// without one), read without loading the foundation or any delegate: names the
+// packed file before Session::open.
+StatusOr<std::string> read_foundation_weights_id(const std::string& program_path);
 
 struct SessionOptions {
   // Share packed foundation weights with other Sessions of the same
   // foundation (XNNPACK option weight_cache_enabled, set for this load only).
   bool weight_cache = true;
   // The packed foundation file (packed_cache.h), a full path whose name is
-  // packed_cache_file_name(fingerprint); empty = off. Needs weight_cache. The
+  // packed_cache_file_name(foundation weights id); empty = off. Needs weight_cache. The
   // first start packs and writes it (temp name, renamed when complete); a
   // later start maps it instead of packing. A file that fails the footer
   // check is replaced; one the backend cannot use (locked by another
