@@ -87,6 +87,12 @@ class FoundationQuantization:
             raise EtloraError(f"--head-bits: expected 8, or 4 with --quantize 8da4w, received {head_bits}")
         return FoundationQuantization(parsed, group_size, embedding_bits, embedding_group_size, head_bits)
 
+    @staticmethod
+    def from_record(record) -> "FoundationQuantization":
+        """From a manifest's foundation.quantization (manifest.QuantizationRecord)."""
+        return FoundationQuantization.from_options(record.scheme, record.group_size, record.embedding_bits,
+                                                   record.embedding_group_size, record.head_bits)
+
     @property
     def quantized(self) -> bool:
         return self.scheme is not QuantScheme.FP32

