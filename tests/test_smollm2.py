@@ -35,22 +35,8 @@ def demo_adapters() -> list[str]:
     return sorted(p.name for p in ADAPTERS.iterdir() if (p / "adapter_config.json").is_file()) if ADAPTERS.is_dir() else []
 
 
-@pytest.fixture(scope="module")
-def smollm2_bundle(tmp_path_factory) -> Path:
-    from etlora.export import ExportOptions, export_bundle
-    from etlora.real_model import smollm2_gguf_path
-
-    names = demo_adapters()
-    if not names:
-        pytest.skip("no demo adapters under assets/adapters")
-    out = tmp_path_factory.mktemp("smollm2") / "bundle"
-    export_bundle(smollm2_gguf_path(), {name: ADAPTERS / name for name in names}, out, ExportOptions(max_seq_len=256))
-    return out
-
-
-@pytest.fixture(scope="module")
-def smollm2_8da4w_bundle(tmp_path_factory) -> Path:
-    """The phone-sized bundle: 8da4w linears, 4-bit embedding, the same float demo adapters."""
+def export_smollm2(tmp_path_factory, name: str, quantization=None) -> Path:
+    """SmolLM2 with every demo adapter, max_seq_len 256, fp32 or quantized."""
     from etlora.export import ExportOptions, export_bundle
     from etlora.export.quantization import FoundationQuantization
     from etlora.real_model import smollm2_gguf_path
@@ -58,11 +44,23 @@ def smollm2_8da4w_bundle(tmp_path_factory) -> Path:
     names = demo_adapters()
     if not names:
         pytest.skip("no demo adapters under assets/adapters")
-    out = tmp_path_factory.mktemp("smollm2") / "bundle-8da4w"
-    quantization = FoundationQuantization.from_options("8da4w", 32, embedding_bits=4)
+    out = tmp_path_factory.mktemp("smollm2") / name
     export_bundle(smollm2_gguf_path(), {name: ADAPTERS / name for name in names}, out,
-                  ExportOptions(max_seq_len=256, quantization=quantization))
+                  ExportOptions(max_seq_len=256, quantization=quantization or FoundationQuantization()))
     return out
+
+
+@pytest.fixture(scope="module")
+def smollm2_bundle(tmp_path_factory) -> Path:
+    return export_smollm2(tmp_path_factory, "bundle")
+
+
+@pytest.fixture(scope="module")
+def smollm2_8da4w_bundle(tmp_path_factory) -> Path:
+    """The phone-sized bundle: 8da4w linears, 8-bit head, 4-bit embedding, the same float demo adapters."""
+    from etlora.export.quantization import FoundationQuantization
+
+    return export_smollm2(tmp_path_factory, "bundle-8da4w", FoundationQuantization.from_options("8da4w", 32, embedding_bits=4))
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +70,18 @@ def hf_model():
     return load_smollm2_hf()
 
 
+def effect_hits(session, name: str) -> tuple[int, list[str]]:
+    """How many of the adapter's 10 held-out prompts show its effect, and the answers."""
+    prompts, shows_effect = TASKS[name]
+    answers = [session.generate(prompt, max_new_tokens=NEW_TOKENS).text for prompt in prompts[:10]]
+    return sum(shows_effect(answer) for answer in answers), answers
+
+
 @pytest.mark.parametrize("name", demo_adapters())
 def test_adapter_effect_shows_in_nine_of_ten_held_out_prompts(smollm2_bundle, name):
     prompts, shows_effect = TASKS[name]
     session = etlora.load(smollm2_bundle, adapters={name: 1.0})
-    answers = [session.generate(prompt, max_new_tokens=NEW_TOKENS).text for prompt in prompts[:10]]
-    hits = sum(shows_effect(answer) for answer in answers)
+    hits, answers = effect_hits(session, name)
     assert hits >= 9, f"{name}: effect in {hits}/10: {answers}"
     session.set_adapters({})
     base_hits = sum(shows_effect(session.generate(p, max_new_tokens=NEW_TOKENS).text) for p in prompts[:10])
@@ -87,10 +91,7 @@ def test_adapter_effect_shows_in_nine_of_ten_held_out_prompts(smollm2_bundle, na
 @pytest.mark.parametrize("name", demo_adapters())
 def test_adapter_effect_shows_on_the_8da4w_foundation(smollm2_8da4w_bundle, name):
     """The float adapters, trained on the float model, still do their job on the 4-bit foundation."""
-    prompts, shows_effect = TASKS[name]
-    session = etlora.load(smollm2_8da4w_bundle, adapters={name: 1.0})
-    answers = [session.generate(prompt, max_new_tokens=NEW_TOKENS).text for prompt in prompts[:10]]
-    hits = sum(shows_effect(answer) for answer in answers)
+    hits, answers = effect_hits(etlora.load(smollm2_8da4w_bundle, adapters={name: 1.0}), name)
     assert hits >= EFFECT_8DA4W_MIN, f"{name}: effect in {hits}/10: {answers}"
 
 
