@@ -53,6 +53,18 @@ class QuantizationRecord:
     quantized_modules: list[str] = field(default_factory=list)  # e.g. "model.layers.*.mlp.up_proj", "lm_head"
     float_weights: dict[str, int] = field(default_factory=dict)  # weights left in float32 -> bytes
 
+    def describe(self) -> str:
+        """One line for people: 'fp32', or e.g. '8da4w (groups of 32, output head 8-bit, embedding
+        4-bit in groups of 32)'."""
+        if self.scheme == QuantScheme.FP32.value:
+            return self.scheme
+        parts = [f"groups of {self.group_size}" if self.group_size else "per channel",
+                 f"output head {self.head_bits}-bit"]
+        if self.embedding_bits:
+            group = f"groups of {self.embedding_group_size}" if self.embedding_group_size else "per row"
+            parts.append(f"embedding {self.embedding_bits}-bit in {group}")
+        return f"{self.scheme} ({', '.join(parts)})"
+
 
 @dataclass(frozen=True)
 class FoundationRecord:

@@ -366,17 +366,10 @@ def machine_info() -> dict:
 
 
 def foundation_weights(bundle: Path) -> str:
-    """'fp32', or e.g. '8da4w g32, embedding 4-bit g32' from the manifest."""
+    """'fp32', or e.g. '8da4w (groups of 32, output head 8-bit, ...)' from the manifest."""
     from etlora.export.manifest import read_manifest
 
-    record = read_manifest(bundle).foundation.quantization
-    if record.scheme == "fp32":
-        return "fp32"
-    text = f"{record.scheme} {'g' + str(record.group_size) if record.group_size else 'per channel'}"
-    if record.embedding_bits:
-        group = f"g{record.embedding_group_size}" if record.embedding_group_size else "per row"
-        text += f", embedding {record.embedding_bits}-bit {group}"
-    return text
+    return read_manifest(bundle).foundation.quantization.describe()
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

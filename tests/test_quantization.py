@@ -148,7 +148,7 @@ def test_quantized_bundle_is_smaller_and_says_what_is_float(quantized_bundle, bu
     assert manifest.foundation.weights_id != manifest.foundation.fingerprint
     from etlora.inspect_bundle import inspect_bundle
 
-    assert inspect_bundle(quantized_bundle).quantization["scheme"] == record.scheme
+    assert inspect_bundle(quantized_bundle).quantization == record
     assert read_manifest(quantized_bundle).foundation.weights_id == wanted.weights_id(manifest.foundation.fingerprint)
 
 

@@ -109,14 +109,11 @@ def cmd_inspect(args) -> int:
         f"targets {','.join(report.target_modules)}, foundation {report.foundation_fingerprint[:12]}"
     )
     quantization = report.quantization
-    if quantization["scheme"] == "fp32":
-        stdout.print("foundation weights: fp32")
-    else:
-        group = f"groups of {quantization['group_size']}" if quantization["group_size"] else "per channel"
-        group += f", output head {quantization['head_bits']}-bit"
-        left = ", ".join(f"{name} {_megabytes(size)}" for name, size in quantization["float_weights"].items())
-        stdout.print(f"foundation weights: {quantization['scheme']} ({group}) in "
-                     f"{', '.join(quantization['quantized_modules'])}; left in float32: {left}", soft_wrap=True)
+    line = f"foundation weights: {quantization.describe()}"
+    if quantization.quantized_modules:
+        left = ", ".join(f"{name} {_megabytes(size)}" for name, size in quantization.float_weights.items())
+        line += f" in {', '.join(quantization.quantized_modules)}; left in float32: {left}"
+    stdout.print(line, soft_wrap=True)
     files = Table("file", "role", "size", "check")
     for row in report.files:
         files.add_row(row.name, row.role, _megabytes(row.size), "ok" if row.status == "ok" else "[red]BAD[/]")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from etlora.export.adapter_file import read_adapter_ptd
 from etlora.export.errors import BundleError
-from etlora.export.manifest import read_manifest, verify_files
+from etlora.export.manifest import QuantizationRecord, read_manifest, verify_files
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class BundleReport:
     max_seq_len: int
     target_modules: list[str]
     foundation_fingerprint: str
-    quantization: dict  # manifest foundation.quantization: scheme, group_size, quantized_modules, float_weights
+    quantization: QuantizationRecord  # manifest foundation.quantization
     files: list[FileRow]
     adapters: list[AdapterRow]
     problems: list[str]
@@ -104,7 +104,7 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         max_seq_len=manifest.program.max_seq_len,
         target_modules=manifest.program.target_modules,
         foundation_fingerprint=manifest.foundation.fingerprint,
-        quantization=asdict(manifest.foundation.quantization),
+        quantization=manifest.foundation.quantization,
         files=files,
         adapters=adapters,
         problems=problems,

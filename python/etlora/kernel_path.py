@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KERNEL_PATH_ENVIRONMENT = "ETLORA_KERNEL_PATH"
-
-
 @dataclass(frozen=True)
 class KernelPath:
     name: str  # "avx512", "avx2", "portable"

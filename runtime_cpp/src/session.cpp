@@ -152,6 +152,8 @@ StatusOr<WeightCacheStats> weight_cache_stats() {
   return stats;
 }
 
+namespace {
+
 // One string from a constant method.
 StatusOr<std::string> read_string(Module& module, const std::string& program, const std::string& name) {
   auto strings = read_strings(module, program, name);
@@ -172,6 +174,8 @@ StatusOr<std::string> read_weights_id(Module& module, const std::string& program
   if (names.ok() && names->count("etlora_foundation_weights_id") == 0) return fingerprint;
   return read_string(module, program, "etlora_foundation_weights_id");
 }
+
+}  // namespace
 
 StatusOr<std::string> read_foundation_weights_id(const std::string& program_path) {
   if (!is_file(program_path)) {
@@ -288,7 +292,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       std::to_string(info.format_version) +
                       "; hint: use the etlora runtime that matches the exporter");
   }
-  auto fingerprint = read_strings(module, program_path, "etlora_foundation_fingerprint");
+  auto fingerprint = read_string(module, program_path, "etlora_foundation_fingerprint");
   auto sites = read_strings(module, program_path, "etlora_sites");
   auto shapes = read_ints(module, program_path, "etlora_site_shapes");
   auto rank = read_int(module, program_path, "etlora_max_rank");
@@ -299,12 +303,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                           &rank.status(), &slots.status(), &seq_len.status(), &vocab.status()}) {
     if (!s->ok()) return *s;
   }
-  if (fingerprint->size() != 1) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path +
-                      ": etlora_foundation_fingerprint is expected to return one string");
-  }
-  info.foundation_fingerprint = (*fingerprint)[0];
+  info.foundation_fingerprint = *fingerprint;
   auto weights_id = read_weights_id(module, program_path, info.foundation_fingerprint);
   if (!weights_id.ok()) return weights_id.status();
   info.foundation_weights_id = *weights_id;
