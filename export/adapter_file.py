@@ -8,6 +8,7 @@ fingerprint. Layout and keys: docs/bundle-format.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,27 @@ PAGE_ALIGNMENT = 4096
 TENSOR_ALIGNMENT = PAGE_ALIGNMENT
 
 
+class AdapterDtype(Enum):
+    """How an adapter file stores its tensors. The program always computes LoRA in float32: the
+    runtime widens float16 files once at load (exact), so fp16 halves the file, not the memory."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {AdapterDtype.FP32: torch.float32, AdapterDtype.FP16: torch.float16}[self]
+
+    @staticmethod
+    def parse(text: str) -> "AdapterDtype":
+        try:
+            return AdapterDtype(text)
+        except ValueError:
+            raise AdapterError(
+                f"--adapter-dtype: expected one of {[d.value for d in AdapterDtype]}, received {text!r}"
+            ) from None
+
+
 @dataclass(frozen=True)
 class ProgramSlots:
     """What a program accepts from an adapter: its sites, their (in, out) sizes and the rank."""
@@ -47,7 +69,9 @@ def _text_tensor(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
 
 
-def padded_adapter_tensors(adapter, slots: ProgramSlots) -> dict[str, torch.Tensor]:
+def padded_adapter_tensors(
+    adapter, slots: ProgramSlots, dtype: AdapterDtype = AdapterDtype.FP32
+) -> dict[str, torch.Tensor]:
     """The adapter's tensors as the program consumes them: transposed, zero-padded to max_rank."""
     if adapter.rank > slots.max_rank:
         raise AdapterError(
@@ -70,14 +94,14 @@ def padded_adapter_tensors(adapter, slots: ProgramSlots) -> dict[str, torch.Tens
         padded_a[0, :, : adapter.rank] = lora_a.T
         padded_b = torch.zeros(1, slots.max_rank, out_features)
         padded_b[0, : adapter.rank, :] = lora_b.T
-        tensors[f"{site}.lora_a"] = padded_a
-        tensors[f"{site}.lora_b"] = padded_b
+        tensors[f"{site}.lora_a"] = padded_a.to(dtype.torch_dtype)
+        tensors[f"{site}.lora_b"] = padded_b.to(dtype.torch_dtype)
     return tensors
 
 
-def adapter_ptd_bytes(adapter, slots: ProgramSlots) -> bytes:
-    """Serialize one adapter; the same adapter and program always give the same bytes."""
-    entries = padded_adapter_tensors(adapter, slots)
+def adapter_ptd_bytes(adapter, slots: ProgramSlots, dtype: AdapterDtype = AdapterDtype.FP32) -> bytes:
+    """Serialize one adapter; the same adapter, program and dtype always give the same bytes."""
+    entries = padded_adapter_tensors(adapter, slots, dtype)
     entries[FORMAT_VERSION_KEY] = _text_tensor(ADAPTER_FORMAT_VERSION)
     entries[FINGERPRINT_KEY] = _text_tensor(slots.foundation_fingerprint)
     entries[SCALING_KEY] = torch.tensor([adapter.scaling], dtype=torch.float32)
@@ -95,9 +119,11 @@ def adapter_ptd_bytes(adapter, slots: ProgramSlots) -> bytes:
     return bytes(serializer.serialize(DataPayload(buffers=buffers, named_data=named_data)))
 
 
-def write_adapter_ptd(adapter, slots: ProgramSlots, path: Path) -> int:
+def write_adapter_ptd(
+    adapter, slots: ProgramSlots, path: Path, dtype: AdapterDtype = AdapterDtype.FP32
+) -> int:
     """Write atomically; returns the size in bytes."""
-    data = adapter_ptd_bytes(adapter, slots)
+    data = adapter_ptd_bytes(adapter, slots, dtype)
     write_atomically(path, data)
     return len(data)
 
@@ -126,12 +152,12 @@ def read_adapter_ptd(path: Path) -> AdapterFileContents:
         payload = FlatTensorSerializer().deserialize(raw)
     except Exception as error:  # truncated or corrupt flatbuffer
         raise BundleError(f"{path}: corrupt or truncated .ptd ({error})") from None
-    dtypes = {ScalarType.FLOAT: np.float32, ScalarType.BYTE: np.uint8}
+    dtypes = {ScalarType.FLOAT: np.float32, ScalarType.HALF: np.float16, ScalarType.BYTE: np.uint8}
     arrays: dict[str, np.ndarray] = {}
     for key, entry in payload.named_data.items():
         layout = entry.tensor_layout
         if layout is None or ScalarType(layout.scalar_type) not in dtypes:
-            raise BundleError(f"{path}: entry {key} is not a float32 or uint8 tensor")
+            raise BundleError(f"{path}: entry {key} is not a float32, float16 or uint8 tensor")
         buffer = payload.buffers[entry.buffer_index]
         dtype = dtypes[ScalarType(layout.scalar_type)]
         count = int(np.prod(layout.sizes)) if layout.sizes else 1

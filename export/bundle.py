@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .adapter_file import ProgramSlots, padded_adapter_tensors, write_adapter_ptd
+from .adapter_file import AdapterDtype, ProgramSlots, padded_adapter_tensors, write_adapter_ptd
 from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
 from .errors import AdapterError, BundleError, EtloraError
 from .files import staged_directory
@@ -47,9 +47,10 @@ class ExportOptions:
     max_seq_len: int = 512
     backend: Backend = Backend.XNNPACK
     quantization: FoundationQuantization = FoundationQuantization()  # adapters stay float
+    adapter_dtype: AdapterDtype = AdapterDtype.FP32  # of the adapter files; the math is float32
 
 
-def adapter_record(adapter: LoraAdapter, file: str) -> AdapterRecord:
+def adapter_record(adapter: LoraAdapter, file: str, dtype: AdapterDtype) -> AdapterRecord:
     return AdapterRecord(
         file=file,
         rank=adapter.rank,
@@ -59,6 +60,7 @@ def adapter_record(adapter: LoraAdapter, file: str) -> AdapterRecord:
         target_modules=adapter.target_modules,
         base_model=adapter.base_model,
         source=adapter.source,
+        dtype=dtype.value,
     )
 
 
@@ -110,8 +112,8 @@ def export_bundle(
         records = {}
         for adapter in adapters:
             relative = f"{ADAPTER_DIR}/{adapter.name}.ptd"
-            write_adapter_ptd(adapter, slots, staging / relative)
-            records[adapter.name] = adapter_record(adapter, relative)
+            write_adapter_ptd(adapter, slots, staging / relative, options.adapter_dtype)
+            records[adapter.name] = adapter_record(adapter, relative, options.adapter_dtype)
         tokenizer_files, tokenizer = _write_tokenizer(foundation, staging)
         files = [PROGRAM_FILE, FOUNDATION_FILE, *tokenizer_files, *(record.file for record in records.values())]
         manifest = Manifest(
@@ -185,7 +187,13 @@ def bundle_slots(manifest: Manifest) -> ProgramSlots:
     )
 
 
-def add_adapter(bundle_dir: str | Path, name: str, adapter_dir: str | Path, replace_existing: bool = False) -> Manifest:
+def add_adapter(
+    bundle_dir: str | Path,
+    name: str,
+    adapter_dir: str | Path,
+    replace_existing: bool = False,
+    dtype: AdapterDtype = AdapterDtype.FP32,
+) -> Manifest:
     """Add one adapter to an existing bundle without touching its program or foundation."""
     from .model import LlamaShape
 
@@ -199,11 +207,11 @@ def add_adapter(bundle_dir: str | Path, name: str, adapter_dir: str | Path, repl
     shape = LlamaShape(**manifest.foundation.config)
     adapter = load_adapter(name, adapter_dir, shape)
     relative = f"{ADAPTER_DIR}/{name}.ptd"
-    write_adapter_ptd(adapter, bundle_slots(manifest), bundle_dir / relative)
+    write_adapter_ptd(adapter, bundle_slots(manifest), bundle_dir / relative, dtype)
     updated = replace(
         manifest,
         files={**manifest.files, relative: FileRecord.of(bundle_dir / relative)},
-        adapters={**manifest.adapters, name: adapter_record(adapter, relative)},
+        adapters={**manifest.adapters, name: adapter_record(adapter, relative, dtype)},
     )
     updated.write(bundle_dir)
     return updated

@@ -11,8 +11,9 @@ from .files import sha256_file, write_atomically
 from .quantization import QuantScheme
 
 FORMAT_NAME = "etlora-bundle"
-FORMAT_VERSION = 2  # 2: foundation.quantization and foundation.weights_id
-READABLE_VERSIONS = (1, 2)  # a version 1 manifest is an fp32 foundation
+# 2: foundation.quantization and foundation.weights_id; 3: adapters[].dtype
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version 1 is an fp32 foundation; versions 1-2 have fp32 adapters
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILE = "model.pte"
 FOUNDATION_FILE = "foundation.ptd"
@@ -86,6 +87,7 @@ class AdapterRecord:
     target_modules: list[str]
     base_model: str
     source: str
+    dtype: str = "fp32"  # how the file stores lora_a/lora_b: "fp32" or "fp16" (AdapterDtype)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        # Written in this etlora's schema, so labelled with its version whatever was read.
+        current = replace(self, format_version=FORMAT_VERSION)
+        return json.dumps(asdict(current), indent=2, sort_keys=True) + "\n"
 
     def write(self, bundle_dir: Path) -> None:
         write_atomically(Path(bundle_dir) / MANIFEST_NAME, self.to_json().encode())

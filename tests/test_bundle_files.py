@@ -91,7 +91,7 @@ def test_add_adapter_equals_export_output(bundle_copy, other_bundle, fixtures_di
 
 def test_manifest_sizes_and_sha256_match_files(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert manifest["foundation"]["quantization"]["scheme"] == "fp32"
     assert manifest["foundation"]["weights_id"] == manifest["foundation"]["fingerprint"]
     tokenizer_files = {name for name in manifest["files"] if name.startswith("tokenizer/")}
@@ -129,3 +129,22 @@ def test_foundation_only_program_matches_the_base_model(fixtures_dir, bundle, tm
     assert manifest.program.sites == [] and manifest.program.max_rank == 0
     assert (out / "foundation.ptd").read_bytes() == (bundle / "foundation.ptd").read_bytes()
     np.testing.assert_allclose(etlora.load(out).logits(TOKENS), etlora.load(bundle).logits(TOKENS), atol=1e-5)
+
+
+def test_bundle_format_doc_example_is_a_current_manifest():
+    """docs/bundle-format.md's example parses and names every field this etlora writes."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from etlora.export.manifest import FORMAT_VERSION, AdapterRecord, ProgramRecord, _parse
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "bundle-format.md"
+    block = re.search(r"## manifest.json\n\n```json\n(.*?)```", doc.read_text(), re.S).group(1)
+    example = json.loads(block)
+    manifest = _parse(example, doc)
+    assert manifest.format_version == FORMAT_VERSION
+    assert doc.read_text().startswith(f"# etlora bundle format, version {FORMAT_VERSION}\n")
+    assert set(example["program"]) == {f.name for f in dataclasses.fields(ProgramRecord)}
+    for record in example["adapters"].values():
+        assert set(record) == {f.name for f in dataclasses.fields(AdapterRecord)}

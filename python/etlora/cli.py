@@ -53,6 +53,7 @@ def _print_summary(bundle_dir: Path, seconds: float) -> None:
 
 def cmd_export(args) -> int:
     from etlora.export import Backend, ExportOptions, export_bundle
+    from etlora.export.adapter_file import AdapterDtype
     from etlora.export.quantization import FoundationQuantization
 
     adapters = dict(args.adapter or [])
@@ -71,6 +72,7 @@ def cmd_export(args) -> int:
         max_seq_len=args.max_seq_len,
         backend=Backend(args.backend),
         quantization=quantization,
+        adapter_dtype=AdapterDtype.parse(args.adapter_dtype),
     )
     export_bundle(args.model, adapters, out, options, step=_step)
     _print_summary(out, time.perf_counter() - started)
@@ -79,11 +81,13 @@ def cmd_export(args) -> int:
 
 def cmd_add_adapter(args) -> int:
     from etlora.export import add_adapter
+    from etlora.export.adapter_file import AdapterDtype
 
+    dtype = AdapterDtype.parse(args.adapter_dtype)
     started = time.perf_counter()
     for name, path in args.adapter:
         with _step(f"adding adapter {name}"):
-            add_adapter(args.bundle, name, path, replace_existing=args.replace)
+            add_adapter(args.bundle, name, path, replace_existing=args.replace, dtype=dtype)
     _print_summary(Path(args.bundle), time.perf_counter() - started)
     return 0
 
@@ -119,10 +123,11 @@ def cmd_inspect(args) -> int:
         files.add_row(row.name, row.role, _megabytes(row.size), "ok" if row.status == "ok" else "[red]BAD[/]")
     files.add_row("total", "", _megabytes(report.total_size), "")
     stdout.print(files)
-    adapters = Table("adapter", "rank", "alpha", "scaling", "targets", "size")
+    adapters = Table("adapter", "rank", "alpha", "scaling", "targets", "dtype", "size")
     for row in report.adapters:
         adapters.add_row(
-            row.name, str(row.rank), f"{row.alpha:g}", f"{row.scaling:g}", ",".join(row.target_modules), _megabytes(row.size)
+            row.name, str(row.rank), f"{row.alpha:g}", f"{row.scaling:g}", ",".join(row.target_modules), row.dtype,
+            _megabytes(row.size),
         )
     stdout.print(adapters)
     if report.adapters:
@@ -260,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "embedding kernels); needs --quantize")
     export.add_argument("--embedding-group-size", type=int, default=None, metavar="N",
                         help="embedding values per scale (default 32 for 4 bits, per row for 8)")
+    export.add_argument("--adapter-dtype", default="fp32", metavar="DTYPE",
+                        help="how adapter files store LoRA weights: fp32 (default) or fp16, half the size; "
+                             "the runtime computes LoRA in float32 either way")
     export.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     export.set_defaults(run=cmd_export)
 
@@ -273,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--adapter", action="append", type=_parse_adapter, required=True, metavar="NAME=DIR",
                      help="a PEFT LoRA adapter directory; repeatable")
     add.add_argument("--replace", action="store_true", help="overwrite an adapter of the same name")
+    add.add_argument("--adapter-dtype", default="fp32", metavar="DTYPE",
+                     help="how adapter files store LoRA weights: fp32 (default) or fp16, half the size; "
+                             "the runtime computes LoRA in float32 either way")
     add.set_defaults(run=cmd_add_adapter)
 
     remove = commands.add_parser("remove-adapter", help="delete an adapter from a bundle",

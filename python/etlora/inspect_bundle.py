@@ -26,6 +26,7 @@ class AdapterRow:
     scaling: float
     target_modules: list[str]
     size: int
+    dtype: str  # how the file stores its tensors (fp32 / fp16); the runtime computes in float32
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         except BundleError as error:
             problems.append(str(error))
             continue
+        stored = {str(t.dtype) for t in contents.tensors.values()}
+        expected = {"fp32": "float32", "fp16": "float16"}.get(record.dtype, record.dtype)
+        if stored and stored != {expected}:
+            problems.append(f"{path}: manifest says {record.dtype}, the file stores {sorted(stored)}")
         if contents.foundation_fingerprint != manifest.foundation.fingerprint:
             problems.append(
                 f"{path}: made for foundation {contents.foundation_fingerprint[:12]}, bundle "
@@ -92,7 +97,7 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         bad = [p for p in problems if p.startswith(str(bundle_dir / name))]
         files.append(FileRow(name, roles.get(name, "tokenizer"), record.size, bad[0] if bad else "ok"))
     adapters = [
-        AdapterRow(name, r.rank, r.alpha, r.scaling, r.target_modules, manifest.files[r.file].size)
+        AdapterRow(name, r.rank, r.alpha, r.scaling, r.target_modules, manifest.files[r.file].size, r.dtype)
         for name, r in sorted(manifest.adapters.items())
     ]
     return BundleReport(

@@ -10,6 +10,7 @@
 
 #include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/flat_tensor/flat_tensor_data_map.h>
+#include <executorch/runtime/core/portable_type/half.h>
 
 #include "format_util.h"
 
@@ -155,12 +156,30 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
       }
       file->scaling_ = *reinterpret_cast<const float*>(bytes);
     } else if (ends_with(name, ".lora_a") || ends_with(name, ".lora_b")) {
-      if (dtype != ScalarType::Float) {
+      size_t count = 1;
+      for (int32_t size : sizes) count *= static_cast<size_t>(size < 0 ? 0 : size);
+      const size_t width = dtype == ScalarType::Half ? 2 : 4;
+      if (dtype != ScalarType::Float && dtype != ScalarType::Half) {
         return Status(StatusCode::kInvalidArgument,
-                      "adapter file " + path + ": " + name + " is expected to be float32, got " +
-                          dtype_name(dtype) + "; hint: re-export the adapter in float32");
+                      "adapter file " + path + ": " + name + " is expected to be float32 or " +
+                          "float16, got " + dtype_name(dtype) + "; hint: re-export the adapter");
       }
-      file->tensors_[name] = AdapterTensor{reinterpret_cast<const float*>(bytes), sizes};
+      if (nbytes < count * width) {
+        return Status(StatusCode::kInvalidArgument,
+                      "adapter file " + path + ": " + name + " " + shape_text(sizes) + " needs " +
+                          std::to_string(count * width) + " bytes, the file holds " +
+                          std::to_string(nbytes) + "; hint: the file is truncated, re-export it");
+      }
+      const float* values = reinterpret_cast<const float*>(bytes);
+      if (dtype == ScalarType::Half) {
+        // The program takes float32: widen once here, exactly (every float16 is a float32).
+        std::unique_ptr<float[]> copy(new float[count]);
+        const auto* halves = reinterpret_cast<const executorch::aten::Half*>(bytes);
+        for (size_t i = 0; i < count; ++i) copy[i] = static_cast<float>(halves[i]);
+        values = copy.get();
+        file->widened_.push_back(std::move(copy));
+      }
+      file->tensors_[name] = AdapterTensor{values, sizes};
     } else {
       return Status(StatusCode::kInvalidArgument,
                     "adapter file " + path + ": unexpected key " + name +

@@ -49,6 +49,8 @@ ETLORA_INLINE_BODY void add_lora_body(const float* hidden, int64_t in_size, cons
     const float* x = hidden + t * in_size;
     for (int64_t i = 0; i < in_size; ++i) add_scaled(down, lora_a + i * rank, x[i], rank);
     for (int64_t r = 0; r < rank; ++r) {
+      // Ranks padded up to the program's are zero columns of lora_a: skip their lora_b rows.
+      if (down[r] == 0.0f) continue;
       add_scaled(rows + t * out_size, lora_b + r * out_size, scale * down[r], out_size);
     }
   }

@@ -170,7 +170,8 @@ bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Ten
                                  ", R] and lora_b [1, R, " + std::to_string(out_sizes[site]) +
                                  "], got " + shape_string(lora_a) + " and " + shape_string(lora_b));
       }
-      if (scale_values[slot] != 0.0f) {
+      // A site the slot's adapter lacks is bound to the zero region: its update is exactly zero.
+      if (scale_values[slot] != 0.0f && !is_absent_adapter_rows(lora_a.const_data_ptr<float>())) {
         sites.push_back({static_cast<int>(site), lora_a.const_data_ptr<float>(),
                          lora_b.const_data_ptr<float>(), rank, scale_values[slot]});
       }

@@ -198,7 +198,8 @@ struct Session::Impl {
   std::vector<int64_t> tokens;
   std::vector<int64_t> positions;
   std::vector<float> scales;
-  std::vector<float> zeros;  // shared by every slot/site without an adapter
+  const float* absent_rows = nullptr;  // bound to every slot/site without an adapter
+  std::vector<float> zeros;  // backs absent_rows when the shared zero region is too small
   std::vector<TensorPtr> adapter_inputs;  // TensorPtrs over files or zeros
   std::vector<std::shared_ptr<const AdapterFile>> files;  // keep mappings alive
   std::unordered_map<std::string, size_t> site_index;
@@ -363,7 +364,12 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   impl.tokens.assign(info.max_seq_len, 0);
   impl.positions.assign(info.max_seq_len, 0);
   impl.scales.assign(std::max<int64_t>(info.adapter_slots, 1), 0.0f);
-  impl.zeros.assign(largest_site * info.max_rank, 0.0f);
+  // Absent sites read the process-wide zero region, which the attention kernel skips.
+  impl.absent_rows = absent_adapter_rows(largest_site * info.max_rank);
+  if (impl.absent_rows == nullptr) {
+    impl.zeros.assign(largest_site * info.max_rank, 0.0f);
+    impl.absent_rows = impl.zeros.data();
+  }
   Status no_adapters = session->set_adapters({});
   if (!no_adapters.ok()) return no_adapters;
   if (impl.packed_file) session->packed_cache_ = impl.packed_file->settle();
@@ -446,7 +452,7 @@ Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
       const auto [in, out] = info_.site_shapes[i];
       for (const char* suffix : {".lora_a", ".lora_b"}) {
         const bool is_a = suffix[6] == 'a';
-        void* data = impl.zeros.data();
+        void* data = const_cast<float*>(impl.absent_rows);
         if (file) {
           auto it = file->tensors().find(info_.sites[i] + suffix);
           // ExecuTorch never writes method inputs it is given for reading.

@@ -41,6 +41,7 @@ constexpr float kScale = 0.75f;
 // One adapter slot with LoRA on query (site 0), value (site 2) and o_proj (site 3).
 struct Lora {
   std::vector<float> query_a, query_b, value_a, value_b, output_a, output_b;
+  bool output_absent = false;  // bind o_proj's lora_a to the runtime's absent-site zero region
 };
 
 // Float32's unit roundoff and Higham's gamma_n = n u / (1 - n u): a float
@@ -247,7 +248,10 @@ Error call(Cache& cache, std::vector<float>& query, std::vector<float>& key,
   auto qb = make_tensor_ptr({1, int32_t(kRank), int32_t(kHeads * kHeadDim)}, lora.query_b.data(), ScalarType::Float);
   auto va = make_tensor_ptr({1, int32_t(kHidden), int32_t(kRank)}, lora.value_a.data(), ScalarType::Float);
   auto vb = make_tensor_ptr({1, int32_t(kRank), int32_t(kRow)}, lora.value_b.data(), ScalarType::Float);
-  auto oa = make_tensor_ptr({1, int32_t(kHeads * kHeadDim), int32_t(kRank)}, lora.output_a.data(), ScalarType::Float);
+  float* output_a = lora.output_absent
+                        ? const_cast<float*>(etlora::absent_adapter_rows(kHeads * kHeadDim * kRank))
+                        : lora.output_a.data();
+  auto oa = make_tensor_ptr({1, int32_t(kHeads * kHeadDim), int32_t(kRank)}, output_a, ScalarType::Float);
   auto ob = make_tensor_ptr({1, int32_t(kRank), int32_t(kHidden)}, lora.output_b.data(), ScalarType::Float);
   EValue lora_values[] = {EValue(*qa), EValue(*qb), EValue(*va), EValue(*vb), EValue(*oa), EValue(*ob)};
   EValue* lora_wrapped[6];
@@ -365,6 +369,21 @@ int check_path() {
              residual_out);
   EXPECT(err == Error::Ok && etlora::last_kernel_error().empty(),
          "a successful call clears the last error, got '%s'", etlora::last_kernel_error().c_str());
+
+  // A site bound to the absent-site region is skipped, not multiplied: with NaN in its lora_b
+  // the residual passes through bit for bit, and the other sites' updates are unchanged.
+  const std::vector<float> decode_out = out;
+  Lora without_output = lora;
+  without_output.output_absent = true;
+  without_output.output_b.assign(without_output.output_b.size(), std::nanf(""));
+  err = call(cache, step_query, step_key, step_value, next, step_hidden, step_residual,
+             without_output, out, residual_out);
+  EXPECT(err == Error::Ok, "absent o_proj site: %s", etlora::last_kernel_error().c_str());
+  EXPECT(etlora::is_absent_adapter_rows(etlora::absent_adapter_rows(16)) &&
+             !etlora::is_absent_adapter_rows(lora.output_a.data()),
+         "absent-site region recognised by address only");
+  EXPECT(residual_out == step_residual, "absent o_proj site leaves the residual unchanged");
+  EXPECT(out == decode_out, "absent o_proj site leaves attention unchanged");
   return etlora_test::failures - failures_before;
 }
 
