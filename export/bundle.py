@@ -14,7 +14,7 @@ from typing import Callable, ContextManager
 from .adapter_file import AdapterDtype, ProgramSlots, padded_adapter_tensors, write_adapter_ptd
 from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
 from .errors import AdapterError, BundleError, EtloraError
-from .files import staged_directory
+from .files import bundle_lock, staged_directory
 from .foundation import config_summary, load_foundation
 from .manifest import (
     ADAPTER_DIR,
@@ -195,9 +195,17 @@ def add_adapter(
     dtype: AdapterDtype = AdapterDtype.FP32,
 ) -> Manifest:
     """Add one adapter to an existing bundle without touching its program or foundation."""
+    bundle_dir = Path(bundle_dir)
+    read_manifest(bundle_dir)  # a clear error for a directory that is no bundle, before locking it
+    with bundle_lock(bundle_dir):
+        return _add_adapter_locked(bundle_dir, name, adapter_dir, replace_existing, dtype)
+
+
+def _add_adapter_locked(
+    bundle_dir: Path, name: str, adapter_dir: str | Path, replace_existing: bool, dtype: AdapterDtype
+) -> Manifest:
     from .model import LlamaShape
 
-    bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     check_adapter_name(name)
     if name in manifest.adapters and not replace_existing:
@@ -219,6 +227,12 @@ def add_adapter(
 
 def remove_adapter(bundle_dir: str | Path, name: str) -> Manifest:
     bundle_dir = Path(bundle_dir)
+    read_manifest(bundle_dir)
+    with bundle_lock(bundle_dir):
+        return _remove_adapter_locked(bundle_dir, name)
+
+
+def _remove_adapter_locked(bundle_dir: Path, name: str) -> Manifest:
     manifest = read_manifest(bundle_dir)
     if name not in manifest.adapters:
         raise BundleError(f"{bundle_dir}: no adapter named {name!r} (has: {sorted(manifest.adapters)})")

@@ -60,3 +60,21 @@ def staged_directory(final: Path):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextmanager
+def bundle_lock(bundle_dir: Path):
+    """Exclusive lock on a bundle directory for a read-modify-write of its manifest.
+
+    Two add-adapter runs at once then both land, one after the other, instead of the second
+    rewriting the manifest it read before the first finished. flock on the directory itself: no
+    lock file appears in the bundle, and the kernel drops the lock if the process dies.
+    """
+    import fcntl
+
+    descriptor = os.open(bundle_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import BundleError
 from .files import sha256_file, write_atomically
@@ -153,6 +153,42 @@ def _parse_foundation(data: dict, path: Path) -> FoundationRecord:
     return record if record.weights_id else replace(record, weights_id=record.fingerprint)
 
 
+def _listed_paths(manifest: Manifest) -> list[tuple[str, str]]:
+    """(where in the manifest, path) for every path a reader opens."""
+    paths = [("program.file", manifest.program.file), ("foundation.file", manifest.foundation.file)]
+    paths += [(f"files[{name!r}]", name) for name in manifest.files]
+    paths += [(f"adapters[{name!r}].file", record.file) for name, record in manifest.adapters.items()]
+    if manifest.tokenizer:
+        paths += [("tokenizer.directory", manifest.tokenizer.directory),
+                  ("tokenizer.runtime_file", manifest.tokenizer.runtime_file)]
+    return paths
+
+
+def check_paths_inside(bundle_dir: Path, manifest: Manifest, path: Path) -> None:
+    """Every listed path stays inside the bundle: relative, no '..', no symlink leading out."""
+    root = Path(bundle_dir).resolve()
+    for where, text in _listed_paths(manifest):
+        relative = PurePosixPath(text) if isinstance(text, str) else None
+        if (
+            relative is None
+            or not text
+            or "\\" in text
+            or "\0" in text
+            or relative.is_absolute()
+            or ".." in relative.parts
+        ):
+            raise BundleError(
+                f"{path}: {where} is {text!r}, expected a relative path inside the bundle "
+                "(no '..', not absolute); hint: the manifest was edited or is hostile"
+            )
+        target = root / relative
+        if target.exists() and not target.resolve().is_relative_to(root):
+            raise BundleError(
+                f"{path}: {where} {text!r} resolves to {target.resolve()}, outside the bundle "
+                f"{root} (a symlink leading out); hint: copy the file into the bundle"
+            )
+
+
 def read_manifest(bundle_dir: str | Path) -> Manifest:
     path = Path(bundle_dir) / MANIFEST_NAME
     if not path.is_file():
@@ -163,7 +199,9 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         raise BundleError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object")
-    return _parse(data, path)
+    manifest = _parse(data, path)
+    check_paths_inside(Path(bundle_dir), manifest, path)
+    return manifest
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> list[str]:

@@ -78,3 +78,11 @@ def test_runner_reports_missing_adapter_file(bundle):
     )
     assert result.returncode != 0
     assert "nope.ptd" in result.stderr and "not found" in result.stderr
+
+
+def test_runner_help_exits_zero_and_bad_arguments_exit_two():
+    runner = runner_path()
+    shown = subprocess.run([runner, "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "usage: etlora_runner" in shown.stdout
+    wrong = subprocess.run([runner, "--no-such-flag"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "usage: etlora_runner" in wrong.stderr

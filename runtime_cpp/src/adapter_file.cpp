@@ -12,6 +12,7 @@
 #include <executorch/extension/flat_tensor/flat_tensor_data_map.h>
 #include <executorch/runtime/core/portable_type/half.h>
 
+#include "flat_tensor_check.h"
 #include "format_util.h"
 
 namespace etlora {
@@ -84,6 +85,18 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
                   "adapter file " + path + " could not be memory-mapped (" +
                       error_name(loader.error()) + ")");
   }
+  {
+    // Bounds before trust: ExecuTorch's reader follows the file's offsets unchecked.
+    using executorch::runtime::DataLoader;
+    auto whole = loader->load(0, static_cast<size_t>(st.st_size),
+                              DataLoader::SegmentInfo(DataLoader::SegmentInfo::Type::External));
+    if (!whole.ok()) {
+      return Status(StatusCode::kRuntimeError, "adapter file " + path + " could not be read (" +
+                                                   error_name(whole.error()) + ")");
+    }
+    Status checked = check_flat_tensor(whole->data(), whole->size(), "adapter file " + path);
+    if (!checked.ok()) return checked;
+  }
   std::unique_ptr<AdapterFile> file(new AdapterFile());
   file->path_ = path;
   file->mapping_ = std::make_unique<Mapping>();
@@ -117,6 +130,11 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
                                                    std::to_string(i));
     }
     const std::string name = *key_name;
+    if (printable(name) != name) {  // etlora keys are ASCII site and metadata names
+      return Status(StatusCode::kInvalidArgument,
+                    "adapter file " + path + ": key " + std::to_string(i) + " '" + printable(name) +
+                        "' is not printable ASCII; hint: the file is damaged, re-export it");
+    }
     auto layout = m.data_map->get_tensor_layout(name);
     auto data = m.data_map->get_data(name);
     if (!layout.ok() || !data.ok()) {
@@ -141,7 +159,7 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
         if (text != std::to_string(kAdapterFormatVersion)) {
           return Status(StatusCode::kIncompatible,
                         "adapter file " + path + ": format version expected " +
-                            std::to_string(kAdapterFormatVersion) + ", got \"" + text +
+                            std::to_string(kAdapterFormatVersion) + ", got \"" + printable(text) +
                             "\"; hint: re-export the adapter with this etlora version");
         }
       } else {

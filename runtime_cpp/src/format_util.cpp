@@ -16,4 +16,19 @@ std::string error_name(executorch::runtime::Error error) {
   return std::string(executorch::runtime::to_string(error)) + " " + code;
 }
 
+std::string printable(const std::string& text) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
 }  // namespace etlora

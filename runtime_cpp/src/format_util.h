@@ -25,6 +25,10 @@ std::string shape_text(const std::vector<Int>& sizes) {
 }
 
 std::string dtype_name(executorch::aten::ScalarType dtype);
+
+// Text read from a file, safe to put in a message: bytes outside printable
+// ASCII become \xNN, so a damaged key cannot break a caller's UTF-8 decoding.
+std::string printable(const std::string& text);
 std::string error_name(executorch::runtime::Error error);
 
 }  // namespace etlora

@@ -36,6 +36,7 @@
 namespace {
 
 struct Options {
+  bool help = false;  // --help: usage on stdout, exit 0
   std::string bundle;
   std::string model;
   std::string data;
@@ -56,8 +57,8 @@ struct Options {
   etlora::GenerationOptions generation;
 };
 
-void usage() {
-  std::fprintf(stderr,
+void usage(FILE* stream) {
+  std::fprintf(stream,
                "usage: etlora_runner --bundle DIR [--adapter NAME[=strength]]... --prompt TEXT\n"
                "                     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
                "                     [--no-chat-template] [--tokenizer FILE]\n"
@@ -130,7 +131,10 @@ bool parse_args(int argc, char** argv, Options& options) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     const bool has_value = i + 1 < argc;
-    if (arg == "--help" || arg == "-h") return false;
+    if (arg == "--help" || arg == "-h") {
+      options.help = true;
+      return false;
+    }
     if (arg == "--no-chat-template") {
       options.chat_template = false;
       continue;
@@ -325,8 +329,8 @@ void show_cache(const etlora::Session& session) {
 int main(int argc, char** argv) {
   Options options;
   if (!parse_args(argc, argv, options)) {
-    usage();
-    return 2;
+    usage(options.help ? stdout : stderr);
+    return options.help ? 0 : 2;
   }
   auto load_start = std::chrono::steady_clock::now();
   etlora::ThreadPoolOptions pool_options;

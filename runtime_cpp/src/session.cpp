@@ -405,7 +405,7 @@ Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
     if (file.foundation_fingerprint() != info_.foundation_fingerprint) {
       return Status(StatusCode::kIncompatible,
                     "adapter file " + file.path() + " is for foundation " +
-                        file.foundation_fingerprint() + ", program " + program_path_ +
+                        printable(file.foundation_fingerprint()) + ", program " + program_path_ +
                         " has foundation " + info_.foundation_fingerprint +
                         "; hint: adapter made for another foundation");
     }
