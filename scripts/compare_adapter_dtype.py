@@ -23,7 +23,7 @@ import numpy as np
 
 import etlora
 from etlora.export import add_adapter, read_manifest
-from etlora.export.adapter_file import AdapterDtype
+from etlora.export.adapter_format import AdapterDtype
 from etlora.kernel_path import cpu_model
 
 PROMPTS = (

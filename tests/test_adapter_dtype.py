@@ -11,7 +11,7 @@ import pytest
 
 import etlora
 from etlora.export import add_adapter, read_manifest
-from etlora.export.adapter_file import AdapterDtype, read_adapter_ptd
+from etlora.export.adapter_format import AdapterDtype, read_adapter_ptd
 from etlora.export.errors import AdapterError
 from etlora.export.manifest import FORMAT_VERSION
 

@@ -59,3 +59,17 @@ def test_two_add_adapter_at_once_both_land(bundle_copy, fixtures_dir):
     session = etlora.load(bundle_copy)
     for name in ("first", "second"):
         session.set_adapters({name: 1.0})
+
+
+def test_inspect_and_import_need_no_torch(bundle):
+    """The runtime half and `etlora inspect` run with torch and ExecuTorch's exir unimportable."""
+    code = (
+        "import sys\n"
+        "for blocked in ('torch', 'executorch.exir', 'peft', 'transformers'): sys.modules[blocked] = None\n"
+        "import etlora\n"
+        "from etlora.cli import main\n"
+        f"sys.exit(main(['inspect', {str(bundle)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "support" in result.stdout and "legal" in result.stdout

@@ -1,6 +1,7 @@
 """Damaged adapter .ptd files give errors, never a crash (issue 12's byte flips and truncations).
 
-A child process loads hundreds of mutations of a valid adapter file one after another; a signal
+A child process loads hundreds of mutations of a valid adapter file one after another, with the C++
+runtime and with the torch-free Python reader; a signal
 (SIGSEGV, SIGBUS, abort) fails the test with the seed and the mutation that killed it. Each
 mutation either loads (damage in padding or tensor values is still a well-formed file) or is
 refused with an error that names the file.
@@ -20,6 +21,7 @@ CHILD = textwrap.dedent(
     import json, os, random, sys
     from pathlib import Path
     import etlora
+    from etlora.export.adapter_format import read_adapter_ptd
     from etlora.export.errors import EtloraError
 
     bundle, seed, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -50,11 +52,20 @@ CHILD = textwrap.dedent(
         staged.write_bytes(bytes(data))
         os.replace(staged, target)
         try:
+            read_adapter_ptd(target)
+            python_refused = None
+        except EtloraError as error:
+            python_refused = str(error)
+        try:
             session.set_adapters({"support": 1.0})
             loaded += 1
         except EtloraError as error:
             assert str(target) in str(error), str(error)
             refused += 1
+        else:
+            # Same rules: what the Python reader refuses, the C++ runtime refuses too (the runtime
+            # checks more: the fingerprint and shapes against the program).
+            assert python_refused is None, f"mutation {i}: C++ loaded what Python refused: {python_refused}"
     print(json.dumps({"refused": refused, "loaded": loaded}))
     """
 )

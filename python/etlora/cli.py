@@ -53,7 +53,7 @@ def _print_summary(bundle_dir: Path, seconds: float) -> None:
 
 def cmd_export(args) -> int:
     from etlora.export import Backend, ExportOptions, export_bundle
-    from etlora.export.adapter_file import AdapterDtype
+    from etlora.export.adapter_format import AdapterDtype
     from etlora.export.quantization import FoundationQuantization
 
     adapters = dict(args.adapter or [])
@@ -81,7 +81,7 @@ def cmd_export(args) -> int:
 
 def cmd_add_adapter(args) -> int:
     from etlora.export import add_adapter
-    from etlora.export.adapter_file import AdapterDtype
+    from etlora.export.adapter_format import AdapterDtype
 
     dtype = AdapterDtype.parse(args.adapter_dtype)
     started = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from etlora.export.adapter_file import read_adapter_ptd
+from etlora.export.adapter_format import read_adapter_ptd
 from etlora.export.errors import BundleError
 from etlora.export.manifest import QuantizationRecord, read_manifest, verify_files
 

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <climits>
+#include <cstring>
 #include <cstdlib>
 #include <mutex>
 #include <sstream>
@@ -122,7 +123,7 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
   if (!num_keys.ok()) {
     return Status(StatusCode::kRuntimeError, "adapter file " + path + ": cannot list its keys");
   }
-  bool has_version = false, has_fingerprint = false;
+  bool has_version = false, has_fingerprint = false, has_scaling = false;
   for (uint32_t i = 0; i < *num_keys; ++i) {
     auto key_name = m.data_map->get_key(i);
     if (!key_name.ok()) {
@@ -167,12 +168,13 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
         file->fingerprint_ = text;
       }
     } else if (name == kScalingKey) {
-      if (dtype != ScalarType::Float || nbytes != sizeof(float)) {
+      if (dtype != ScalarType::Float || sizes != std::vector<int32_t>{1} || nbytes < sizeof(float)) {
         return Status(StatusCode::kInvalidArgument,
                       "adapter file " + path + ": " + name + " is expected to be float32 [1], got " +
                           dtype_name(dtype) + " " + shape_text(sizes));
       }
-      file->scaling_ = *reinterpret_cast<const float*>(bytes);
+      std::memcpy(&file->scaling_, bytes, sizeof(float));
+      has_scaling = true;
     } else if (ends_with(name, ".lora_a") || ends_with(name, ".lora_b")) {
       size_t count = 1;
       for (int32_t size : sizes) count *= static_cast<size_t>(size < 0 ? 0 : size);
@@ -204,10 +206,10 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string
                         " (expected <site>.lora_a, <site>.lora_b or etlora.* metadata)");
     }
   }
-  if (!has_version || !has_fingerprint) {
+  if (!has_version || !has_fingerprint || !has_scaling) {
     return Status(StatusCode::kInvalidArgument,
                   "adapter file " + path + " has no " +
-                      (has_version ? kFingerprintKey : kVersionKey) +
+                      (!has_version ? kVersionKey : !has_fingerprint ? kFingerprintKey : kScalingKey) +
                       " entry: expected an etlora adapter file; hint: a .ptd of another tool, "
                       "or a foundation.ptd, is not an adapter");
   }

@@ -1,0 +1,115 @@
+"""The adapter .ptd format: keys, metadata, dtypes, and a torch-free reader.
+
+One adapter per file: `<site>.lora_a` / `<site>.lora_b` tensors (float32 or float16) plus the
+metadata entries below. The C++ reader (runtime_cpp/src/adapter_file.cpp) applies the same rules in
+the same order; docs/bundle-format.md states them. The writer is adapter_file.py (needs torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AdapterError, BundleError
+from .ptd_reader import PtdError, read_ptd
+
+ADAPTER_FORMAT_VERSION = "1"
+FORMAT_VERSION_KEY = "etlora.format_version"
+FINGERPRINT_KEY = "etlora.foundation_fingerprint"
+SCALING_KEY = "etlora.scaling"
+METADATA_KEYS = (FORMAT_VERSION_KEY, FINGERPRINT_KEY, SCALING_KEY)
+TENSOR_SUFFIXES = (".lora_a", ".lora_b")
+# Every tensor starts on its own page (the segment too, so file offsets are page-aligned): the
+# runtime maps each tensor separately, rounded out to whole pages, and a page shared by two tensors
+# would be mapped, and counted in RSS, twice. Adapter A/B sizes are mostly page multiples already.
+PAGE_ALIGNMENT = 4096
+TENSOR_ALIGNMENT = PAGE_ALIGNMENT
+
+
+class AdapterDtype(Enum):
+    """How an adapter file stores its tensors. The program always computes LoRA in float32: the
+    runtime widens float16 files once at load (exact), so fp16 halves the file, not the memory."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self is AdapterDtype.FP32 else np.float16)
+
+    @staticmethod
+    def parse(text: str) -> "AdapterDtype":
+        try:
+            return AdapterDtype(text)
+        except ValueError:
+            raise AdapterError(
+                f"--adapter-dtype: expected one of {[d.value for d in AdapterDtype]}, received {text!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class AdapterFileContents:
+    """What an adapter .ptd holds, read back for inspection and checks."""
+
+    format_version: str
+    foundation_fingerprint: str
+    scaling: float
+    tensors: dict[str, np.ndarray]
+
+
+def read_adapter_ptd(path: Path) -> AdapterFileContents:
+    """Parse and check an adapter file, naming the file and the key on any problem."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise BundleError(f"{path}: adapter file not readable ({error.strerror})") from None
+    try:
+        entries = read_ptd(raw, str(path))
+    except PtdError as error:
+        raise BundleError(str(error)) from None
+    if FORMAT_VERSION_KEY not in entries:
+        raise BundleError(
+            f"{path}: expected an etlora adapter (entry {FORMAT_VERSION_KEY}), the .ptd has none; "
+            "hint: a foundation.ptd or another tool's .ptd is not an adapter"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for key, entry in entries.items():
+        if key in (FORMAT_VERSION_KEY, FINGERPRINT_KEY):
+            expected = (np.dtype(np.uint8),)
+        elif key == SCALING_KEY:
+            expected = (np.dtype(np.float32),)
+            if entry.sizes != (1,):
+                raise BundleError(f"{path}: {key} is expected to be float32 [1], got {list(entry.sizes)}")
+        elif key.endswith(TENSOR_SUFFIXES):
+            expected = (np.dtype(np.float32), np.dtype(np.float16))
+        else:
+            raise BundleError(
+                f"{path}: unexpected key {key} (expected <site>.lora_a, <site>.lora_b or etlora.* metadata)"
+            )
+        if entry.dtype not in expected:
+            raise BundleError(
+                f"{path}: {key} is expected to be {' or '.join(str(d) for d in expected)}, got {entry.dtype}"
+            )
+        arrays[key] = entry.array(raw)
+    missing = [key for key in METADATA_KEYS if key not in arrays]
+    if missing:
+        raise BundleError(f"{path}: expected metadata entry {missing[0]}, not found (hint: not an etlora adapter file?)")
+    version = arrays.pop(FORMAT_VERSION_KEY).tobytes().decode("ascii", errors="backslashreplace")
+    if version != ADAPTER_FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: adapter format version {version!r}, this etlora reads {ADAPTER_FORMAT_VERSION!r} "
+            "(hint: re-export the adapter with this etlora version)"
+        )
+    for key in arrays:
+        partner = key[: -len("lora_a")] + ("lora_b" if key.endswith(".lora_a") else "lora_a")
+        if key.endswith(TENSOR_SUFFIXES) and partner not in arrays:
+            raise BundleError(f"{path}: has {key} but no {partner}; hint: the file is incomplete, re-export it")
+    return AdapterFileContents(
+        format_version=version,
+        foundation_fingerprint=arrays.pop(FINGERPRINT_KEY).tobytes().decode("ascii", errors="backslashreplace"),
+        scaling=float(arrays.pop(SCALING_KEY)[0]),
+        tensors=arrays,
+    )
