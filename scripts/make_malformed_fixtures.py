@@ -47,10 +47,71 @@ def main() -> None:
         # A manifest from a future etlora.
         "manifest_future_version.json": json.dumps({"format": "etlora-bundle", "format_version": 99}).encode(),
     }
+    files.update(ptd_attack_files(good_ptd))
+    files.update(tokenizer_attack_files())
     files.update(packed_weight_files())
     for name, data in files.items():
         (OUT / name).write_bytes(data)
         print(f"{name}: {len(data)} bytes")
+
+
+def _root_table(data: bytes) -> tuple[int, int]:
+    """(table, vtable) offsets of a FlatTensor's root table."""
+    table = struct.unpack_from("<I", data, 0)[0]
+    return table, table - struct.unpack_from("<i", data, table)[0]
+
+
+def _field_slot(data: bytes, table: int, vtable: int, index: int) -> int:
+    return table + struct.unpack_from("<H", data, vtable + 4 + 2 * index)[0]
+
+
+def _first_entry(data: bytes) -> tuple[int, int]:
+    """(table, vtable) of named_data[0]."""
+    table, vtable = _root_table(data)
+    slot = _field_slot(data, table, vtable, 2)
+    vector = slot + struct.unpack_from("<I", data, slot)[0]
+    element = vector + 4
+    entry = element + struct.unpack_from("<I", data, element)[0]
+    return entry, entry - struct.unpack_from("<i", data, entry)[0]
+
+
+def _patched(data: bytes, at: int, fmt: str, value) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, at, value)
+    return bytes(out)
+
+
+def ptd_attack_files(good: bytes) -> dict[str, bytes]:
+    """Valid headers with one offset or count in the flatbuffer turned hostile (each crashed
+    ExecuTorch's unverified reader, or would have, before flat_tensor_check)."""
+    table, vtable = _root_table(good)
+    named_slot = _field_slot(good, table, vtable, 2)
+    entry, entry_vtable = _first_entry(good)
+    key_slot = _field_slot(good, entry, entry_vtable, 0)
+    key = key_slot + struct.unpack_from("<I", good, key_slot)[0]
+    layout_slot = _field_slot(good, entry, entry_vtable, 2)
+    layout = layout_slot + struct.unpack_from("<I", good, layout_slot)[0]
+    layout_vtable = layout - struct.unpack_from("<i", good, layout)[0]
+    sizes_slot = _field_slot(good, layout, layout_vtable, 1)
+    sizes = sizes_slot + struct.unpack_from("<I", good, sizes_slot)[0]
+    return {
+        # The named_data vector's offset points 2 GiB past the file.
+        "adapter_named_data_outside.ptd": _patched(good, named_slot, "<I", 0x7FFFFFFF),
+        # The first key's string claims 65,535 bytes: a reader using strlen/length runs off the file.
+        "adapter_key_length_huge.ptd": _patched(good, key, "<I", 0xFFFF),
+        # The first tensor's first dimension multiplied: its bytes no longer fit its segment.
+        "adapter_entry_exceeds_segment.ptd": _patched(good, sizes + 4, "<i", 1 << 20),
+        # A negative dimension.
+        "adapter_negative_size.ptd": _patched(good, sizes + 4, "<i", -1),
+    }
+
+
+def tokenizer_attack_files() -> dict[str, bytes]:
+    header = b"etlora-tokenizer 1\nmodel byte_level_bpe gpt2\nbos none\neos 0\nspecial\nchat none\n"
+    return {
+        # A vocab count that would size a 10-billion-entry table from a 100-byte file.
+        "tokenizer_huge_vocab.txt": header + b"vocab 9999999999\n00\nend\n",
+    }
 
 
 def packed_weight_file(data_bytes: int, entries: list[tuple[bytes, int, int]], footer_count: int) -> bytes:

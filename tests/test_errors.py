@@ -120,6 +120,10 @@ def test_adapter_name_that_exists(bundle_copy, fixtures_dir):
         ("adapter_truncated.ptd", r"legal\.ptd"),
         ("adapter_bad_magic.ptd", r"legal\.ptd"),
         ("adapter_garbage_header.ptd", r"legal\.ptd"),
+        ("adapter_named_data_outside.ptd", r"legal\.ptd: not a valid FlatTensor .*named_data: points outside"),
+        ("adapter_key_length_huge.ptd", r"legal\.ptd: not a valid FlatTensor .*named_data\[0\]\.key"),
+        ("adapter_entry_exceeds_segment.ptd", r"legal\.ptd: not a valid FlatTensor .*needs .*bytes, its segment holds"),
+        ("adapter_negative_size.ptd", r"legal\.ptd: not a valid FlatTensor .*negative size"),
     ],
 )
 def test_corrupt_adapter_ptd(bundle_copy, fixture, message):

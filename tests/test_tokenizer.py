@@ -132,8 +132,12 @@ def test_writer_refuses_other_tokenizer_types():
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("tokenizer_truncated.txt", r"tokenizer_truncated.txt:13: expected token 5 of 300 .* got end of file"),
+        # Cut after 5 of its 300 tokens: too short for the count it declares, refused before reading on.
+        ("tokenizer_truncated.txt", r"tokenizer_truncated.txt:7: expected 'vocab <count>' with at most 135 entries "
+                                    r"\(the file has 271 bytes\), got 300"),
         ("tokenizer_future_version.txt", r"tokenizer_future_version.txt:1: expected format version 1, got version 2"),
+        ("tokenizer_huge_vocab.txt", r"tokenizer_huge_vocab.txt:7: expected 'vocab <count>' with at most 51 entries "
+                                     r"\(the file has 102 bytes\), got 9999999999"),
     ],
 )
 def test_malformed_tokenizer_file_names_file_and_line(name, message):

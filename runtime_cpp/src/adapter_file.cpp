@@ -67,6 +67,14 @@ std::map<std::string, std::weak_ptr<const AdapterFile>>& cache() {
 }  // namespace
 
 StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open(const std::string& path) {
+  try {  // no exception leaves the C++ API (an allocation can still fail)
+    return open_checked(path);
+  } catch (const std::exception& error) {
+    return Status(StatusCode::kRuntimeError, "adapter file " + path + ": " + error.what());
+  }
+}
+
+StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open_checked(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     return Status(StatusCode::kNotFound,

@@ -209,7 +209,8 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
           const int32_t extent = read_at<int32_t>(data, sizes_first + 4 * size_t{d});
           if (extent < 0) return refuse(what + ": negative size " + std::to_string(extent));
           if (extent != 0 && numel > segment_bytes / static_cast<uint64_t>(extent)) {
-            return refuse(what + ": its sizes describe more elements than the file holds");
+            return refuse(what + ": needs more than " + std::to_string(segment_bytes) +
+                          " bytes, its segment holds " + std::to_string(segments[segment_index].second));
           }
           numel *= static_cast<uint64_t>(extent);
         }

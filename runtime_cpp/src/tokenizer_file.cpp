@@ -7,6 +7,8 @@
 
 #include <etlora/tokenizer.h>
 
+#include "format_util.h"
+
 namespace etlora {
 
 class TokenizerFileReader {
@@ -19,6 +21,9 @@ class TokenizerFileReader {
                                                ": not found or not readable (hint: a bundle keeps it "
                                                "in tokenizer/etlora_tokenizer.txt)");
     }
+    in_.seekg(0, std::ios::end);
+    file_size_ = static_cast<int64_t>(in_.tellg());
+    in_.seekg(0, std::ios::beg);
     std::unique_ptr<Tokenizer> tok(new Tokenizer());
     tok->path_ = path_;
     Status status = read_into(*tok);
@@ -34,7 +39,7 @@ class TokenizerFileReader {
       return fail("header 'etlora-tokenizer <version>'", line_);
     }
     if (words[1] != std::to_string(kTokenizerFormatVersion)) {
-      return fail("format version " + std::to_string(kTokenizerFormatVersion), "version " + words[1],
+      return fail("format version " + std::to_string(kTokenizerFormatVersion), "version " + printable(words[1]),
                   "written by a newer etlora? re-export the bundle with this version");
     }
     if (!expect_key("model", words) || words.size() != 3 || words[1] != "byte_level_bpe" ||
@@ -68,6 +73,7 @@ class TokenizerFileReader {
     if (!expect_key("vocab", words) || words.size() != 2 || !parse_id(words[1], vocab_size) || vocab_size < 1) {
       return error_.ok() ? fail("'vocab <count>'", line_) : error_;
     }
+    if (!count_fits(vocab_size, "vocab")) return error_;
     tok.tokens_.resize(vocab_size);
     tok.present_.assign(vocab_size, true);
     for (int64_t id = 0; id < vocab_size; ++id) {
@@ -84,6 +90,7 @@ class TokenizerFileReader {
     if (!expect_key("merges", words) || words.size() != 2 || !parse_id(words[1], merge_count)) {
       return error_.ok() ? fail("'merges <count>'", line_) : error_;
     }
+    if (!count_fits(merge_count, "merges")) return error_;
     tok.merges_.reserve(static_cast<size_t>(merge_count));
     for (int64_t rank = 0; rank < merge_count; ++rank) {
       const std::string what = "merge " + std::to_string(rank) + " of " + std::to_string(merge_count) +
@@ -128,6 +135,18 @@ class TokenizerFileReader {
       return tok.tokens_[a].size() > tok.tokens_[b].size();
     });
     return Status();
+  }
+
+  // Bounds before trust: a count sizes memory only if the file can hold that many
+  // lines (two bytes each at least) and it is below a sane limit.
+  bool count_fits(int64_t count, const char* key) {
+    constexpr int64_t kMaxCount = int64_t{1} << 24;
+    if (count <= kMaxCount && count <= file_size_ / 2) return true;
+    error_ = fail_at(line_, std::string("'") + key + " <count>' with at most " +
+                                std::to_string(std::min(kMaxCount, file_size_ / 2)) +
+                                " entries (the file has " + std::to_string(file_size_) + " bytes)",
+                     std::to_string(count), "damaged or hand-edited file; re-export the bundle");
+    return false;
   }
 
   // The next line split on spaces. false (error_ set) at end of file.
@@ -196,7 +215,7 @@ class TokenizerFileReader {
   }
 
   Status fail(const std::string& expected, int line) {
-    std::string shown = text_.size() > 60 ? text_.substr(0, 60) + "..." : text_;
+    std::string shown = printable(text_.size() > 60 ? text_.substr(0, 60) + "..." : text_);
     return fail_at(line, expected, "'" + shown + "'", "damaged or hand-edited file; re-export the bundle");
   }
   Status fail(const std::string& expected, const std::string& received, const std::string& hint) {
@@ -211,12 +230,17 @@ class TokenizerFileReader {
   std::string path_;
   std::ifstream in_;
   int line_ = 0;
+  int64_t file_size_ = 0;
   std::string text_;
   Status error_;
 };
 
 StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::load(const std::string& path) {
-  return TokenizerFileReader(path).read();
+  try {  // no exception leaves the C++ API (an allocation can still fail)
+    return TokenizerFileReader(path).read();
+  } catch (const std::exception& error) {
+    return Status(StatusCode::kRuntimeError, "tokenizer file " + path + ": " + error.what());
+  }
 }
 
 }  // namespace etlora

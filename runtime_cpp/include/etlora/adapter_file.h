@@ -42,6 +42,7 @@ class AdapterFile {
  private:
   struct Mapping;  // the ExecuTorch loader, data map and loaded buffers
   AdapterFile() = default;
+  static StatusOr<std::shared_ptr<const AdapterFile>> open_checked(const std::string& path);
 
   std::string path_;
   std::string fingerprint_;
