@@ -22,6 +22,7 @@
 
 #include <etlora/kernel_path.h>
 #include <etlora/kernels.h>
+#include <etlora/thread_pool.h>
 
 #include "test_bundle.h"
 
@@ -392,6 +393,10 @@ int check_path() {
 // cached_attention_test [PATH]: PATH runs one vector path (exit 77 when this
 // CPU cannot run it); without one, every path of this build that the CPU runs.
 int main(int argc, char** argv) {
+  // The thread pool as a session runs it (etlora's executor on ExecuTorch's pool), so that the
+  // kernel's parallel loops are tested the way they run, and ThreadSanitizer sees the hand-offs.
+  const etlora::Status pool = etlora::configure_thread_pool({});
+  EXPECT(pool.ok(), "%s", pool.message().c_str());
   const etlora::Status registered = etlora::register_kernels();
   EXPECT(registered.ok(), "%s", registered.message().c_str());
   const std::string wanted = argc > 1 ? argv[1] : "";

@@ -114,8 +114,9 @@ int main() {
   auto again_adapter = session.logits({1, 2, 3, 4, 5});
   EXPECT(again_adapter.ok() && etlora_test::max_abs_diff(*again_adapter, *with_adapter) == 0.0f,
          "switching back gave other logits");
-  std::printf("adapter %s moves logits by up to %g\n", adapters[0].c_str(),
-              etlora_test::max_abs_diff(*with_adapter, *foundation_only));
+  const float moved = etlora_test::max_abs_diff(*with_adapter, *foundation_only);
+  std::printf("adapter %s moves logits by up to %g\n", adapters[0].c_str(), moved);
+  EXPECT(moved > 1e-3f, "the adapter must change the logits, moved them by %g", moved);
 
   // KV cache: prefill in two steps equals one step.
   auto first = session.forward({1, 2, 3}, 0);

@@ -32,8 +32,10 @@ int main() {
     EXPECT(a.ok() && etlora_test::max_abs_diff(*a, alone[0]) == 0.0f, "first session drifted");
     EXPECT(b.ok() && etlora_test::max_abs_diff(*b, alone[1]) == 0.0f, "second session drifted");
   }
-  std::printf("adapters differ by %g; side by side each matches its lone run\n",
-              etlora_test::max_abs_diff(alone[0], alone[1]));
+  const float apart = etlora_test::max_abs_diff(alone[0], alone[1]);
+  std::printf("adapters differ by %g; side by side each matches its lone run\n", apart);
+  // Otherwise "each session matches its lone run" would hold for sessions that ignore adapters.
+  EXPECT(apart > 1e-3f, "the two adapters must give different logits, differ by %g", apart);
   std::printf("%s\n", etlora_test::failures ? "FAILED" : "PASSED");
   return etlora_test::failures ? 1 : 0;
 }

@@ -32,12 +32,14 @@ std::vector<int64_t> ints_of(Module& module, const char* method) {
 
 // Upstream-only logits for tokens 1..5 with `adapter` in slot 0 at strength 1, at positions
 // 0..4, or (past_cache_end) at positions that run two rows past the KV cache.
+// `failure` receives the error of a failed load or forward (Error::Ok otherwise).
 std::vector<float> upstream_logits(const std::string& bundle, const std::string& adapter,
-                                   bool past_cache_end = false) {
+                                   bool past_cache_end = false, Error* failure = nullptr) {
   Module module(bundle + "/model.pte", {bundle + "/foundation.ptd", adapter},
                 Module::LoadMode::Mmap);
-  if (module.load() != Error::Ok) {
+  if (Error loaded = module.load(); loaded != Error::Ok) {
     std::fprintf(stderr, "upstream Module could not load the bundle with %s\n", adapter.c_str());
+    if (failure) *failure = loaded;
     return {};
   }
   std::vector<std::string> sites;
@@ -89,6 +91,7 @@ std::vector<float> upstream_logits(const std::string& bundle, const std::string&
   auto outputs = module.forward(inputs);
   if (!outputs.ok()) {
     std::fprintf(stderr, "upstream forward failed: 0x%x\n", unsigned(outputs.error()));
+    if (failure) *failure = outputs.error();
     return {};
   }
   const auto& logits = (*outputs)[0].toTensor();
@@ -126,8 +129,12 @@ int main() {
     EXPECT(diff <= 1e-5f, "logits differ by %g", diff);
   }
   // Positions past the KV cache are refused (by the RoPE table lookup, before attention).
-  const std::vector<float> refused = upstream_logits(bundle, adapters[0], /*past_cache_end=*/true);
-  EXPECT(refused.empty(), "forward with positions past the KV cache should fail");
+  Error refusal = Error::Ok;
+  const std::vector<float> refused = upstream_logits(bundle, adapters[0], /*past_cache_end=*/true, &refusal);
+  // The forward itself must refuse (a kernel's InvalidArgument), not the load or anything else.
+  EXPECT(refused.empty() && refusal == Error::InvalidArgument,
+         "positions past the KV cache: expected forward to fail with InvalidArgument (0x%x), got 0x%x",
+         unsigned(Error::InvalidArgument), unsigned(refusal));
   std::printf("%s\n", etlora_test::failures ? "FAILED" : "PASSED");
   return etlora_test::failures ? 1 : 0;
 }
