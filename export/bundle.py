@@ -6,6 +6,7 @@ only when complete.
 
 from __future__ import annotations
 
+import secrets
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -214,15 +215,28 @@ def _add_adapter_locked(
         )
     shape = LlamaShape(**manifest.foundation.config)
     adapter = load_adapter(name, adapter_dir, shape)
-    relative = f"{ADAPTER_DIR}/{name}.ptd"
+    relative = _unreferenced_adapter_path(manifest, name)
     write_adapter_ptd(adapter, bundle_slots(manifest), bundle_dir / relative, dtype)
+    replaced = manifest.adapters.get(name)
+    files = {k: v for k, v in manifest.files.items() if not replaced or k != replaced.file}
     updated = replace(
         manifest,
-        files={**manifest.files, relative: FileRecord.of(bundle_dir / relative)},
+        files={**files, relative: FileRecord.of(bundle_dir / relative)},
         adapters={**manifest.adapters, name: adapter_record(adapter, relative, dtype)},
     )
-    updated.write(bundle_dir)
+    updated.write(bundle_dir)  # the commit point: before it the old bundle stands, after it the new
+    if replaced and replaced.file != relative:
+        (bundle_dir / replaced.file).unlink(missing_ok=True)
     return updated
+
+
+def _unreferenced_adapter_path(manifest: Manifest, name: str) -> str:
+    """adapters/<name>.ptd, or adapters/<name>-<hex>.ptd while the manifest still lists that name:
+    a file the manifest references is never overwritten, so a kill mid-replace leaves a valid bundle."""
+    relative = f"{ADAPTER_DIR}/{name}.ptd"
+    while relative in manifest.files:
+        relative = f"{ADAPTER_DIR}/{name}-{secrets.token_hex(4)}.ptd"
+    return relative
 
 
 def remove_adapter(bundle_dir: str | Path, name: str) -> Manifest:

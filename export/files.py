@@ -50,16 +50,27 @@ def staged_directory(final: Path):
         staging.chmod(_default_mode(directory=True))
         yield staging
         if final.exists():
-            backup = final.with_name(f".{final.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            final.rename(backup)
-            staging.rename(final)
-            shutil.rmtree(backup, ignore_errors=True)
+            # One atomic swap: at every instant `final` is the old bundle or the new one.
+            _exchange(staging, final)
+            shutil.rmtree(staging, ignore_errors=True)  # now the old bundle
         else:
             staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _exchange(first: Path, second: Path) -> None:
+    """Swap two directory entries atomically (Linux renameat2 RENAME_EXCHANGE)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None or renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) != 0:
+        error = ctypes.get_errno() if renameat2 is not None else 0
+        raise OSError(error, f"cannot swap {first} and {second} atomically ({os.strerror(error) if error else 'no renameat2'}); "
+                             "hint: a file system without RENAME_EXCHANGE, remove the old bundle first")
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,44 @@ def test_inspect_and_import_need_no_torch(bundle):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "support" in result.stdout and "legal" in result.stdout
+
+
+def test_replace_never_overwrites_a_file_the_manifest_lists(bundle_copy, fixtures_dir):
+    from etlora.export import add_adapter
+    from etlora.inspect_bundle import inspect_bundle
+
+    expected = etlora.load(bundle_copy, adapters={"legal": 1.0}).logits([1, 2, 3])
+    updated = add_adapter(bundle_copy, "support", fixtures_dir / "legal", replace_existing=True)
+    new_file = updated.adapters["support"].file
+    assert new_file != "adapters/support.ptd" and new_file.startswith("adapters/support-")
+    assert not (bundle_copy / "adapters" / "support.ptd").exists()  # the replaced file, removed after the commit
+    assert "adapters/support.ptd" not in updated.files and inspect_bundle(bundle_copy).problems == []
+    import numpy as np
+
+    replaced = etlora.load(bundle_copy, adapters={"support": 1.0}).logits([1, 2, 3])
+    np.testing.assert_array_equal(replaced, expected)
+
+
+def test_export_force_swaps_the_whole_bundle(bundle_copy, model_dir, fixtures_dir):
+    from etlora.export import ExportOptions, export_bundle
+
+    export_bundle(model_dir, {"sql": fixtures_dir / "sql"}, bundle_copy, ExportOptions(max_seq_len=64))
+    assert set(read_manifest(bundle_copy).adapters) == {"sql"}
+    assert not (bundle_copy / "adapters" / "support.ptd").exists()
+    leftovers = [p.name for p in bundle_copy.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_kill_during_writes_leaves_the_old_or_the_new_bundle(tmp_path):
+    """scripts/kill_trials.py in small: 3 kills per operation (the script's 50-trial runs are in
+    docs/results/kill_trials_*.json)."""
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "kill_trials.py"),
+         "--trials", "3", "--seed", "7", "--json", str(tmp_path / "kills.json")],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    outcomes = json.loads((tmp_path / "kills.json").read_text())
+    assert {o["operation"] for o in outcomes} == {"add", "replace", "remove", "export", "packed"}
+    assert all(o["trials"] == 3 and not o["failures"] for o in outcomes), outcomes
