@@ -243,6 +243,24 @@ def test_runner_streams_text_for_a_prompt(text_bundle):
     assert result.returncode == 0, result.stderr
     assert result.stdout == tokenizer.decode_bytes(ids) + b"\n"
     assert b"prefill: " in result.stderr and b" tok/s | decode: " in result.stderr
+    # ExecuTorch's info lines (cpuinfo probing, weight cache) only with --verbose.
+    assert b"] " not in result.stderr.replace(b"prefill", b""), result.stderr
+    verbose = subprocess.run(
+        [runner_path(), "--bundle", str(text_bundle), "--prompt", prompt, "--max-new-tokens", "2", "--verbose"],
+        capture_output=True, timeout=120,
+    )
+    assert verbose.returncode == 0 and b"I executorch:" in verbose.stderr, verbose.stderr
+
+
+def test_etlora_run_shows_etlora_lines_only_unless_verbose(text_bundle):
+    import sys
+
+    command = [sys.executable, "-m", "etlora.cli", "run", str(text_bundle), "--prompt", "Hello", "--max-new-tokens", "2"]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "executorch:" not in quiet.stdout + quiet.stderr and "Warning" not in quiet.stderr
+    loud = subprocess.run(command + ["--verbose"], capture_output=True, text=True, timeout=120)
+    assert loud.returncode == 0 and "I executorch:" in loud.stdout + loud.stderr
 
 
 @pytest.mark.slow
@@ -262,3 +280,32 @@ def test_real_smollm2_tokenizer_matches_hugging_face(tmp_path):
     check_chat(hf, cpp)
     long_text = " ".join(SAMPLES) * 20
     assert cpp.encode(long_text) == hf.encode(long_text, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_prompt_assembly_is_one_rule(tiny_tokenizer_file, tmp_path, adds_bos):
+    """bos + text without the chat template, the template with it: the runner and
+    Session.generate both call Tokenizer::encode_prompt."""
+    text = tiny_tokenizer_file.read_text()
+    assert "\nbos 1 0\n" in text
+    edited = tmp_path / "tokenizer.txt"
+    edited.write_text(text.replace("\nbos 1 0\n", f"\nbos 1 {int(adds_bos)}\n"))
+    tokenizer = _runtime.Tokenizer(str(edited))
+    assert tokenizer.adds_bos == adds_bos
+    assert tokenizer.encode_prompt("Hi there", chat=False) == [1] * adds_bos + tokenizer.encode("Hi there")
+    assert tokenizer.encode_prompt("Hi there", chat=True) == tokenizer.encode_chat("Hi there")
+
+
+def test_runner_and_session_build_the_same_plain_prompt(text_bundle):
+    import etlora
+
+    generation = etlora.load(text_bundle).generate("Hello, world!", max_new_tokens=6, chat=False)
+    result = subprocess.run(
+        [runner_path(), "--bundle", str(text_bundle), "--prompt", "Hello, world!", "--max-new-tokens", "6",
+         "--no-chat-template"],
+        capture_output=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    tokenizer = _runtime.Tokenizer(str(text_bundle / "tokenizer" / TOKENIZER_TEXT_FILE))
+    assert result.stdout == tokenizer.decode_bytes(generation.token_ids) + b"\n"  # a random model: raw bytes
+    assert f"prefill: {generation.prompt_tokens} tokens".encode() in result.stderr

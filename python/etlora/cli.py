@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -152,6 +153,10 @@ def cmd_run(args) -> int:
     import etlora
 
     adapters = dict(args.adapter or [])
+    if args.run_verbose or args.verbose:  # ExecuTorch's own info lines; by default only its errors
+        from etlora import _runtime
+
+        _runtime.set_runtime_log_verbose(True)
     etlora.configure_thread_pool(args.pool_spin_us)
     if args.kernel_path:
         etlora.select_kernel_path(args.kernel_path)
@@ -360,6 +365,10 @@ def run_shown(*argv: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.verbose or getattr(args, "run_verbose", False)):
+        # torch, torchao, transformers and ExecuTorch warn about their own deprecations on every
+        # export; etlora's lines are its own output and its logging, so --verbose brings these back.
+        warnings.filterwarnings("ignore")
     try:
         return args.run(args)
     except EtloraError as error:

@@ -173,8 +173,7 @@ class Session:
         tokens (benchmarks compare equal lengths that way).
         """
         tokenizer = self.tokenizer
-        use_chat = chat and tokenizer.has_chat_template
-        prompt_ids = tokenizer.encode_chat(prompt) if use_chat else tokenizer.encode(prompt)
+        prompt_ids = tokenizer.encode_prompt(prompt, chat)  # one rule, shared with etlora_runner
         stream = tokenizer.stream()
 
         def on_token(token: int) -> bool:

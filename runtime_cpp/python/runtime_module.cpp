@@ -15,6 +15,7 @@
 
 #include <etlora/generator.h>
 #include <etlora/kernel_path.h>
+#include <etlora/logging.h>
 #include <etlora/thread_pool.h>
 #include <etlora/session.h>
 #include <etlora/tokenizer.h>
@@ -206,6 +207,7 @@ class PyTokenStream {
 
 PYBIND11_MODULE(_runtime, m) {
   m.doc() = "etlora C++ runtime: run an etlora bundle with switchable adapters";
+  etlora::install_runtime_log_filter();  // ExecuTorch's info lines only with ETLORA_LOG=info
   missing_file_error() = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(&PyType_Type))(
       "MissingFileError",
       py::make_tuple(py::handle(PyExc_FileNotFoundError), py::handle(PyExc_ValueError)),
@@ -230,6 +232,8 @@ PYBIND11_MODULE(_runtime, m) {
       "workspace_sharing_mode), open_sessions, cached_sessions, packed_cache_files (packed foundation files "
       "held by live sessions) and the process's memory (rss_bytes, rss_anon_bytes, rss_file_bytes). "
       "The backend exposes no entry/hit counters.");
+  m.def("set_runtime_log_verbose", &etlora::set_runtime_log_verbose, py::arg("verbose"),
+        "Show ExecuTorch's info lines (True) or only its errors (False, the default unless ETLORA_LOG=info).");
   m.def("executorch_version", &etlora::executorch_version,
         "The executorch release the runtime was built against (part of packed file names).");
   m.def(
@@ -353,6 +357,9 @@ PYBIND11_MODULE(_runtime, m) {
       .def(py::init(&load_tokenizer), py::arg("path"), "Load tokenizer/etlora_tokenizer.txt.")
       .def("encode", &etlora::Tokenizer::encode, py::arg("text"),
            "Token ids of text; special tokens in the text are matched literally; no bos added.")
+      .def("encode_prompt", &etlora::Tokenizer::encode_prompt, py::arg("text"), py::arg("chat"),
+           "A prompt as generation sees it, the same for the runner and Session.generate: the chat "
+           "template when chat and the tokenizer has one, else bos (if the tokenizer adds it) + text.")
       .def("encode_chat", &etlora::Tokenizer::encode_chat, py::arg("user_text"),
            "encode(chat_prefix + user_text + chat_suffix).")
       .def(

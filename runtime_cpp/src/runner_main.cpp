@@ -30,6 +30,7 @@
 #include <etlora/generator.h>
 #include <etlora/session.h>
 #include <etlora/kernel_path.h>
+#include <etlora/logging.h>
 #include <etlora/thread_pool.h>
 #include <etlora/tokenizer.h>
 
@@ -37,6 +38,7 @@ namespace {
 
 struct Options {
   bool help = false;  // --help: usage on stdout, exit 0
+  bool verbose = false;  // --verbose: ExecuTorch's info lines too
   std::string bundle;
   std::string model;
   std::string data;
@@ -74,7 +76,9 @@ void usage(FILE* stream) {
                "                    [--pool-spin-us N] (idle thread-pool workers spin N us before\n"
                "                     sleeping; default 1000, 0 saves power)\n"
                "                    [--kernel-path NAME|auto] (vector path of etlora's kernels;\n"
-               "                     default: ETLORA_KERNEL_PATH, else the best this CPU runs)\n");
+               "                     default: ETLORA_KERNEL_PATH, else the best this CPU runs)\n"
+               "                    [--verbose] (ExecuTorch's info lines too; default: its errors only,\n"
+               "                     or ETLORA_LOG=info)\n");
 }
 
 bool parse_number(const std::string& option, const std::string& text, double& value) {
@@ -145,6 +149,10 @@ bool parse_args(int argc, char** argv, Options& options) {
     }
     if (arg == "--map-packed-cache") {
       options.packed_cache_residency = etlora::PackedCacheResidency::kMap;
+      continue;
+    }
+    if (arg == "--verbose") {
+      options.verbose = true;
       continue;
     }
     if (arg == "--show-cache" || arg == "--no-weight-cache") {
@@ -227,14 +235,7 @@ int run_prompt(etlora::Session& session, const Options& options) {
                  static_cast<long long>(session.info().vocab_size));
     return 1;
   }
-  std::vector<int64_t> prompt;
-  if (options.chat_template && tok.has_chat_template()) {
-    prompt = tok.encode_chat(options.prompt);
-  } else {
-    if (tok.adds_bos()) prompt.push_back(tok.bos_id());
-    const auto text = tok.encode(options.prompt);
-    prompt.insert(prompt.end(), text.begin(), text.end());
-  }
+  const std::vector<int64_t> prompt = tok.encode_prompt(options.prompt, options.chat_template);
   etlora::GenerationOptions generation = options.generation;
   generation.eos_ids = tok.eos_ids();
   etlora::TokenTextStream stream(tok);
@@ -333,6 +334,8 @@ int main(int argc, char** argv) {
     return options.help ? 0 : 2;
   }
   auto load_start = std::chrono::steady_clock::now();
+  if (options.verbose) etlora::set_runtime_log_verbose(true);
+  etlora::install_runtime_log_filter();
   etlora::ThreadPoolOptions pool_options;
   pool_options.worker_spin_us = options.pool_spin_us;
   if (etlora::Status pool = etlora::configure_thread_pool(pool_options); !pool.ok()) {

@@ -21,6 +21,7 @@
 #include <executorch/runtime/platform/log.h>
 
 #include "etlora/kernels.h"
+#include "etlora/logging.h"
 #include "etlora/thread_pool.h"
 #include "format_util.h"
 #include "packed_file_use.h"
@@ -226,6 +227,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                   "foundation file " + foundation_path +
                       " not found (expected foundation.ptd beside model.pte)");
   }
+  install_runtime_log_filter();  // before the pool and the delegate print their info lines
   if (Status registered = register_kernels(); !registered.ok()) return registered;
   if (!thread_pool_state().configured) {
     // Only speed depends on it: a pool that cannot take the executor runs as before.

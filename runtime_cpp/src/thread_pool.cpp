@@ -11,6 +11,8 @@
 // (pthreadpool_create_v2, pthreadpool_update_executor).
 #include "etlora/thread_pool.h"
 
+#include "etlora/logging.h"
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -130,6 +132,7 @@ bool g_configured = false;
 }  // namespace
 
 Status configure_thread_pool(const ThreadPoolOptions& options) {
+  install_runtime_log_filter();  // creating the pool probes the CPU, which logs at info level
   if (!(options.worker_spin_us >= 0) || options.worker_spin_us > 1e6) {
     return Status(StatusCode::kInvalidArgument,
                   "worker_spin_us: expected 0 to 1000000 microseconds, got " +

@@ -34,6 +34,15 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
   return ids;
 }
 
+std::vector<int64_t> Tokenizer::encode_prompt(const std::string& text, bool chat) const {
+  if (chat && has_chat_template()) return encode_chat(text);
+  std::vector<int64_t> ids;
+  if (adds_bos_ && bos_id_ >= 0) ids.push_back(bos_id_);
+  const std::vector<int64_t> body = encode(text);
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
+}
+
 std::vector<int64_t> Tokenizer::encode_chat(const std::string& user_text) const {
   return encode(chat_prefix_ + user_text + chat_suffix_);
 }

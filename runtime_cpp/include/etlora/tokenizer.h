@@ -34,6 +34,11 @@ class Tokenizer {
   // Without a chat template in the file, encode(text) (see has_chat_template()).
   std::vector<int64_t> encode_chat(const std::string& user_text) const;
 
+  // What a prompt becomes before generation, for the runner and Session.generate
+  // alike: the chat template when `chat` and the file has one, else bos (when
+  // the tokenizer prepends it, as Hugging Face's does) + encode(text).
+  std::vector<int64_t> encode_prompt(const std::string& text, bool chat) const;
+
   // The raw bytes of the tokens (may end inside a UTF-8 sequence). Fails on an
   // id outside the vocabulary or one with no token.
   StatusOr<std::string> decode(const std::vector<int64_t>& ids) const;
