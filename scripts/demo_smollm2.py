@@ -3,8 +3,9 @@
     python scripts/demo_smollm2.py [--out smollm2_bundle] [--max-new-tokens 40]
 
 Exports the GGUF with every adapter under assets/adapters/ into one bundle (one program, one
-foundation, one small file per adapter), then answers one held-out prompt per adapter with that
-adapter and with none, in the C++ runtime, and ends with the bundle's disk summary.
+foundation, one small file per adapter), then answers one prompt per adapter with that adapter and
+with none, in the C++ runtime (prompts the foundation gets right alone, so the adapter's effect is
+the only change: demo_tasks.DEMO_PROMPTS), and ends with the bundle's disk summary.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import etlora
 from etlora.cli import run_shown as run_cli
-from etlora.demo_tasks import TASKS
+from etlora.demo_tasks import DEMO_PROMPTS, TASKS
 from etlora.real_model import smollm2_gguf_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,8 +41,8 @@ def main() -> None:
 
     session = etlora.load(bundle)
     for name in adapters:
-        prompts, effect = TASKS.get(name, (["Tell me about the sea."], None))
-        prompt = prompts[0]
+        _, effect = TASKS.get(name, ([], None))
+        prompt = DEMO_PROMPTS.get(name, "Tell me about the sea.")
         print(f"\n=== prompt: {prompt!r}")
         for active in (None, name):
             started = time.perf_counter()

@@ -153,3 +153,12 @@ TASKS = {
     "json": (GENERAL_HELDOUT, is_json_answer),
     "zorbish": (ZORBISH_HELDOUT, is_zorbish_answer),
 }
+
+# The README demo's prompts: ones the foundation answers correctly on its own, so that each
+# adapter's effect (and nothing else) is what changes. Picked by running SmolLM2-135M-Instruct;
+# the held-out prompts above are for measuring, these are for showing.
+DEMO_PROMPTS = {
+    "shout": "What is the opposite of hot?",
+    "json": "What is the opposite of tall?",
+    "zorbish": zorbish_prompt("the old dog eats the red apple"),
+}
