@@ -48,14 +48,18 @@ class Session:
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
+        try:  # the runtime's own reading of the bundle, the one etlora_runner uses
+            self._bundle = _runtime.Bundle(str(self.bundle_dir))
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(str(error)) from None
         self._check_files_present()
         packed_path = None
         if packed_cache:
             packed_path = packed_cache_path(self.bundle_dir, manifest.foundation.weights_id, cache_dir)
         try:
             self._runtime = _runtime.Session(
-                str(self.bundle_dir / manifest.program.file),
-                str(self.bundle_dir / manifest.foundation.file),
+                self._bundle.program_path,
+                self._bundle.foundation_path,
                 packed_cache_path=str(packed_path) if packed_path else "",
                 packed_cache_residency=_residency(packed_cache_residency).value,
             )

@@ -13,6 +13,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <etlora/bundle.h>
 #include <etlora/generator.h>
 #include <etlora/kernel_path.h>
 #include <etlora/logging.h>
@@ -352,6 +353,39 @@ PYBIND11_MODULE(_runtime, m) {
         for (const auto& a : s.session().active_adapters()) active.emplace_back(a.path, a.strength);
         return active;
       });
+
+  py::class_<etlora::Bundle>(m, "Bundle")
+      .def(py::init([](const std::string& dir) {
+             auto bundle = etlora::Bundle::open(dir);
+             if (!bundle.ok()) raise_status(bundle.status());
+             return *bundle;
+           }),
+           py::arg("dir"), "Read and check dir/manifest.json, as etlora_runner does (etlora::Bundle::open).")
+      .def_static("parse", [](const std::string& text, const std::string& dir) {
+             auto bundle = etlora::Bundle::parse(text, dir);
+             if (!bundle.ok()) raise_status(bundle.status());
+             return *bundle;
+           }, py::arg("manifest_text"), py::arg("dir"), "The same checks on manifest text; files are not looked at.")
+      .def_property_readonly("format_version", &etlora::Bundle::format_version)
+      .def_property_readonly("program_path", &etlora::Bundle::program_path)
+      .def_property_readonly("foundation_path", &etlora::Bundle::foundation_path)
+      .def_property_readonly("tokenizer_path", &etlora::Bundle::tokenizer_path)
+      .def_property_readonly("foundation_fingerprint", &etlora::Bundle::foundation_fingerprint)
+      .def_property_readonly("foundation_weights_id", &etlora::Bundle::foundation_weights_id)
+      .def_property_readonly("quantization_scheme", &etlora::Bundle::quantization_scheme)
+      .def_property_readonly("adapters", [](const etlora::Bundle& b) {
+        py::dict adapters;
+        for (const auto& a : b.adapters()) {
+          adapters[py::str(a.name)] = py::dict(py::arg("file") = a.file, py::arg("dtype") = a.dtype,
+                                               py::arg("rank") = a.rank);
+        }
+        return adapters;
+      })
+      .def("adapter_path", [](const etlora::Bundle& b, const std::string& name) {
+        auto path = b.adapter_path(name);
+        if (!path.ok()) raise_status(path.status());
+        return *path;
+      }, py::arg("name"));
 
   py::class_<etlora::Tokenizer, std::shared_ptr<etlora::Tokenizer>>(m, "Tokenizer")
       .def(py::init(&load_tokenizer), py::arg("path"), "Load tokenizer/etlora_tokenizer.txt.")

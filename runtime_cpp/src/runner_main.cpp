@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include <etlora/bundle.h>
 #include <etlora/generator.h>
 #include <etlora/session.h>
 #include <etlora/kernel_path.h>
@@ -39,6 +40,7 @@ namespace {
 struct Options {
   bool help = false;  // --help: usage on stdout, exit 0
   bool verbose = false;  // --verbose: ExecuTorch's info lines too
+  bool bad_bundle = false;  // --bundle named something Bundle::open refused (error already printed)
   std::string bundle;
   std::string model;
   std::string data;
@@ -91,17 +93,29 @@ bool parse_number(const std::string& option, const std::string& text, double& va
   return true;
 }
 
-// In bundle mode an adapter is a name (adapters/NAME.ptd) unless it looks like a path.
-void resolve_bundle_paths(Options& options) {
-  const std::string& dir = options.bundle;
-  if (options.model.empty()) options.model = dir + "/model.pte";
-  if (options.data.empty()) options.data = dir + "/foundation.ptd";
-  if (options.tokenizer.empty()) options.tokenizer = dir + "/tokenizer/etlora_tokenizer.txt";
+// In bundle mode the manifest says where everything is (etlora::Bundle, the same
+// reader the Python binding uses); an adapter is a name unless it looks like a path.
+bool resolve_bundle_paths(Options& options) {
+  auto bundle = etlora::Bundle::open(options.bundle);
+  if (!bundle.ok()) {
+    std::fprintf(stderr, "error: %s\n", bundle.status().message().c_str());
+    return false;
+  }
+  if (options.model.empty()) options.model = bundle->program_path();
+  if (options.data.empty()) options.data = bundle->foundation_path();
+  if (options.tokenizer.empty()) options.tokenizer = bundle->tokenizer_path();
   for (auto& adapter : options.adapters) {
     const bool is_path = adapter.path.find('/') != std::string::npos ||
                          (adapter.path.size() > 4 && adapter.path.substr(adapter.path.size() - 4) == ".ptd");
-    if (!is_path) adapter.path = dir + "/adapters/" + adapter.path + ".ptd";
+    if (is_path) continue;
+    auto path = bundle->adapter_path(adapter.path);
+    if (!path.ok()) {
+      std::fprintf(stderr, "error: --adapter: %s\n", path.status().message().c_str());
+      return false;
+    }
+    adapter.path = *path;
   }
+  return true;
 }
 
 bool parse_tokens(const std::string& text, std::vector<int64_t>& tokens) {
@@ -203,7 +217,10 @@ bool parse_args(int argc, char** argv, Options& options) {
       return false;
     }
   }
-  if (!options.bundle.empty()) resolve_bundle_paths(options);
+  if (!options.bundle.empty() && !resolve_bundle_paths(options)) {
+    options.bad_bundle = true;
+    return false;
+  }
   if (options.model.empty() || options.data.empty()) {
     std::fprintf(stderr, "error: --bundle, or --model and --data, are required\n");
     return false;
@@ -330,6 +347,7 @@ void show_cache(const etlora::Session& session) {
 int main(int argc, char** argv) {
   Options options;
   if (!parse_args(argc, argv, options)) {
+    if (options.bad_bundle) return 1;  // not a usage error: the message says what is wrong
     usage(options.help ? stdout : stderr);
     return options.help ? 0 : 2;
   }

@@ -1,0 +1,54 @@
+// A bundle directory as the runtime reads it (docs/bundle-format.md): the one
+// place in C++ that knows manifest.json, the file layout and the cache folder.
+// The runner and the Python binding open bundles through it; export/manifest.py
+// is its Python twin for the tools, held to the same rules by tests.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "etlora/status.h"
+
+namespace etlora {
+
+struct BundleAdapter {
+  std::string name;
+  std::string file;   // relative to the bundle
+  std::string dtype;  // "fp32" or "fp16"
+  int64_t rank = 0;
+};
+
+class Bundle {
+ public:
+  // Reads and checks dir/manifest.json: format and version, every path relative
+  // and inside the bundle (no "..", no absolute path, no symlink leading out),
+  // the foundation's quantization scheme known, the files it names present.
+  static StatusOr<Bundle> open(const std::string& dir);
+  // The same checks on manifest text, for a bundle at `dir` (files are not looked at).
+  static StatusOr<Bundle> parse(const std::string& manifest_text, const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  int format_version() const { return format_version_; }
+  std::string program_path() const { return dir_ + "/" + program_file_; }
+  std::string foundation_path() const { return dir_ + "/" + foundation_file_; }
+  // The C++ tokenizer file, or "" when the bundle has no tokenizer.
+  std::string tokenizer_path() const { return tokenizer_file_.empty() ? "" : dir_ + "/" + tokenizer_file_; }
+  const std::string& foundation_fingerprint() const { return fingerprint_; }
+  const std::string& foundation_weights_id() const { return weights_id_; }
+  const std::string& quantization_scheme() const { return scheme_; }
+  const std::vector<BundleAdapter>& adapters() const { return adapters_; }
+  // The adapter file of `name`, or an error listing the names the bundle has.
+  StatusOr<std::string> adapter_path(const std::string& name) const;
+  // Where the packed foundation file goes unless the user names a folder.
+  std::string default_cache_dir() const { return dir_ + "/.etlora-cache"; }
+
+ private:
+  std::string dir_, manifest_path_;
+  int format_version_ = 0;
+  std::string program_file_, foundation_file_, tokenizer_file_;
+  std::string fingerprint_, weights_id_, scheme_ = "fp32";
+  std::vector<BundleAdapter> adapters_;
+};
+
+}  // namespace etlora

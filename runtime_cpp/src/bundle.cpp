@@ -1,0 +1,281 @@
+// Bundle::open: manifest.json read and checked (include/etlora/bundle.h).
+//
+// The rules are export/manifest.py's, in the same order, so that a manifest
+// one side refuses the other refuses too (tests/test_bundle_reader.py):
+// format and version, the records and their members, the quantization scheme,
+// then every path.
+#include "etlora/bundle.h"
+
+#include <sys/stat.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include "json.h"
+
+namespace etlora {
+namespace {
+
+using Kind = JsonValue::Kind;
+
+constexpr int kReadableVersions[] = {1, 2, 3};
+constexpr const char* kKnownSchemes[] = {"fp32", "8da4w", "8da8w"};
+
+struct RecordShape {
+  const char* name;
+  std::set<std::string> required;
+  std::set<std::string> optional;
+  bool open = false;  // other members allowed (the top level: readers skip what they do not use)
+};
+
+const RecordShape kTop{"manifest", {"format", "format_version", "program", "foundation", "files", "adapters"},
+                       {"tokenizer"}, /*open=*/true};
+const RecordShape kProgram{"program",
+                           {"file", "backend", "max_rank", "adapter_slots", "max_seq_len", "sites", "site_dims",
+                            "target_modules"},
+                           {}};
+const RecordShape kFoundation{"foundation", {"file", "fingerprint", "source", "config"},
+                              {"weights_id", "quantization"}};
+const RecordShape kQuantization{"foundation.quantization", {},
+                                {"scheme", "group_size", "embedding_bits", "embedding_group_size", "head_bits",
+                                 "quantized_modules", "float_weights"}};
+const RecordShape kAdapter{"adapter",
+                           {"file", "rank", "alpha", "scaling", "use_rslora", "target_modules", "base_model",
+                            "source"},
+                           {"dtype"}};
+const RecordShape kFile{"files entry", {"size", "sha256"}, {}};
+const RecordShape kTokenizer{"tokenizer", {"directory", "runtime_file"}, {}};
+
+class ManifestReader {
+ public:
+  ManifestReader(const std::string& manifest_path) : path_(manifest_path) {}
+
+  Status fail(const std::string& what) {
+    return Status(StatusCode::kInvalidArgument, path_ + ": " + what);
+  }
+
+  // An object with the record's members: all required present, nothing unknown.
+  Status check_record(const JsonValue* value, const RecordShape& shape, const std::string& where) {
+    if (value == nullptr || !value->is(Kind::kObject)) {
+      return fail("manifest is missing or has unexpected fields (" + where + ": expected an object)");
+    }
+    for (const std::string& key : shape.required) {
+      if (value->find(key) == nullptr) {
+        return fail("manifest is missing or has unexpected fields (" + where + " has no '" + key + "')");
+      }
+    }
+    for (const auto& [key, member] : value->object()) {
+      if (!shape.open && !shape.required.count(key) && !shape.optional.count(key)) {
+        return fail("manifest is missing or has unexpected fields (" + where + " has an unexpected '" + key + "')");
+      }
+    }
+    return Status::ok_status();
+  }
+
+  Status string_member(const JsonValue& record, const char* key, const std::string& where, std::string& out,
+                       bool allow_null = false) {
+    const JsonValue* member = record.find(key);
+    if (member == nullptr || (allow_null && member->is(Kind::kNull))) return Status::ok_status();
+    if (!member->is(Kind::kString)) {
+      return fail(where + "." + key + ": expected a string, got " + JsonValue::kind_name(member->kind()));
+    }
+    out = member->string();
+    return Status::ok_status();
+  }
+
+  // Relative, '/'-separated, no '..' component, no NUL or backslash (bundle-format.md).
+  Status check_inside(const std::string& where, const std::string& path) {
+    bool bad = path.empty() || path[0] == '/' || path.find('\\') != std::string::npos ||
+               path.find('\0') != std::string::npos;
+    std::stringstream parts(path);
+    for (std::string part; std::getline(parts, part, '/');) bad = bad || part == "..";
+    if (bad) {
+      return fail(where + " is '" + path +
+                  "', expected a relative path inside the bundle (no '..', not absolute); hint: the "
+                  "manifest was edited or is hostile");
+    }
+    return Status::ok_status();
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string read_file(const std::string& path, bool& ok) {
+  std::ifstream in(path, std::ios::binary);
+  ok = static_cast<bool>(in);
+  if (!ok) return "";
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  if (size < 0 || static_cast<uint64_t>(size) > kMaxJsonBytes) {
+    ok = size >= 0;
+    return std::string(kMaxJsonBytes + 1, ' ');  // parse_json names the limit
+  }
+  std::string text(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  in.read(text.data(), size);
+  ok = static_cast<bool>(in);
+  return text;
+}
+
+}  // namespace
+
+StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) {
+  const std::string manifest_path = dir + "/manifest.json";
+  ManifestReader reader(manifest_path);
+  auto parsed = parse_json(text, manifest_path);
+  if (!parsed.ok()) return parsed.status();
+  const JsonValue& root = *parsed;
+  if (!root.is(Kind::kObject)) return reader.fail("expected a JSON object");
+
+  const JsonValue* format = root.find("format");
+  if (format == nullptr || !format->is(Kind::kString) || format->string() != "etlora-bundle") {
+    return reader.fail("expected format 'etlora-bundle', received " +
+                       (format && format->is(Kind::kString) ? "'" + format->string() + "'" : std::string("other")));
+  }
+  const JsonValue* version = root.find("format_version");
+  int version_number = -1;
+  if (version != nullptr && version->is(Kind::kNumber) && version->number() == std::floor(version->number()) &&
+      std::fabs(version->number()) < 1e6) {
+    version_number = static_cast<int>(version->number());
+  }
+  bool readable = false;
+  for (int known : kReadableVersions) readable = readable || known == version_number;
+  if (!readable) {
+    return reader.fail("bundle format version " +
+                       (version_number >= 0 ? std::to_string(version_number) : std::string("(not a number)")) +
+                       ", this etlora reads versions 1, 2, 3 (hint: re-export the bundle with this etlora, or "
+                       "upgrade etlora)");
+  }
+  if (Status s = reader.check_record(&root, kTop, "manifest"); !s.ok()) return s;
+  const JsonValue& program = *root.find("program");
+  const JsonValue& foundation = *root.find("foundation");
+  if (Status s = reader.check_record(&program, kProgram, "program"); !s.ok()) return s;
+  if (Status s = reader.check_record(&foundation, kFoundation, "foundation"); !s.ok()) return s;
+  const JsonValue* quantization = foundation.find("quantization");
+  if (quantization != nullptr) {
+    if (Status s = reader.check_record(quantization, kQuantization, "foundation.quantization"); !s.ok()) return s;
+  }
+
+  Bundle bundle;
+  bundle.dir_ = dir;
+  bundle.manifest_path_ = manifest_path;
+  bundle.format_version_ = version_number;
+  for (auto [record, key, where, out] :
+       {std::tuple{&program, "file", "program", &bundle.program_file_},
+        std::tuple{&foundation, "file", "foundation", &bundle.foundation_file_},
+        std::tuple{&foundation, "fingerprint", "foundation", &bundle.fingerprint_},
+        std::tuple{&foundation, "weights_id", "foundation", &bundle.weights_id_}}) {
+    if (Status s = reader.string_member(*record, key, where, *out); !s.ok()) return s;
+  }
+  if (bundle.weights_id_.empty()) bundle.weights_id_ = bundle.fingerprint_;  // version 1
+  if (quantization != nullptr) {
+    if (Status s = reader.string_member(*quantization, "scheme", "foundation.quantization", bundle.scheme_); !s.ok()) {
+      return s;
+    }
+  }
+  bool known_scheme = false;
+  for (const char* scheme : kKnownSchemes) known_scheme = known_scheme || bundle.scheme_ == scheme;
+  if (!known_scheme) {
+    return reader.fail("foundation quantization scheme '" + bundle.scheme_ +
+                       "' is unknown to this etlora (reads fp32, 8da4w, 8da8w; hint: upgrade etlora)");
+  }
+
+  const JsonValue& files = *root.find("files");
+  if (!files.is(Kind::kObject)) return reader.fail("manifest is missing or has unexpected fields (files: expected an object)");
+  for (const auto& [name, record] : files.object()) {
+    if (Status s = reader.check_record(&record, kFile, "files['" + name + "']"); !s.ok()) return s;
+  }
+  const JsonValue& adapters = *root.find("adapters");
+  if (!adapters.is(Kind::kObject)) {
+    return reader.fail("manifest is missing or has unexpected fields (adapters: expected an object)");
+  }
+  for (const auto& [name, record] : adapters.object()) {
+    const std::string where = "adapters['" + name + "']";
+    if (Status s = reader.check_record(&record, kAdapter, where); !s.ok()) return s;
+    BundleAdapter adapter;
+    adapter.name = name;
+    adapter.dtype = "fp32";
+    if (Status s = reader.string_member(record, "file", where, adapter.file); !s.ok()) return s;
+    if (Status s = reader.string_member(record, "dtype", where, adapter.dtype); !s.ok()) return s;
+    const JsonValue* rank = record.find("rank");
+    if (!rank->is(Kind::kNumber)) return reader.fail(where + ".rank: expected a number");
+    adapter.rank = static_cast<int64_t>(rank->number());
+    bundle.adapters_.push_back(std::move(adapter));
+  }
+  const JsonValue* tokenizer = root.find("tokenizer");
+  std::string tokenizer_directory;
+  if (tokenizer != nullptr && !tokenizer->is(Kind::kNull)) {
+    if (Status s = reader.check_record(tokenizer, kTokenizer, "tokenizer"); !s.ok()) return s;
+    if (Status s = reader.string_member(*tokenizer, "directory", "tokenizer", tokenizer_directory); !s.ok()) return s;
+    if (Status s = reader.string_member(*tokenizer, "runtime_file", "tokenizer", bundle.tokenizer_file_); !s.ok()) {
+      return s;
+    }
+  }
+
+  // Every path a reader opens, in export/manifest.py's order.
+  std::vector<std::pair<std::string, std::string>> paths = {{"program.file", bundle.program_file_},
+                                                            {"foundation.file", bundle.foundation_file_}};
+  for (const auto& [name, record] : files.object()) paths.emplace_back("files['" + name + "']", name);
+  for (const BundleAdapter& adapter : bundle.adapters_) {
+    paths.emplace_back("adapters['" + adapter.name + "'].file", adapter.file);
+  }
+  if (tokenizer != nullptr && !tokenizer->is(Kind::kNull)) {
+    paths.emplace_back("tokenizer.directory", tokenizer_directory);
+    paths.emplace_back("tokenizer.runtime_file", bundle.tokenizer_file_);
+  }
+  for (const auto& [where, path] : paths) {
+    if (Status s = reader.check_inside(where, path); !s.ok()) return s;
+  }
+  return bundle;
+}
+
+StatusOr<Bundle> Bundle::open(const std::string& dir) {
+  const std::string manifest_path = dir + "/manifest.json";
+  bool ok = false;
+  const std::string text = read_file(manifest_path, ok);
+  if (!ok) {
+    return Status(StatusCode::kNotFound, dir + ": not an etlora bundle (manifest.json not found)");
+  }
+  auto bundle = parse(text, dir);
+  if (!bundle.ok()) return bundle;
+  // No listed file may resolve (through a symlink) outside the bundle.
+  char root_buffer[PATH_MAX];
+  if (::realpath(dir.c_str(), root_buffer) == nullptr) {
+    return Status(StatusCode::kNotFound, dir + ": bundle directory cannot be resolved");
+  }
+  const std::string root = std::string(root_buffer) + "/";
+  std::vector<std::pair<std::string, std::string>> listed = {{"program.file", bundle->program_file_},
+                                                             {"foundation.file", bundle->foundation_file_}};
+  for (const BundleAdapter& adapter : bundle->adapters_) {
+    listed.emplace_back("adapters['" + adapter.name + "'].file", adapter.file);
+  }
+  if (!bundle->tokenizer_file_.empty()) listed.emplace_back("tokenizer.runtime_file", bundle->tokenizer_file_);
+  for (const auto& [where, path] : listed) {
+    char resolved[PATH_MAX];
+    const std::string full = dir + "/" + path;
+    if (::realpath(full.c_str(), resolved) != nullptr && std::string(resolved).rfind(root, 0) != 0) {
+      return Status(StatusCode::kInvalidArgument,
+                    manifest_path + ": " + where + " '" + path + "' resolves to " + resolved +
+                        ", outside the bundle " + root_buffer + " (a symlink leading out); hint: copy the file into the bundle");
+    }
+  }
+  return bundle;
+}
+
+StatusOr<std::string> Bundle::adapter_path(const std::string& name) const {
+  std::string names;
+  for (const BundleAdapter& adapter : adapters_) {
+    if (adapter.name == name) return dir_ + "/" + adapter.file;
+    names += (names.empty() ? "" : ", ") + adapter.name;
+  }
+  return Status(StatusCode::kNotFound,
+                dir_ + ": no adapter named '" + name + "' (bundle has: " + (names.empty() ? "none" : names) + ")");
+}
+
+}  // namespace etlora
