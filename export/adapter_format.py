@@ -93,6 +93,10 @@ def read_adapter_ptd(path: Path) -> AdapterFileContents:
             raise BundleError(
                 f"{path}: {key} is expected to be {' or '.join(str(d) for d in expected)}, got {entry.dtype}"
             )
+        if key.endswith(TENSOR_SUFFIXES) and entry.offset % entry.dtype.itemsize:
+            # The runtime reads these as float arrays; etlora writes every tensor 4096-aligned.
+            raise BundleError(f"{path}: {key} starts at a misaligned offset for {entry.dtype}; "
+                              "hint: the file is damaged or not written by etlora")
         arrays[key] = entry.array(raw)
     missing = [key for key in METADATA_KEYS if key not in arrays]
     if missing:

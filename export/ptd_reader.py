@@ -127,6 +127,8 @@ def read_ptd(data: bytes | memoryview, name: str = ".ptd") -> dict[str, PtdEntry
     walker = _Walker(data, fb_offset + fb_size)
     try:
         root = walker.table(walker.follow(0, "root"), "FlatTensor")
+        if not root.field(1, 4) or not root.field(2, 4):  # ExecuTorch's reader needs both
+            raise PtdError("FlatTensor has no segments or no named_data")
         segments = []
         if at := root.field(1, 4):
             first, count = walker.vector(at, 4, MAX_ENTRIES, "segments")
@@ -155,6 +157,8 @@ def read_ptd(data: bytes | memoryview, name: str = ".ptd") -> dict[str, PtdEntry
                     raise PtdError(f"{what}: segment {segment_index} of {len(segments)}")
                 layout = walker.table(walker.follow(layout_at, what), what)
                 type_at, sizes_at, order_at = layout.field(0, 1), layout.field(1, 4), layout.field(2, 4)
+                if not sizes_at or not order_at:
+                    raise PtdError(f"{what}: tensor layout without sizes or dim_order")
                 scalar_type = walker.unpack("<b", type_at, what) if type_at else 0
                 if scalar_type not in SCALAR_TYPES:
                     raise PtdError(f"{what}: scalar type {scalar_type} is not one etlora reads")

@@ -124,6 +124,10 @@ def test_adapter_name_that_exists(bundle_copy, fixtures_dir):
         ("adapter_key_length_huge.ptd", r"legal\.ptd: not a valid FlatTensor .*named_data\[0\]\.key"),
         ("adapter_entry_exceeds_segment.ptd", r"legal\.ptd: not a valid FlatTensor .*needs .*bytes, its segment holds"),
         ("adapter_negative_size.ptd", r"legal\.ptd: not a valid FlatTensor .*negative size"),
+        # Found by the fuzzer (scripts/sanitize.py fuzz): a float16 tensor at an odd offset.
+        ("adapter_misaligned_fp16.ptd", r"legal\.ptd: .* starts at a misaligned offset for"),
+        # Also found by the fuzzer: ExecuTorch's reader dereferences a layout's absent sizes.
+        ("adapter_layout_without_sizes.ptd", r"legal\.ptd: not a valid FlatTensor .*without sizes or dim_order"),
     ],
 )
 def test_corrupt_adapter_ptd(bundle_copy, fixture, message):

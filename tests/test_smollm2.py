@@ -168,6 +168,7 @@ def test_pool_workers_stay_awake_through_decode(smollm2_bundle):
         pytest.skip("one core: ExecuTorch's pool has no worker")
     spinning, sleeping = decode(1000.0), decode(0.0)
     assert spinning["tokens"] == sleeping["tokens"]
-    # Measured on 2 cores: 0.1 sleeps per token spinning, about 80 with spin 0.
-    assert spinning["sleeps_per_token"] < 5, spinning
-    assert sleeping["sleeps_per_token"] > 4 * max(spinning["sleeps_per_token"], 1), sleeping
+    # Measured on 2 cores: 0.1 sleeps per token spinning, about 80 with spin 0. Voluntary sleeps
+    # only (a preempted spinner is an involuntary switch), and compared within one run rather than
+    # to a fixed count, so that a loaded machine changes both sides alike.
+    assert sleeping["sleeps_per_token"] > 4 * max(spinning["sleeps_per_token"], 1), (spinning, sleeping)

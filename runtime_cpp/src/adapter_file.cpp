@@ -192,6 +192,12 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open_checked(const std
                       "adapter file " + path + ": " + name + " is expected to be float32 or " +
                           "float16, got " + dtype_name(dtype) + "; hint: re-export the adapter");
       }
+      // The program reads these as float arrays: an etlora writer aligns every tensor to 4096.
+      if (reinterpret_cast<uintptr_t>(bytes) % width != 0) {
+        return Status(StatusCode::kInvalidArgument,
+                      "adapter file " + path + ": " + name + " starts at a misaligned offset for " +
+                          dtype_name(dtype) + "; hint: the file is damaged or not written by etlora");
+      }
       if (nbytes < count * width) {
         return Status(StatusCode::kInvalidArgument,
                       "adapter file " + path + ": " + name + " " + shape_text(sizes) + " needs " +

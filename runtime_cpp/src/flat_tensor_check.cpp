@@ -152,6 +152,8 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
   if (!walk.follow(0, 4, root, "root") || !walk.table(root, "FlatTensor")) return refuse(error);
   const int64_t segments_field = walk.field(1, 4), named_field = walk.field(2, 4);
   if (segments_field < 0 || named_field < 0) return refuse("FlatTensor fields run past their table");
+  // ExecuTorch's reader dereferences these without a null check: absent is refused, not defaulted.
+  if (segments_field == 0 || named_field == 0) return refuse("FlatTensor has no segments or no named_data");
 
   // Segments: (offset, size) inside the segment data.
   std::vector<std::pair<uint64_t, uint64_t>> segments;
@@ -197,6 +199,7 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
       if (!walk.follow(layout_at, 4, layout, what) || !walk.table(layout, what.c_str())) return refuse(error);
       const int64_t type_at = walk.field(0, 1), sizes_at = walk.field(1, 4), order_at = walk.field(2, 4);
       if (type_at < 0 || sizes_at < 0 || order_at < 0) return refuse(what + ": layout fields run past its table");
+      if (sizes_at == 0 || order_at == 0) return refuse(what + ": tensor layout without sizes or dim_order");
       const int8_t scalar_type = type_at ? read_at<int8_t>(data, type_at) : 0;
       const size_t element = element_size(scalar_type);
       if (element == 0) return refuse(what + ": scalar type " + std::to_string(scalar_type) + " is not one etlora reads");
