@@ -81,3 +81,32 @@ def tiny_tokenizer_file(tiny_tokenizer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_tokenizer_files") / "tokenizer"
     write_tokenizer_files(tiny_tokenizer, out)
     return out / TOKENIZER_TEXT_FILE
+
+
+@pytest.fixture(scope="session")
+def device_build(tmp_path_factory) -> Path:
+    """etlora_runner cross-built for aarch64 by scripts/build_device.sh (skipped without the cross
+    compiler or qemu-aarch64, or when the registry cannot serve the aarch64 executorch wheel)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ is missing (apt-get install g++-aarch64-linux-gnu)")
+    if shutil.which("qemu-aarch64") is None:
+        pytest.skip("qemu-aarch64 is missing (apt-get install qemu-user)")
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("device") / "aarch64"
+    result = subprocess.run([str(repo / "scripts" / "build_device.sh"), "--arch", "aarch64", "--out", str(out)],
+                            capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0 and "could not download" in result.stderr:
+        pytest.skip(f"no aarch64 executorch wheel: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return out
+
+
+def run_on_arm(device_build: Path, *args: str, timeout: int = 600):
+    """etlora_runner for aarch64 under qemu-aarch64, as it would run on a board."""
+    import subprocess
+
+    return subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(device_build / "bin" / "etlora_runner"),
+                           *args], capture_output=True, text=True, timeout=timeout)

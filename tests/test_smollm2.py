@@ -172,3 +172,23 @@ def test_pool_workers_stay_awake_through_decode(smollm2_bundle):
     # only (a preempted spinner is an involuntary switch), and compared within one run rather than
     # to a fixed count, so that a loaded machine changes both sides alike.
     assert sleeping["sleeps_per_token"] > 4 * max(spinning["sleeps_per_token"], 1), (spinning, sleeping)
+
+
+@pytest.mark.parametrize("which", ["fp32", "8da4w"])
+def test_arm_runner_writes_the_same_text_as_x86(smollm2_bundle, smollm2_8da4w_bundle, device_build, which):
+    """The aarch64 runner under qemu and the x86 runner, same bundle, adapter and prompt: the same
+    greedy tokens (a short prompt: emulation runs SmolLM2 at about 1 token/s)."""
+    import shutil
+    import sysconfig
+
+    from conftest import run_on_arm
+
+    bundle = smollm2_bundle if which == "fp32" else smollm2_8da4w_bundle
+    args = ["--bundle", str(bundle), "--adapter", "shout", "--prompt", "What is the opposite of hot?",
+            "--max-new-tokens", "8", "--no-packed-cache"]
+    runner = shutil.which("etlora_runner") or str(Path(sysconfig.get_path("scripts")) / "etlora_runner")
+    x86 = subprocess.run([runner, *args], capture_output=True, text=True, timeout=300)
+    arm = run_on_arm(device_build, *args, timeout=1800)
+    assert x86.returncode == 0 and arm.returncode == 0, (x86.stderr[-2000:], arm.stderr[-2000:])
+    assert arm.stdout == x86.stdout and arm.stdout.strip(), (arm.stdout, x86.stdout)
+    assert "kernel path: neon" in arm.stderr

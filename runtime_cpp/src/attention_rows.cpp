@@ -13,6 +13,11 @@
 #include <cmath>
 #include <limits>
 
+#if defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
 namespace etlora {
 namespace {
 
@@ -104,8 +109,23 @@ ETLORA_INLINE_BODY void attend_row_body(const float* query, const float* key_cac
   }                                                                                             \
   const AttentionRowOps path##_ops = {path##_add_lora, path##_rotate, path##_attend_row};
 
-ETLORA_ROW_OPS(portable, )
+#if defined(__aarch64__) && defined(__GNUC__) && !defined(__clang__)
+// On 64-bit ARM, NEON (Advanced SIMD) is part of the base ISA, so the compiler
+// vectorizes every path with it; the portable path is kept scalar so that it
+// stays a distinct, simplest reference on the CPU it runs on.
+#define ETLORA_PORTABLE_TARGET __attribute__((optimize("no-tree-vectorize")))
+#else
+#define ETLORA_PORTABLE_TARGET
+#endif
+ETLORA_ROW_OPS(portable, ETLORA_PORTABLE_TARGET)
 bool portable_runs() { return true; }
+
+#if defined(__aarch64__)
+#define ETLORA_ARM_PATHS 1
+ETLORA_ROW_OPS(neon, )
+// AT_HWCAP's ASIMD bit: every ARMv8-A Linux CPU has it, but say so rather than assume.
+bool neon_runs() { return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0; }
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define ETLORA_X86_PATHS 1
@@ -119,6 +139,9 @@ bool avx2_runs() { return __builtin_cpu_supports("avx2") && __builtin_cpu_suppor
 }  // namespace
 
 const CompiledKernelPath kCompiledKernelPaths[] = {
+#if defined(ETLORA_ARM_PATHS)
+    {"neon", "asimd", neon_runs, &neon_ops},
+#endif
 #if defined(ETLORA_X86_PATHS)
     {"avx512", "avx512f", avx512_runs, &avx512_ops},
     {"avx2", "avx2 fma", avx2_runs, &avx2_ops},

@@ -53,13 +53,43 @@ PackedFileCheck problem(PackedFileCheck check, const std::string& path, const st
 
 const char* executorch_version() { return ETLORA_EXECUTORCH_VERSION; }
 
+std::string machine_signature() {
+  // XNNPACK picks its microkernels, and so its packed layouts, by architecture and CPU
+  // features; the same executorch release packs differently on an AVX2 and an AVX-512 x86,
+  // and on ARM. The kernel's feature list (x86 "flags", ARM "Features") names that choice.
+#if defined(__x86_64__)
+  const char* arch = "x86_64";
+  const char* key = "flags";
+#elif defined(__aarch64__)
+  const char* arch = "aarch64";
+  const char* key = "Features";
+#else
+  const char* arch = "other";
+  const char* key = "flags";
+#endif
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line, features;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind(key, 0) == 0) {
+      features = line.substr(line.find(':') == std::string::npos ? line.size() : line.find(':') + 1);
+      break;
+    }
+  }
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : features) hash = (hash ^ c) * 1099511628211ull;
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08llx", static_cast<unsigned long long>(hash & 0xffffffffull));
+  return std::string(arch) + "-" + hex;
+}
+
 std::string packed_cache_file_name(const std::string& foundation_weights_id) {
+  static const std::string machine = machine_signature();
   std::string version = executorch_version();
   for (char& c : version) {
     const bool plain = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-';
     if (!plain) c = '_';  // "1.5.1+cpu" -> "1.5.1_cpu"
   }
-  return "xnnpack-packed-" + foundation_weights_id.substr(0, 32) + "-et" + version + ".bin";
+  return "xnnpack-packed-" + foundation_weights_id.substr(0, 32) + "-et" + version + "-" + machine + ".bin";
 }
 
 PackedFileCheck check_packed_cache_file(const std::string& path) {

@@ -23,9 +23,14 @@ const char* executorch_version();
 
 // The file name for a foundation as stored: the first 32 hex digits of its
 // weights id (the fingerprint for fp32, a hash of it and the quantization
-// otherwise) and the executorch version, so another foundation, quantization
-// or runtime never maps it: "xnnpack-packed-<weights_id[:32]>-et<version>.bin".
+// otherwise), the executorch version and this machine's signature, so another
+// foundation, quantization, runtime or CPU never maps it:
+// "xnnpack-packed-<weights_id[:32]>-et<version>-<arch>-<features hash>.bin".
 std::string packed_cache_file_name(const std::string& foundation_weights_id);
+
+// "<arch>-<8 hex>": the architecture and a hash of the CPU feature list, which
+// decide XNNPACK's microkernels and so the layout of its packed weights.
+std::string machine_signature();
 
 // The longest path the backend takes (its option strings hold 255 bytes); a
 // Session needs room for a temp suffix on top.
