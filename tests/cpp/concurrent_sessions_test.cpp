@@ -10,12 +10,9 @@
 #include "test_bundle.h"
 
 int main() {
-  const std::string bundle = etlora_test::bundle_dir();
-  const auto adapters = etlora_test::adapter_files(bundle);
-  if (bundle.empty() || adapters.size() < 2) {
-    std::printf("skipped: set ETLORA_TEST_BUNDLE to a bundle with two adapters\n");
-    return etlora_test::kSkipped;
-  }
+  std::string bundle;
+  std::vector<std::string> adapters;
+  if (!etlora_test::bundle_with_adapters(2, bundle, adapters)) return etlora_test::kSkipped;
   const std::vector<int64_t> tokens = {1, 2, 3, 4, 5};
   // Choice c: 0 = no adapter, 1 and 2 = the first two adapter files.
   auto bind = [&](etlora::Session& session, int choice) {

@@ -46,6 +46,16 @@ inline std::vector<std::string> adapter_files(const std::string& bundle) {
   return files;
 }
 
+// The test bundle and its adapter files when it has at least `count` adapters;
+// false (after saying why) when the caller should exit kSkipped.
+inline bool bundle_with_adapters(size_t count, std::string& bundle, std::vector<std::string>& adapters) {
+  bundle = bundle_dir();
+  adapters = adapter_files(bundle);
+  if (!bundle.empty() && adapters.size() >= count) return true;
+  std::printf("skipped: set ETLORA_TEST_BUNDLE to a bundle with %zu adapters\n", count);
+  return false;
+}
+
 inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return INFINITY;
   float worst = 0;
