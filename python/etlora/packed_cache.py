@@ -9,13 +9,11 @@ deleted at any time (docs/bundle-format.md).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 CACHE_DIR_NAME = ".etlora-cache"
-MAX_PATH_CHARS = 230  # the C++ runtime's kMaxPackedCachePath: the backend truncates longer paths
 
 log = logging.getLogger("etlora")
 
@@ -62,21 +60,12 @@ class PackedCacheInfo:
 
 def packed_cache_path(bundle_dir: str | Path, foundation_weights_id: str,
                       cache_dir: str | Path | None = None) -> Path | None:
-    """The packed file for this foundation and runtime, or None (one warning) when the folder is unusable."""
+    """The packed file for this foundation, runtime and CPU, or None (one warning) when the folder
+    is unusable. The rule lives in the C++ runtime (etlora::packed_cache_path), shared with the runner."""
     from etlora import _runtime
 
-    folder = Path(cache_dir) if cache_dir is not None else Path(bundle_dir) / CACHE_DIR_NAME
-    path = folder / _runtime.packed_cache_file_name(foundation_weights_id)
     try:
-        folder.mkdir(exist_ok=True)
-    except OSError as error:
-        log.warning("etlora: packed cache off: cannot create %s (%s)", folder, error.strerror or error)
+        return Path(_runtime.packed_cache_path(str(bundle_dir), str(cache_dir or ""), foundation_weights_id))
+    except ValueError as error:
+        log.warning("etlora: packed cache off: %s", error)
         return None
-    if not os.access(folder, os.W_OK):
-        log.warning("etlora: packed cache off: %s is not writable (hint: cache_dir=... elsewhere)", folder)
-        return None
-    if len(str(path)) > MAX_PATH_CHARS:
-        log.warning("etlora: packed cache off: %s is %d characters, the runtime takes at most %d "
-                    "(hint: a shorter cache_dir)", path, len(str(path)), MAX_PATH_CHARS)
-        return None
-    return path

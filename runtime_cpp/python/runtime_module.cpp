@@ -283,6 +283,16 @@ PYBIND11_MODULE(_runtime, m) {
         return *path;
       },
       "The path in effect (settled from ETLORA_KERNEL_PATH or auto on first use).");
+  m.def(
+      "packed_cache_path",
+      [](const std::string& bundle_dir, const std::string& cache_dir, const std::string& weights_id) {
+        auto path = etlora::packed_cache_path(bundle_dir, cache_dir, weights_id);
+        if (!path.ok()) raise_status(path.status());
+        return *path;
+      },
+      py::arg("bundle_dir"), py::arg("cache_dir"), py::arg("foundation_weights_id"),
+      "The packed foundation file's path (cache_dir or <bundle>/.etlora-cache, created); ValueError "
+      "saying why when the folder is unusable. The runner uses the same rule.");
   m.def("packed_cache_file_name", &etlora::packed_cache_file_name, py::arg("foundation_weights_id"),
         "The packed foundation file's name for a fingerprint and this runtime.");
   m.def(

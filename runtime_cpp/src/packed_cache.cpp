@@ -92,6 +92,26 @@ std::string packed_cache_file_name(const std::string& foundation_weights_id) {
   return "xnnpack-packed-" + foundation_weights_id.substr(0, 32) + "-et" + version + "-" + machine + ".bin";
 }
 
+StatusOr<std::string> packed_cache_path(const std::string& bundle_dir, const std::string& cache_dir,
+                                        const std::string& foundation_weights_id) {
+  const std::string folder = cache_dir.empty() ? bundle_dir + "/.etlora-cache" : cache_dir;
+  if (::mkdir(folder.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status(StatusCode::kInvalidArgument,
+                  "cannot create " + folder + " (" + std::strerror(errno) + ")");
+  }
+  if (::access(folder.c_str(), W_OK) != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  folder + " is not writable (hint: a cache folder elsewhere)");
+  }
+  const std::string path = folder + "/" + packed_cache_file_name(foundation_weights_id);
+  if (path.size() > kMaxPackedCachePath) {
+    return Status(StatusCode::kInvalidArgument,
+                  path + " is " + std::to_string(path.size()) + " characters, the runtime takes at most " +
+                      std::to_string(kMaxPackedCachePath) + " (hint: a shorter cache folder)");
+  }
+  return path;
+}
+
 PackedFileCheck check_packed_cache_file(const std::string& path) {
   PackedFileCheck check;
   std::ifstream file(path, std::ios::binary | std::ios::ate);

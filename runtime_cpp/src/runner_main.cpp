@@ -294,16 +294,14 @@ std::string dir_of(const std::string& path) {
 // folder cannot be made; the cache is an optimisation, never a reason to fail.
 std::string packed_cache_path(const Options& options) {
   if (!options.packed_cache || !options.weight_cache) return "";
-  const std::string dir =
-      options.packed_cache_dir.empty() ? dir_of(options.model) + "/.etlora-cache" : options.packed_cache_dir;
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    std::fprintf(stderr, "warning: packed cache off: cannot create %s (%s)\n", dir.c_str(),
-                 std::strerror(errno));
-    return "";
-  }
   auto weights_id = etlora::read_foundation_weights_id(options.model);
   if (!weights_id.ok()) return "";  // Session::open reports the program's problem
-  return dir + "/" + etlora::packed_cache_file_name(*weights_id);
+  auto path = etlora::packed_cache_path(dir_of(options.model), options.packed_cache_dir, *weights_id);
+  if (!path.ok()) {
+    std::fprintf(stderr, "warning: packed cache off: %s\n", path.status().message().c_str());
+    return "";
+  }
+  return *path;
 }
 
 double ms_since(std::chrono::steady_clock::time_point start) {

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <string>
 
+#include "etlora/status.h"
+
 namespace etlora {
 
 // The executorch release this runtime was built against (its XNNPACK packs).
@@ -35,6 +37,15 @@ std::string machine_signature();
 // The longest path the backend takes (its option strings hold 255 bytes); a
 // Session needs room for a temp suffix on top.
 constexpr size_t kMaxPackedCachePath = 230;
+
+// Where a bundle's packed foundation file goes: `cache_dir`, or
+// <bundle_dir>/.etlora-cache when it is empty, created if missing, then the
+// file name for the foundation. The one rule for the runner and the Python
+// session. An unusable folder (cannot be created, not writable, a path too
+// long for the backend) is an error whose message says why: callers turn the
+// packed cache off with that one warning rather than fail.
+StatusOr<std::string> packed_cache_path(const std::string& bundle_dir, const std::string& cache_dir,
+                                        const std::string& foundation_weights_id);
 
 // The footer of a packed weight file as the 1.5.1 backend writes it, checked
 // without trusting it: magic, layout version, and that every index entry lies
