@@ -11,7 +11,6 @@ the only change: demo_tasks.DEMO_PROMPTS), and ends with the bundle's disk summa
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
