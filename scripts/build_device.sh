@@ -36,7 +36,9 @@ case "$ARCH" in
 esac
 [ -n "$OUT" ] || fail "--out DIR is required"
 command -v "$COMPILER" >/dev/null || fail "$COMPILER not found (hint: apt-get install g++-aarch64-linux-gnu)"
-CMAKE="$(command -v cmake || true)"
+# The cmake beside this python3 first (pip's `cmake` package, the dev extra), then PATH's.
+CMAKE="$(dirname "$(command -v python3)")/cmake"
+[ -x "$CMAKE" ] || CMAKE="$(command -v cmake || true)"
 [ -n "$CMAKE" ] || fail "cmake not found (hint: pip install 'cmake>=3.28')"
 CMAKE_VERSION="$("$CMAKE" --version | head -n 1 | awk '{print $3}')"
 printf '%s\n3.28\n' "$CMAKE_VERSION" | sort -V -C 2>/dev/null && [ "$CMAKE_VERSION" != "3.28" ] &&

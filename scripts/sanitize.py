@@ -44,14 +44,17 @@ def build(directory: Path, options: list[str]) -> None:
     clang = shutil.which("clang++")
     if clang is None:
         sys.exit("sanitize: clang++ not found (apt-get install clang); the sanitizers and libFuzzer need clang")
+    # The cmake of this Python's environment first (the dev extra installs >= 3.28; a system one may be older).
+    beside_python = Path(sys.executable).parent / "cmake"
+    cmake = str(beside_python) if beside_python.exists() else (shutil.which("cmake") or "cmake")
     configure = [
-        "cmake", "-S", str(REPO), "-B", str(directory), "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        cmake, "-S", str(REPO), "-B", str(directory), "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
         f"-DCMAKE_CXX_COMPILER={clang}", "-DETLORA_BUILD_PYTHON=OFF", f"-DPython_EXECUTABLE={sys.executable}",
         *options,
     ]
     if shutil.which("ninja") and not (directory / "CMakeCache.txt").exists():
         configure += ["-G", "Ninja"]
-    for command in (configure, ["cmake", "--build", str(directory), "-j", str(os.cpu_count() or 2)]):
+    for command in (configure, [cmake, "--build", str(directory), "-j", str(os.cpu_count() or 2)]):
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"sanitize: {' '.join(command[:2])} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -106,7 +109,9 @@ def run_ctest(args) -> int:
     for name, directory, option in (("address,undefined", REPO / "build-asan", "-DETLORA_SANITIZE=ON"),
                                     ("thread", REPO / "build-tsan", "-DETLORA_TSAN=ON")):
         build(directory, [option])
-        result = subprocess.run(["ctest", "--test-dir", str(directory), "--output-on-failure"],
+        beside_python = Path(sys.executable).parent / "ctest"
+        ctest = str(beside_python) if beside_python.exists() else "ctest"
+        result = subprocess.run([ctest, "--test-dir", str(directory), "--output-on-failure"],
                                 capture_output=True, text=True, env=environment)
         findings = re.findall(r"(ERROR: \w+Sanitizer[^\n]*|WARNING: ThreadSanitizer[^\n]*|runtime error:[^\n]*)",
                               result.stdout + result.stderr)
