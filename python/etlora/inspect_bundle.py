@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from etlora.export.adapter_format import read_adapter_ptd
+from etlora.export.adapter_format import AdapterDtype, read_adapter_ptd
 from etlora.export.errors import BundleError
 from etlora.export.manifest import QuantizationRecord, read_manifest, verify_files
 
@@ -82,8 +82,8 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
             problems.append(str(error))
             continue
         stored = {str(t.dtype) for t in contents.tensors.values()}
-        expected = {"fp32": "float32", "fp16": "float16"}.get(record.dtype, record.dtype)
-        if stored and stored != {expected}:
+        known = {dtype.value: str(dtype.numpy_dtype) for dtype in AdapterDtype}
+        if stored and stored != {known.get(record.dtype, record.dtype)}:
             problems.append(f"{path}: manifest says {record.dtype}, the file stores {sorted(stored)}")
         if contents.foundation_fingerprint != manifest.foundation.fingerprint:
             problems.append(

@@ -122,7 +122,7 @@ class Session:
                     f"{self.bundle_dir}: no adapter named {name!r} (bundle has: "
                     f"{', '.join(sorted(self.manifest.adapters)) or 'none'})"
                 )
-            path = self.bundle_dir / record.file
+            path = Path(self._bundle.adapter_path(name))  # the C++ reader's path, as the runner's
             if not path.is_file():
                 raise BundleError(f"adapter {name!r}: file {path} not found (hint: bundle incomplete?)")
             paths.append((str(path), float(strength)))

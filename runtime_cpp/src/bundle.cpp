@@ -219,8 +219,8 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
   }
 
   // Every path a reader opens, in export/manifest.py's order.
-  std::vector<std::pair<std::string, std::string>> paths = {{"program.file", bundle.program_file_},
-                                                            {"foundation.file", bundle.foundation_file_}};
+  std::vector<std::pair<std::string, std::string>>& paths = bundle.listed_paths_;
+  paths = {{"program.file", bundle.program_file_}, {"foundation.file", bundle.foundation_file_}};
   for (const auto& [name, record] : files.object()) paths.emplace_back("files['" + name + "']", name);
   for (const BundleAdapter& adapter : bundle.adapters_) {
     paths.emplace_back("adapters['" + adapter.name + "'].file", adapter.file);
@@ -250,13 +250,7 @@ StatusOr<Bundle> Bundle::open(const std::string& dir) {
     return Status(StatusCode::kNotFound, dir + ": bundle directory cannot be resolved");
   }
   const std::string root = std::string(root_buffer) + "/";
-  std::vector<std::pair<std::string, std::string>> listed = {{"program.file", bundle->program_file_},
-                                                             {"foundation.file", bundle->foundation_file_}};
-  for (const BundleAdapter& adapter : bundle->adapters_) {
-    listed.emplace_back("adapters['" + adapter.name + "'].file", adapter.file);
-  }
-  if (!bundle->tokenizer_file_.empty()) listed.emplace_back("tokenizer.runtime_file", bundle->tokenizer_file_);
-  for (const auto& [where, path] : listed) {
+  for (const auto& [where, path] : bundle->listed_paths_) {
     char resolved[PATH_MAX];
     const std::string full = dir + "/" + path;
     if (::realpath(full.c_str(), resolved) != nullptr && std::string(resolved).rfind(root, 0) != 0) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "etlora/status.h"
@@ -40,8 +41,6 @@ class Bundle {
   const std::vector<BundleAdapter>& adapters() const { return adapters_; }
   // The adapter file of `name`, or an error listing the names the bundle has.
   StatusOr<std::string> adapter_path(const std::string& name) const;
-  // Where the packed foundation file goes unless the user names a folder.
-  std::string default_cache_dir() const { return dir_ + "/.etlora-cache"; }
 
  private:
   std::string dir_, manifest_path_;
@@ -49,6 +48,8 @@ class Bundle {
   std::string program_file_, foundation_file_, tokenizer_file_;
   std::string fingerprint_, weights_id_, scheme_ = "fp32";
   std::vector<BundleAdapter> adapters_;
+  // (manifest field, path) for every path the manifest lists, checked by parse and open alike.
+  std::vector<std::pair<std::string, std::string>> listed_paths_;
 };
 
 }  // namespace etlora
