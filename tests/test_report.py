@@ -10,14 +10,13 @@ from conftest import MAX_SEQ_LEN
 
 from etlora.cli import main
 from etlora.inspect_bundle import inspect_bundle
-from etlora.report import Disk, Report
-from etlora.report_measure import NaiveProcess, ProcessPair, Step
-from etlora.report_plan import PlannedMemory, kv_cache_bytes_from_shape, read_planned_memory
-from etlora.report_render import render_markdown
+from etlora.report import Report
+from etlora.report.plan import kv_cache_bytes_from_shape, read_planned_memory
+from etlora.report.render import render_markdown
+from etlora.report.schema import REGIONS, Step
 from etlora.testing import tiny_llama_config
 
 FIGURES = ("rss", "pss", "private", "shared")
-REGIONS = {"foundation_file", "adapter_files", "program_file", "packed_cache_file", "anonymous", "other"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,7 @@ def test_session_steps_have_all_figures_and_regions(report):
     ]
     for step in steps:
         assert all(step[figure] > 0 for figure in FIGURES), step
-        assert set(step["regions"]) == REGIONS
+        assert list(step["regions"]) == list(REGIONS)
     # the foundation is mapped, and adapter pages are resident once adapter sessions ran a forward
     by_name = {step["name"]: step for step in steps}
     assert by_name["session 1 (foundation only)"]["regions"]["foundation_file"]["rss"] > 0
@@ -138,24 +137,21 @@ def test_markdown_and_png_written(report_dir):
     assert not list(report_dir.glob(".*.tmp"))
 
 
-def _report_from_json(data: dict) -> Report:
-    step = lambda figures: Step(**figures)  # noqa: E731
-    disk, per_session = data["disk"], data["per_session"]
-    return Report(
-        bundle=data["bundle"], adapters=data["adapters"], load_options=data["load_options"],
-        disk=Disk(disk["bundle_bytes"], disk["foundation_bytes"], disk["program_bytes"], disk["adapter_bytes"]),
-        planned=PlannedMemory("forward", tuple(per_session["buffer_bytes"]), per_session["kv_cache_bytes"],
-                              per_session["kv_cache_tensors"], per_session["planned_end_bytes"]),
-        session_steps=[step(s) for s in data["sessions"]["steps"]],
-        growth_steps=[step(s) for s in data["growth"]["steps"]],
-        pair=ProcessPair(*(step(data["two_processes"][k]) for k in ("alone", "first", "second"))),
-        naive=[NaiveProcess(p["adapter"], step(p["idle"]), step(p["loaded"])) for p in data["naive"]["processes"]],
-        naive_note=data["naive"]["note"], notes=data["notes"], machine=data["machine"],
-    )
+def test_report_round_trips_through_json(report, report_dir):
+    assert Report.from_dict(report).to_dict() == report
+    # the same bytes as written, key order included
+    text = (report_dir / "report.json").read_text()
+    assert json.dumps(Report.from_dict(json.loads(text)).to_dict(), indent=2) + "\n" == text
 
 
-def test_report_round_trips_through_json(report):
-    assert _report_from_json(report).to_dict() == report
+def test_steps_are_typed_records(report):
+    step = Step.from_dict(report["sessions"]["steps"][1])
+    assert step.to_dict() == report["sessions"]["steps"][1]
+    assert step.region("foundation_file") == step.regions["foundation_file"].rss > 0
+    assert step.region("foundation_file", "pss") == step.regions["foundation_file"].pss
+    assert step.region("no such region") == 0
+    with pytest.raises(ValueError, match="schema_version"):
+        Report.from_dict({**report, "schema_version": 1})
 
 
 def test_a_repacked_foundation_is_flagged_loudly(report):
@@ -164,7 +160,7 @@ def test_a_repacked_foundation_is_flagged_loudly(report):
     foundation = data["disk"]["foundation_bytes"]
     for step in data["growth"]["steps"][1:]:
         step["pss"] += (int(step["name"].split()[0]) - 1) * (data["per_session"]["measured_pss_bytes"] + foundation)
-    missed = _report_from_json(data)
+    missed = Report.from_dict(data)
     assert missed.weight_cache_miss and missed.to_dict()["growth"]["weight_cache_miss"] is True
     assert "**weight cache miss: N sessions: 1 -> 8" in render_markdown(missed)
     assert [t.passed for t in missed.targets][1] is False

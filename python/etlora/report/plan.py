@@ -7,44 +7,24 @@ buffers. The emitter writes a method's values in graph-placeholder order, so the
 before the method's first input are its buffers; the KV cache is all of them here
 (2 x layers x kv_heads x max_seq_len x head_dim x 4 bytes, checked in tests/test_report.py).
 
-Read with ExecuTorch's own deserializer, in the parent process (it imports torch; the measuring
-children never do).
+Read with ExecuTorch's own deserializer, in the parent process (it imports torch, inside
+read_planned_memory only; the measuring children never do). A module of its own because it is the
+report's one reader of the program's internals; the record it returns is schema.PlannedMemory.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from etlora.export.errors import BundleError
-
-METHOD = "forward"
+from etlora.report.schema import METHOD, PlannedMemory
 
 # ExecuTorch ScalarType name -> bytes per element (the dtypes an etlora program plans).
 _ELEMENT_BYTES = {
     "BYTE": 1, "CHAR": 1, "BOOL": 1, "SHORT": 2, "HALF": 2, "BFLOAT16": 2,
     "INT": 4, "FLOAT": 4, "LONG": 8, "DOUBLE": 8,
 }
-
-
-@dataclass(frozen=True)
-class PlannedMemory:
-    """What one session of a program holds beyond the shared foundation, as the program says."""
-
-    method: str
-    buffer_bytes: tuple[int, ...]  # non_const_buffer_sizes[1:] (index 0 is reserved, always 0)
-    kv_cache_bytes: int  # mutable buffers: the KV cache
-    kv_cache_tensors: int
-    planned_end_bytes: int  # largest offset + size of any planned tensor (<= planned_bytes)
-
-    @property
-    def planned_bytes(self) -> int:
-        return sum(self.buffer_bytes)
-
-    @property
-    def activation_bytes(self) -> int:
-        return self.planned_bytes - self.kv_cache_bytes
 
 
 def _tensor_bytes(tensor) -> int:

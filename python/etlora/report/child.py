@@ -1,13 +1,13 @@
 """The measuring processes of `etlora report`: load a bundle step by step, print the figures as JSON.
 
-Run by `etlora.report_measure` in fresh interpreters, so that nothing the parent loaded is counted:
+Run by measure.py in fresh interpreters, so that nothing the parent loaded is counted:
 
-    python -m etlora.report_child sessions BUNDLE --adapters a,b,c [--generate]
+    python -m etlora.report.child sessions BUNDLE --adapters a,b,c [--generate]
         two foundation-only sessions (per-session state), then one more session per adapter
         (adapter cost), then the first session switching through the adapters
-    python -m etlora.report_child grow BUNDLE --adapters a,b,c --counts 1,2,4,8
+    python -m etlora.report.child grow BUNDLE --adapters a,b,c --counts 1,2,4,8
         sessions cycling through the adapters; a step at each count
-    python -m etlora.report_child hold BUNDLE [--adapter a]
+    python -m etlora.report.child hold BUNDLE [--adapter a]
         one session, one forward; prints its steps, then stays alive until stdin closes, so that
         the parent can read /proc/PID/smaps beside a second process
 
@@ -15,7 +15,9 @@ Every session runs one forward with its adapters active before a step is taken: 
 planned memory is zero-filled at load, but adapter .ptd pages are mmapped and only pages that a
 forward touched are resident. `--load-options JSON` is passed to every `etlora.load` (see
 `open_session`). The last stdout line of a step-taking mode is
-{"steps": [{"name", "rss", "pss", "private", "shared", "regions": {region: {"rss", "pss"}}}], "notes": [...]}.
+{"steps": [{"name", "rss", "pss", "private", "shared", "regions": {region: {"rss", "pss"}}}], "notes": [...]}
+(schema.Step.to_dict's keys; REGIONS are schema's). It imports only the runtime and the standard
+library besides schema.py, and never torch: whatever it imports is in every figure it prints.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import os
 import sys
 from pathlib import Path
 
+from etlora.report.schema import REGIONS
+
 PROMPT = "Write one sentence about the sea."
 GENERATE_TOKENS = 16
 FORWARD_TOKENS = [1, 2, 3, 4, 5, 6, 7, 8]
-REGIONS = ("foundation_file", "adapter_files", "program_file", "packed_cache_file", "anonymous", "other")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def hold(bundle: str, adapter: str | None, load_options: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m etlora.report_child")
+    parser = argparse.ArgumentParser(prog="python -m etlora.report.child")
     parser.add_argument("mode", choices=["sessions", "grow", "hold"])
     parser.add_argument("bundle")
     parser.add_argument("--adapters", default="")

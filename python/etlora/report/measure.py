@@ -1,9 +1,10 @@
-"""Running the measuring processes of `etlora report` (etlora/report_child.py) and reading their figures.
+"""Running the measuring processes of `etlora report` (child.py) and reading their figures.
 
 Every figure comes from a fresh child interpreter: nothing the parent loaded (torch, the naive
-export) is counted. Steps are `Step`s: RSS/PSS/private/shared bytes and RSS/PSS per region
-(foundation.ptd mapping, adapter .ptd mappings, model.pte, a packed-weight cache file,
-anonymous memory, everything else).
+export) is counted. The child prints JSON; this module turns it into schema.Step records
+(RSS/PSS/private/shared bytes and RSS/PSS per region: foundation.ptd mapping, adapter .ptd
+mappings, model.pte, a packed-weight cache file, anonymous memory, everything else), and records
+what machine they were taken on.
 """
 
 from __future__ import annotations
@@ -14,62 +15,18 @@ import platform
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from etlora.export.errors import EtloraError
-from etlora.report_child import cache_paths_of, read_memory
+from etlora.report.child import cache_paths_of, read_memory
+from etlora.report.schema import NaiveProcess, ProcessPair, Step
 
-CHILD = [sys.executable, "-m", "etlora.report_child"]
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    rss: int
-    pss: int
-    private: int
-    shared: int
-    regions: dict  # region -> {"rss": bytes, "pss": bytes}
-
-    def region(self, name: str, figure: str = "rss") -> int:
-        return self.regions.get(name, {}).get(figure, 0)
-
-
-@dataclass(frozen=True)
-class ProcessPair:
-    """Two processes on one bundle: the first alone, then both alive (read by the parent)."""
-
-    alone: Step
-    first: Step
-    second: Step
-
-    @property
-    def pss_sum(self) -> int:
-        return self.first.pss + self.second.pss
-
-    @property
-    def second_process_pss(self) -> int:
-        """What starting the second process added to the machine (PSS of both minus one alone)."""
-        return self.pss_sum - self.alone.pss
-
-
-@dataclass(frozen=True)
-class NaiveProcess:
-    """One merged full model in its own process: idle runtime, then loaded with one forward."""
-
-    adapter: str
-    idle: Step
-    loaded: Step
-
-    @property
-    def model_pss(self) -> int:
-        return self.loaded.pss - self.idle.pss
+CHILD = [sys.executable, "-m", "etlora.report.child"]
 
 
 def _steps(payload: dict) -> tuple[list[Step], list[str]]:
-    return [Step(**step) for step in payload["steps"]], payload["notes"]
+    return [Step.from_dict(step) for step in payload["steps"]], payload["notes"]
 
 
 def _failure(what: str, returncode: int, stderr: str) -> EtloraError:
@@ -118,7 +75,7 @@ def measure_pair(bundle: Path, adapter: str | None, load_options: dict) -> Proce
         alone = first.steps[-1]
         second = _Held(bundle, adapter, load_options)
         try:
-            both = [Step(name=f"process {i} of 2", **read_memory(held.process.pid, cache_paths))
+            both = [Step.from_dict({"name": f"process {i} of 2", **read_memory(held.process.pid, cache_paths)})
                     for i, held in enumerate((first, second), start=1)]
         finally:
             second.close()

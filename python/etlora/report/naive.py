@@ -4,7 +4,8 @@ Each adapter's PEFT dir (manifest `source`) is merged into the foundation (PEFT 
 and exported foundation-only; the bundles are cached under <out>/naive_cache/<adapter>/ and
 reused while their stamp (foundation weights id, adapter sha256, max_seq_len) matches. A quantized
 bundle's naive models are quantized the same way (the fair comparison: one full model per adapter
-as it would ship).
+as it would ship). A module of its own because it is the only part of the report that needs
+transformers and peft (imported inside the functions that use them).
 """
 
 from __future__ import annotations

@@ -1,11 +1,17 @@
-"""report.md and report.png of `etlora report` (the figures come from etlora/report.py)."""
+"""report.md and report.png of `etlora report`: formatting only, every figure comes from a Report
+(figures.py), whether just measured or read back from report.json. It imports the schema, not the
+module that measures, so that rendering needs nothing but a Report.
+"""
 
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-from etlora.report import ADAPTER_COST_LIMIT, MB, Report
-from etlora.report_measure import Step
+from etlora.report.schema import ADAPTER_COST_LIMIT, MB, Step
+
+if TYPE_CHECKING:
+    from etlora.report.figures import Report
 
 
 def _mb(size: float) -> str:
