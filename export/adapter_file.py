@@ -8,7 +8,6 @@ fingerprint. Layout and keys: docs/bundle-format.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from .adapter_format import (
     PAGE_ALIGNMENT,
     AdapterDtype,
     AdapterFileContents,
+    ProgramSlots,
     read_adapter_ptd,
 )
 from .errors import AdapterError
@@ -35,19 +35,6 @@ __all__ = [  # the reader side is re-exported for callers that already import it
     "read_adapter_ptd", "write_adapter_ptd",
 ]
 _TORCH_DTYPES = {AdapterDtype.FP32: torch.float32, AdapterDtype.FP16: torch.float16}
-
-
-@dataclass(frozen=True)
-class ProgramSlots:
-    """What a program accepts from an adapter: its sites, their (in, out) sizes and the rank."""
-
-    sites: tuple[str, ...]
-    site_dims: tuple[tuple[int, int], ...]
-    max_rank: int
-    foundation_fingerprint: str
-
-    def dims(self, site: str) -> tuple[int, int]:
-        return self.site_dims[self.sites.index(site)]
 
 
 def _text_tensor(text: str) -> torch.Tensor:

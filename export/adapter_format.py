@@ -51,6 +51,19 @@ class AdapterDtype(Enum):
 
 
 @dataclass(frozen=True)
+class ProgramSlots:
+    """What a program accepts from an adapter: its sites, their (in, out) sizes and the rank."""
+
+    sites: tuple[str, ...]
+    site_dims: tuple[tuple[int, int], ...]
+    max_rank: int
+    foundation_fingerprint: str
+
+    def dims(self, site: str) -> tuple[int, int]:
+        return self.site_dims[self.sites.index(site)]
+
+
+@dataclass(frozen=True)
 class AdapterFileContents:
     """What an adapter .ptd holds, read back for inspection and checks."""
 
@@ -117,3 +130,33 @@ def read_adapter_ptd(path: Path) -> AdapterFileContents:
         scaling=float(arrays.pop(SCALING_KEY)[0]),
         tensors=arrays,
     )
+
+
+def check_adapter_for_program(contents: AdapterFileContents, slots: ProgramSlots, path: Path,
+                              program: str) -> None:
+    """The one check of an adapter file against a program, in the C++ runtime's order and words
+    (AdapterFile::check_for_program): same foundation, every site a slot, shapes at the rank."""
+    if contents.foundation_fingerprint != slots.foundation_fingerprint:
+        raise AdapterError(
+            f"adapter file {path} is for foundation {contents.foundation_fingerprint}, program "
+            f"{program} has foundation {slots.foundation_fingerprint}; hint: adapter made for "
+            "another foundation"
+        )
+    site_index = {site: i for i, site in enumerate(slots.sites)}
+    for key in sorted(contents.tensors):
+        site, is_a = key[: -len(".lora_a")], key.endswith(".lora_a")
+        if site not in site_index:
+            raise AdapterError(
+                f"adapter file {path} targets {site}, program {program} has no slot for it; hint: "
+                "export the program with target modules that include this layer"
+            )
+        in_features, out_features = slots.site_dims[site_index[site]]
+        rank = slots.max_rank
+        expected = (1, in_features, rank) if is_a else (1, rank, out_features)
+        received = tuple(contents.tensors[key].shape)
+        if received != expected:
+            raise AdapterError(
+                f"adapter file {path}: key {key} expected shape {list(expected)}, got {list(received)}; "
+                f"hint: the adapter rank must be padded to the program's max rank {rank} "
+                "(re-export the adapter for this program)"
+            )

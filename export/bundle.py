@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .adapter_file import AdapterDtype, ProgramSlots, padded_adapter_tensors, write_adapter_ptd
+from .adapter_file import AdapterDtype, padded_adapter_tensors, write_adapter_ptd
 from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
 from .errors import AdapterError, BundleError, EtloraError
 from .files import bundle_lock, staged_directory
@@ -179,15 +179,6 @@ def _write_tokenizer(foundation, staging: Path) -> tuple[list[str], TokenizerRec
     return written, TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{TOKENIZER_TEXT_FILE}")
 
 
-def bundle_slots(manifest: Manifest) -> ProgramSlots:
-    return ProgramSlots(
-        sites=tuple(manifest.program.sites),
-        site_dims=tuple(tuple(dims) for dims in manifest.program.site_dims),
-        max_rank=manifest.program.max_rank,
-        foundation_fingerprint=manifest.foundation.fingerprint,
-    )
-
-
 def add_adapter(
     bundle_dir: str | Path,
     name: str,
@@ -216,7 +207,7 @@ def _add_adapter_locked(
     shape = LlamaShape(**manifest.foundation.config)
     adapter = load_adapter(name, adapter_dir, shape)
     relative = _unreferenced_adapter_path(manifest, name)
-    write_adapter_ptd(adapter, bundle_slots(manifest), bundle_dir / relative, dtype)
+    write_adapter_ptd(adapter, manifest.program_slots(), bundle_dir / relative, dtype)
     replaced = manifest.adapters.get(name)
     files = {k: v for k, v in manifest.files.items() if not replaced or k != replaced.file}
     updated = replace(

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from .adapter_format import ProgramSlots
 from .errors import BundleError
 from .files import sha256_file, write_atomically
 from .quantization import QuantScheme
@@ -115,6 +116,15 @@ class Manifest:
 
     def write(self, bundle_dir: Path) -> None:
         write_atomically(Path(bundle_dir) / MANIFEST_NAME, self.to_json().encode())
+
+    def program_slots(self) -> ProgramSlots:
+        """What the bundle's program accepts from an adapter file (check_adapter_for_program)."""
+        return ProgramSlots(
+            sites=tuple(self.program.sites),
+            site_dims=tuple(tuple(dims) for dims in self.program.site_dims),
+            max_rank=self.program.max_rank,
+            foundation_fingerprint=self.foundation.fingerprint,
+        )
 
 
 def _parse(data: dict, path: Path) -> Manifest:

@@ -140,7 +140,7 @@ def test_corrupt_adapter_ptd(bundle_copy, fixture, message):
 
 def test_missing_adapter_file_at_load_time(bundle_copy):
     (bundle_copy / "adapters" / "legal.ptd").unlink()
-    with pytest.raises(BundleError, match=r"adapter 'legal': file .*legal\.ptd not found"):
+    with pytest.raises(BundleError, match=r"adapter 'legal': .*legal\.ptd not found"):
         etlora.load(bundle_copy, adapters={"legal": 1.0})
 
 
@@ -164,7 +164,7 @@ def test_adapter_ptd_from_another_foundation(bundle_copy, fixtures_dir):
         etlora.load(bundle_copy, adapters={"support": 1.0})
     from etlora.inspect_bundle import inspect_bundle
 
-    assert any("made for foundation ffffffffffff" in problem for problem in inspect_bundle(bundle_copy).problems)
+    assert any("is for foundation ffffffffffff" in problem for problem in inspect_bundle(bundle_copy).problems)
 
 
 def test_foundation_ptd_from_another_bundle(bundle_copy, tmp_path):

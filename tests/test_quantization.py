@@ -20,7 +20,7 @@ import etlora
 from etlora.export import BundleError, EtloraError, ExportOptions, export_bundle
 from etlora.export.adapter_file import padded_adapter_tensors
 from etlora.export.adapters import load_adapter
-from etlora.export.bundle import add_adapter, bundle_slots
+from etlora.export.bundle import add_adapter
 from etlora.export.foundation import load_foundation
 from etlora.export.manifest import read_manifest
 from etlora.export.program import build_model
@@ -69,7 +69,7 @@ def eager_logits(fixtures_dir, bundle, adapter: str | None) -> np.ndarray:
     spec = _program_spec(foundation.shape, loaded, options(quantization))
     model = build_model(foundation, spec)
     quantization.apply(model)
-    slots = bundle_slots(manifest)
+    slots = manifest.program_slots()
     active = load_adapter(adapter, fixtures_dir / adapter, foundation.shape) if adapter else None
     tensors = []
     for slot in range(spec.adapter_slots):

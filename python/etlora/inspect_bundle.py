@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from etlora.export.adapter_format import AdapterDtype, read_adapter_ptd
-from etlora.export.errors import BundleError
+from etlora.export.adapter_format import AdapterDtype, check_adapter_for_program, read_adapter_ptd
+from etlora.export.errors import AdapterError, BundleError
 from etlora.export.manifest import QuantizationRecord, read_manifest, verify_files
 
 
@@ -72,6 +72,7 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     problems = verify_files(bundle_dir, manifest)
+    slots = manifest.program_slots()
     for name, record in sorted(manifest.adapters.items()):
         path = bundle_dir / record.file
         if not path.is_file():
@@ -85,11 +86,10 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         known = {dtype.value: str(dtype.numpy_dtype) for dtype in AdapterDtype}
         if stored and stored != {known.get(record.dtype, record.dtype)}:
             problems.append(f"{path}: manifest says {record.dtype}, the file stores {sorted(stored)}")
-        if contents.foundation_fingerprint != manifest.foundation.fingerprint:
-            problems.append(
-                f"{path}: made for foundation {contents.foundation_fingerprint[:12]}, bundle "
-                f"foundation is {manifest.foundation.fingerprint[:12]} (file from another bundle?)"
-            )
+        try:
+            check_adapter_for_program(contents, slots, path, str(bundle_dir / manifest.program.file))
+        except AdapterError as error:
+            problems.append(str(error))
     roles = {manifest.program.file: "program", manifest.foundation.file: "foundation"}
     roles.update({record.file: "adapter" for record in manifest.adapters.values()})
     files = []

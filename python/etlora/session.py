@@ -7,6 +7,8 @@ shapes against the program, so a file that travels without its manifest is still
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -38,12 +40,19 @@ def _residency(value: PackedCacheResidency | str) -> PackedCacheResidency:
         raise EtloraError(f"packed_cache_residency: expected one of {choices}, got {value!r}") from None
 
 
+def _count(what: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EtloraError(f"{what}: expected an int >= 0 (0 = no limit), got {value!r}")
+    return value
+
+
 class Session:
     """One loaded program with its foundation; adapters switch without reloading either."""
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, packed_cache: bool = True,
                  cache_dir: str | Path | None = None,
-                 packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY):
+                 packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
+                 max_resident_adapters: int = 0):
         from etlora import _runtime
 
         self.bundle_dir = Path(bundle_dir)
@@ -62,6 +71,7 @@ class Session:
                 self._bundle.foundation_path,
                 packed_cache_path=str(packed_path) if packed_path else "",
                 packed_cache_residency=_residency(packed_cache_residency).value,
+                max_resident_adapters=_count("max_resident_adapters", max_resident_adapters),
             )
         except (ValueError, RuntimeError) as error:
             raise BundleError(str(error)) from None
@@ -80,6 +90,8 @@ class Session:
             )
         self._active: dict[str, float] = {}
         self._tokenizer = None
+        # The C++ reader's paths (as the runner's); a missing file is reported by the runtime.
+        self._adapter_paths = {name: self._bundle.adapter_path(name) for name in manifest.adapters}
 
     def _check_files_present(self) -> None:
         for name in (self.manifest.program.file, self.manifest.foundation.file):
@@ -106,31 +118,41 @@ class Session:
         return self._runtime.max_seq_len
 
     def set_adapters(self, adapters: Mapping[str, float] | None) -> None:
-        """Activate adapters by name with their strengths; {} or None runs the foundation alone."""
+        """Activate adapters by name with their strengths; {} or None runs the foundation alone.
+
+        An adapter's file is opened and checked the first time it is named; switching back to it
+        later only re-binds (SessionOptions in session.h). A failure leaves the active set unchanged.
+        """
         adapters = dict(adapters or {})
         slots = self.manifest.program.adapter_slots
         if len(adapters) > slots:
             raise EtloraError(
-                f"{len(adapters)} adapters requested, this program has {slots} adapter slot(s) "
-                "(hint: export with --adapter-slots N)"
+                f"{len(adapters)} adapters requested ({', '.join(adapters)}), this program has "
+                f"{slots} adapter slot(s) (hint: export with --adapter-slots {len(adapters)})"
             )
         paths = []
         for name, strength in adapters.items():
-            record = self.manifest.adapters.get(name)
-            if record is None:
+            path = self._adapter_paths.get(name)
+            if path is None:
                 raise EtloraError(
                     f"{self.bundle_dir}: no adapter named {name!r} (bundle has: "
                     f"{', '.join(sorted(self.manifest.adapters)) or 'none'})"
                 )
-            path = Path(self._bundle.adapter_path(name))  # the C++ reader's path, as the runner's
-            if not path.is_file():
-                raise BundleError(f"adapter {name!r}: file {path} not found (hint: bundle incomplete?)")
-            paths.append((str(path), float(strength)))
+            if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+                raise EtloraError(f"adapter {name!r}: strength must be a finite number, got {strength!r}")
+            paths.append((path, float(strength)))
         try:
             self._runtime.set_adapters(paths)
         except (ValueError, RuntimeError) as error:
-            raise BundleError(str(error)) from None
+            named = [name for name in adapters if self._adapter_paths[name] in str(error)]
+            raise BundleError(f"adapter {named[0]!r}: {error}" if named else str(error)) from None
         self._active = {name: float(strength) for name, strength in adapters.items()}
+
+    @property
+    def resident_adapters(self) -> list[str]:
+        """Names of the adapters whose files the runtime holds open, most recently bound first."""
+        by_path = {path: name for name, path in self._adapter_paths.items()}
+        return [by_path.get(path, path) for path in self._runtime.resident_adapters]
 
     def forward(self, token_ids: Sequence[int], start_pos: int) -> np.ndarray:
         """Append tokens at `start_pos` to the KV cache; logits of the last one, float32 [vocab]."""
@@ -206,7 +228,8 @@ class Session:
 
 def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
          packed_cache: bool = True, cache_dir: str | Path | None = None,
-         packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY) -> Session:
+         packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
+         max_resident_adapters: int = 0) -> Session:
     """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`.
 
     packed_cache: keep XNNPACK's packed foundation weights in a file so that later starts map them
@@ -214,8 +237,11 @@ def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
     An unwritable folder turns it off with one warning. `session.packed_cache` says what happened.
     packed_cache_residency: "copy" (default) moves the weights into private memory after the load,
     "map" keeps the file mapped (see PackedCacheResidency).
+    max_resident_adapters: how many adapter files stay open (mapped, checked) for a fast switch
+    back; beyond it the least recently used ones are closed and their pages unmapped. 0 = no limit.
     """
     session = Session(bundle_dir, read_manifest(bundle_dir), packed_cache=packed_cache,
-                      cache_dir=cache_dir, packed_cache_residency=packed_cache_residency)
+                      cache_dir=cache_dir, packed_cache_residency=packed_cache_residency,
+                      max_resident_adapters=max_resident_adapters)
     session.set_adapters(adapters)
     return session

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <sstream>
+#include <unordered_map>
 
 #include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/flat_tensor/flat_tensor_data_map.h>
@@ -227,9 +228,64 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open_checked(const std
                       " entry: expected an etlora adapter file; hint: a .ptd of another tool, "
                       "or a foundation.ptd, is not an adapter");
   }
+  for (const auto& [name, tensor] : file->tensors_) {
+    const bool is_a = ends_with(name, ".lora_a");
+    const std::string partner = name.substr(0, name.size() - 7) + (is_a ? ".lora_b" : ".lora_a");
+    if (!file->tensors_.count(partner)) {
+      return Status(StatusCode::kInvalidArgument,
+                    "adapter file " + path + " has " + name + " but no " + partner +
+                        "; hint: the file is incomplete, re-export it");
+    }
+  }
   std::shared_ptr<const AdapterFile> shared(file.release());
   cache()[key] = shared;
   return shared;
+}
+
+int64_t AdapterFile::tensor_bytes() const {
+  int64_t total = 0;
+  for (const auto& [name, tensor] : tensors_) {
+    int64_t count = 1;
+    for (int32_t size : tensor.sizes) count *= size;
+    total += count * static_cast<int64_t>(sizeof(float));
+  }
+  return total;
+}
+
+Status AdapterFile::check_for_program(const ProgramInfo& program,
+                                      const std::string& program_path) const {
+  if (fingerprint_ != program.foundation_fingerprint) {
+    return Status(StatusCode::kIncompatible,
+                  "adapter file " + path_ + " is for foundation " + printable(fingerprint_) +
+                      ", program " + program_path + " has foundation " +
+                      program.foundation_fingerprint + "; hint: adapter made for another foundation");
+  }
+  std::unordered_map<std::string, size_t> site_index;
+  for (size_t i = 0; i < program.sites.size(); ++i) site_index.emplace(program.sites[i], i);
+  for (const auto& [key, tensor] : tensors_) {
+    const bool is_a = ends_with(key, ".lora_a");
+    const std::string site = key.substr(0, key.size() - 7);
+    const auto found = site_index.find(site);
+    if (found == site_index.end()) {
+      return Status(StatusCode::kIncompatible,
+                    "adapter file " + path_ + " targets " + site + ", program " + program_path +
+                        " has no slot for it; hint: export the program with target modules "
+                        "that include this layer");
+    }
+    const auto [in, out] = program.site_shapes[found->second];
+    const int64_t rank = program.max_rank;
+    const std::vector<int64_t> expected =
+        is_a ? std::vector<int64_t>{1, in, rank} : std::vector<int64_t>{1, rank, out};
+    const std::vector<int64_t> received(tensor.sizes.begin(), tensor.sizes.end());
+    if (received != expected) {
+      return Status(StatusCode::kIncompatible,
+                    "adapter file " + path_ + ": key " + key + " expected shape " +
+                        shape_text(expected) + ", got " + shape_text(received) +
+                        "; hint: the adapter rank must be padded to the program's max rank " +
+                        std::to_string(rank) + " (re-export the adapter for this program)");
+    }
+  }
+  return Status::ok_status();
 }
 
 }  // namespace etlora

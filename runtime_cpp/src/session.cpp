@@ -189,6 +189,33 @@ StatusOr<std::string> read_foundation_weights_id(const std::string& program_path
   return read_weights_id(module, program_path, *fingerprint);
 }
 
+// An adapter file opened, checked against the program and turned into the
+// 2 * sites method inputs it binds to any slot: checked once, bound many times.
+struct OpenAdapter {
+  std::shared_ptr<const AdapterFile> file;
+  std::vector<TensorPtr> inputs;  // lora_a, lora_b per site; absent sites over absent_rows
+  struct stat identity {};        // of the path when opened: a rewritten file is opened again
+  uint64_t last_used = 0;
+};
+
+namespace {
+
+TensorPtr adapter_input(const ProgramInfo& info, size_t site, bool lora_a, const float* data) {
+  const auto [in, out] = info.site_shapes[site];
+  const int32_t rank = static_cast<int32_t>(info.max_rank);
+  std::vector<int32_t> sizes = lora_a ? std::vector<int32_t>{1, int32_t(in), rank}
+                                      : std::vector<int32_t>{1, rank, int32_t(out)};
+  // ExecuTorch never writes method inputs it is given for reading.
+  return make_tensor_ptr(std::move(sizes), const_cast<float*>(data), ScalarType::Float);
+}
+
+bool same_file(const struct stat& a, const struct stat& b) {
+  return a.st_ino == b.st_ino && a.st_dev == b.st_dev && a.st_size == b.st_size &&
+         a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec;
+}
+
+}  // namespace
+
 struct Session::Impl {
   // Declared first so it is released last, after the module's delegates.
   std::unique_ptr<PackedFileUse> packed_file;
@@ -201,9 +228,13 @@ struct Session::Impl {
   std::vector<float> scales;
   const float* absent_rows = nullptr;  // bound to every slot/site without an adapter
   std::vector<float> zeros;  // backs absent_rows when the shared zero region is too small
-  std::vector<TensorPtr> adapter_inputs;  // TensorPtrs over files or zeros
-  std::vector<std::shared_ptr<const AdapterFile>> files;  // keep mappings alive
-  std::unordered_map<std::string, size_t> site_index;
+  TensorPtr scales_input;                 // over `scales`, bound once
+  std::vector<TensorPtr> empty_slot;      // 2 per site, all over absent_rows
+  // Adapters this Session has opened and checked, by the path it was given.
+  std::unordered_map<std::string, OpenAdapter> open_adapters;
+  std::vector<const OpenAdapter*> bound;  // per slot; nullptr = empty slot
+  uint64_t use_clock = 0;
+  size_t max_resident_adapters = 0;           // 0 = no limit
   size_t memory_planned_inputs = 0;
 };
 
@@ -328,7 +359,6 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   size_t largest_site = 0;
   for (size_t i = 0; i < info.sites.size(); ++i) {
     info.site_shapes.emplace_back((*shapes)[2 * i], (*shapes)[2 * i + 1]);
-    impl.site_index[info.sites[i]] = i;
     largest_site = std::max<size_t>(largest_site, std::max((*shapes)[2 * i], (*shapes)[2 * i + 1]));
   }
   // A foundation-only program (no sites) has rank 0; any program with sites needs a rank.
@@ -372,7 +402,15 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
     impl.zeros.assign(largest_site * info.max_rank, 0.0f);
     impl.absent_rows = impl.zeros.data();
   }
-  Status no_adapters = session->set_adapters({});
+  impl.max_resident_adapters = options.max_resident_adapters;
+  impl.scales_input = make_tensor_ptr({static_cast<int32_t>(info.adapter_slots)},
+                                      impl.scales.data(), ScalarType::Float);
+  for (size_t i = 0; i < info.sites.size(); ++i) {
+    impl.empty_slot.push_back(adapter_input(info, i, /*lora_a=*/true, impl.absent_rows));
+    impl.empty_slot.push_back(adapter_input(info, i, /*lora_a=*/false, impl.absent_rows));
+  }
+  impl.bound.assign(info.adapter_slots, nullptr);
+  Status no_adapters = session->bind_all();
   if (!no_adapters.ok()) return no_adapters;
   if (impl.packed_file) session->packed_cache_ = impl.packed_file->settle();
   session->load_anon_bytes_ = read_rss().anon - anon_before;
@@ -383,103 +421,152 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   return session;
 }
 
+
+StatusOr<OpenAdapter*> Session::open_adapter(const std::string& path) {
+  Impl& impl = *impl_;
+  struct stat identity {};
+  const bool exists = ::stat(path.c_str(), &identity) == 0;
+  auto found = impl.open_adapters.find(path);
+  if (found != impl.open_adapters.end() && exists && same_file(found->second.identity, identity)) {
+    return &found->second;
+  }
+  auto opened = AdapterFile::open(path);
+  if (!opened.ok()) return opened.status();
+  if (Status fits = (*opened)->check_for_program(info_, program_path_); !fits.ok()) return fits;
+  OpenAdapter adapter;
+  adapter.file = *opened;
+  adapter.identity = identity;
+  for (size_t i = 0; i < info_.sites.size(); ++i) {
+    for (const char* suffix : {".lora_a", ".lora_b"}) {
+      auto tensor = adapter.file->tensors().find(info_.sites[i] + suffix);
+      const float* data = tensor == adapter.file->tensors().end() ? impl.absent_rows
+                                                                   : tensor->second.data;
+      adapter.inputs.push_back(adapter_input(info_, i, suffix[6] == 'a', data));
+    }
+  }
+  if (found != impl.open_adapters.end()) {
+    // The file at this path changed since it was opened. If a slot still binds
+    // the old one, keep it alive under another key until it is unbound.
+    // (extract keeps the element where it is, so the slot's pointer stays valid).
+    const bool still_bound =
+        std::find(impl.bound.begin(), impl.bound.end(), &found->second) != impl.bound.end();
+    auto node = impl.open_adapters.extract(found);
+    if (still_bound) {
+      node.key() = path + "\n(replaced " + std::to_string(++impl.use_clock) + ")";
+      impl.open_adapters.insert(std::move(node));
+    }
+  }
+  return &(impl.open_adapters[path] = std::move(adapter));
+}
+
 Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
   Impl& impl = *impl_;
-  const size_t num_sites = info_.sites.size();
-  const int64_t rank = info_.max_rank;
   if (static_cast<int64_t>(adapters.size()) > info_.adapter_slots) {
     return Status(StatusCode::kInvalidArgument,
                   std::to_string(adapters.size()) + " adapters given, program " + program_path_ +
                       " has " + std::to_string(info_.adapter_slots) +
                       " adapter slot(s); hint: export with more adapter slots");
   }
-
-  // Check everything first so that a bad file leaves the session unchanged.
-  std::vector<std::shared_ptr<const AdapterFile>> files;
+  // Open and check everything first so that a bad choice leaves the session unchanged.
+  std::vector<OpenAdapter*> chosen;
   for (const AdapterChoice& choice : adapters) {
     if (!std::isfinite(choice.strength)) {
       return Status(StatusCode::kInvalidArgument,
-                    "adapter " + choice.path + ": strength must be a finite number");
+                    "adapter " + choice.path + ": strength must be a finite number, got " +
+                        std::to_string(choice.strength));
     }
-    auto opened = AdapterFile::open(choice.path);
-    if (!opened.ok()) return opened.status();
-    const AdapterFile& file = **opened;
-    if (file.foundation_fingerprint() != info_.foundation_fingerprint) {
-      return Status(StatusCode::kIncompatible,
-                    "adapter file " + file.path() + " is for foundation " +
-                        printable(file.foundation_fingerprint()) + ", program " + program_path_ +
-                        " has foundation " + info_.foundation_fingerprint +
-                        "; hint: adapter made for another foundation");
-    }
-    for (const auto& [key, tensor] : file.tensors()) {
-      const bool is_a = key.size() > 7 && key.compare(key.size() - 7, 7, ".lora_a") == 0;
-      const std::string site = key.substr(0, key.size() - 7);
-      auto found = impl.site_index.find(site);
-      if (found == impl.site_index.end()) {
-        return Status(StatusCode::kIncompatible,
-                      "adapter file " + file.path() + " targets " + site + ", program " +
-                          program_path_ + " has no slot for it; hint: export the program with "
-                          "target modules that include this layer");
-      }
-      const auto [in, out] = info_.site_shapes[found->second];
-      const std::vector<int64_t> expected =
-          is_a ? std::vector<int64_t>{1, in, rank} : std::vector<int64_t>{1, rank, out};
-      const std::vector<int64_t> received(tensor.sizes.begin(), tensor.sizes.end());
-      if (received != expected) {
-        return Status(StatusCode::kIncompatible,
-                      "adapter file " + file.path() + ": key " + key + " expected shape " +
-                          shape_text(expected) + ", got " + shape_text(received) +
-                          "; hint: the adapter rank must be padded to the program's max rank " +
-                          std::to_string(rank) + " (re-export the adapter for this program)");
-      }
-      const std::string partner = site + (is_a ? ".lora_b" : ".lora_a");
-      if (!file.tensors().count(partner)) {
+    auto adapter = open_adapter(choice.path);
+    if (!adapter.ok()) return adapter.status();
+    for (size_t j = 0; j < chosen.size(); ++j) {
+      if (chosen[j]->file == (*adapter)->file) {
         return Status(StatusCode::kInvalidArgument,
-                      "adapter file " + file.path() + " has " + key + " but no " + partner +
-                          "; hint: the file is incomplete, re-export it");
+                      "adapter " + choice.path + " is given twice (as " + adapters[j].path +
+                          " too); hint: one slot per adapter, add the strengths instead");
       }
     }
-    files.push_back(*opened);
+    chosen.push_back(*adapter);
   }
-
-  // Bind: scales, then lora_a/lora_b per slot per site (bundle-format.md).
-  std::vector<TensorPtr> inputs;
-  inputs.push_back(make_tensor_ptr({static_cast<int32_t>(info_.adapter_slots)},
-                                   impl.scales.data(), ScalarType::Float));
-  std::vector<float> scales(impl.scales.size(), 0.0f);
+  // Bind: only slots whose adapter changed get their inputs re-pointed.
+  std::vector<const OpenAdapter*> previous = impl.bound;
   for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
-    const AdapterFile* file = slot < static_cast<int64_t>(files.size()) ? files[slot].get() : nullptr;
-    if (file) scales[slot] = adapters[slot].strength * file->scaling();
-    for (size_t i = 0; i < num_sites; ++i) {
-      const auto [in, out] = info_.site_shapes[i];
-      for (const char* suffix : {".lora_a", ".lora_b"}) {
-        const bool is_a = suffix[6] == 'a';
-        void* data = const_cast<float*>(impl.absent_rows);
-        if (file) {
-          auto it = file->tensors().find(info_.sites[i] + suffix);
-          // ExecuTorch never writes method inputs it is given for reading.
-          if (it != file->tensors().end()) data = const_cast<float*>(it->second.data);
-        }
-        std::vector<int32_t> sizes = is_a ? std::vector<int32_t>{1, int32_t(in), int32_t(rank)}
-                                          : std::vector<int32_t>{1, int32_t(rank), int32_t(out)};
-        inputs.push_back(make_tensor_ptr(std::move(sizes), data, ScalarType::Float));
+    const OpenAdapter* adapter = slot < static_cast<int64_t>(chosen.size()) ? chosen[slot] : nullptr;
+    impl.scales[slot] = adapter ? adapters[slot].strength * adapter->file->scaling() : 0.0f;
+    impl.bound[slot] = adapter;
+    if (adapter) chosen[slot]->last_used = ++impl.use_clock;
+  }
+  Status bound = bind_slots(previous);
+  if (!bound.ok()) return bound;
+  active_.assign(adapters.begin(), adapters.end());
+  close_unused_adapters();
+  return Status::ok_status();
+}
+
+Status Session::bind_all() {
+  std::vector<const OpenAdapter*> nothing_bound(impl_->bound.size(),
+                                                reinterpret_cast<const OpenAdapter*>(1));
+  if (Error err = impl_->module->set_input("forward", *impl_->scales_input, kScalesInput);
+      err != Error::Ok) {
+    return Status(StatusCode::kRuntimeError,
+                  "program " + program_path_ + ": ExecuTorch refused the adapter scales input (" +
+                      error_name(err) + "); hint: the program's input layout differs from its "
+                      "constant methods");
+  }
+  return bind_slots(nothing_bound);
+}
+
+Status Session::bind_slots(const std::vector<const OpenAdapter*>& previous) {
+  Impl& impl = *impl_;
+  const size_t per_slot = 2 * info_.sites.size();
+  for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
+    if (previous[slot] == impl.bound[slot]) continue;
+    const std::vector<TensorPtr>& inputs =
+        impl.bound[slot] ? impl.bound[slot]->inputs : impl.empty_slot;
+    for (size_t k = 0; k < per_slot; ++k) {
+      const size_t index = kFirstAdapterInput + slot * per_slot + k;
+      if (Error err = impl.module->set_input("forward", *inputs[k], index); err != Error::Ok) {
+        return Status(StatusCode::kRuntimeError,
+                      "program " + program_path_ + ": ExecuTorch refused adapter input " +
+                          std::to_string(index) + " (" + error_name(err) +
+                          "); hint: the program's input layout differs from its constant methods");
       }
     }
   }
-  std::copy(scales.begin(), scales.end(), impl.scales.begin());
-  for (size_t k = 0; k < inputs.size(); ++k) {
-    const size_t index = kScalesInput + k;
-    if (Error err = impl.module->set_input("forward", *inputs[k], index); err != Error::Ok) {
-      return Status(StatusCode::kRuntimeError,
-                    "program " + program_path_ + ": ExecuTorch refused adapter input " +
-                        std::to_string(index) + " (" + error_name(err) +
-                        "); hint: the program's input layout differs from its constant methods");
-    }
-  }
-  impl.adapter_inputs = std::move(inputs);
-  impl.files = std::move(files);
-  active_.assign(adapters.begin(), adapters.end());
   return Status::ok_status();
+}
+
+void Session::close_unused_adapters() {
+  Impl& impl = *impl_;
+  auto is_bound = [&](const OpenAdapter* adapter) {
+    return std::find(impl.bound.begin(), impl.bound.end(), adapter) != impl.bound.end();
+  };
+  // Entries kept only because a slot bound a file since replaced on disk.
+  for (auto it = impl.open_adapters.begin(); it != impl.open_adapters.end();) {
+    const bool stale = it->first.find('\n') != std::string::npos;
+    it = stale && !is_bound(&it->second) ? impl.open_adapters.erase(it) : std::next(it);
+  }
+  if (impl.max_resident_adapters == 0) return;
+  while (impl.open_adapters.size() > impl.max_resident_adapters) {
+    auto oldest = impl.open_adapters.end();
+    for (auto it = impl.open_adapters.begin(); it != impl.open_adapters.end(); ++it) {
+      if (is_bound(&it->second)) continue;
+      if (oldest == impl.open_adapters.end() || it->second.last_used < oldest->second.last_used) {
+        oldest = it;
+      }
+    }
+    if (oldest == impl.open_adapters.end()) return;  // every open adapter is bound
+    impl.open_adapters.erase(oldest);  // unmaps the file unless another Session holds it
+  }
+}
+
+std::vector<std::string> Session::resident_adapter_paths() const {
+  std::vector<std::pair<uint64_t, std::string>> by_use;
+  for (const auto& [path, adapter] : impl_->open_adapters) {
+    if (path.find('\n') == std::string::npos) by_use.emplace_back(adapter.last_used, path);
+  }
+  std::sort(by_use.rbegin(), by_use.rend());
+  std::vector<std::string> paths;
+  for (auto& [used, path] : by_use) paths.push_back(std::move(path));
+  return paths;
 }
 
 StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens,

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <etlora/program_info.h>
 #include <etlora/status.h>
 
 namespace etlora {
@@ -34,8 +35,21 @@ class AdapterFile {
   // True when the file stores float16 and tensors() are float32 copies.
   bool widened_from_fp16() const { return !widened_.empty(); }
 
-  // "<site>.lora_a" / "<site>.lora_b" entries, by key (metadata excluded).
+  // "<site>.lora_a" / "<site>.lora_b" entries, by key (metadata excluded);
+  // open() guarantees every lora_a has its lora_b and the reverse.
   const std::map<std::string, AdapterTensor>& tensors() const { return tensors_; }
+
+  // The one check of an adapter against a program, in this order: the same
+  // foundation fingerprint, every site a slot of the program, every tensor
+  // [1, in, rank] / [1, rank, out] at the program's rank. Python's
+  // adapter_format.check_adapter_for_program applies the same rules in the same
+  // order (bundle-format.md, "Adapter against program"). Session checks a file
+  // once, when it first opens it; binding it later checks nothing again.
+  Status check_for_program(const ProgramInfo& program, const std::string& program_path) const;
+
+  // Bytes of float32 weights the runtime reads from this file (mapped pages,
+  // or widened copies for fp16 files): what keeping it open costs at most.
+  int64_t tensor_bytes() const;
 
   ~AdapterFile();
 

@@ -11,26 +11,11 @@
 #include <vector>
 
 #include <etlora/adapter_file.h>
+#include <etlora/program_info.h>
 #include <etlora/packed_cache.h>
 #include <etlora/status.h>
 
 namespace etlora {
-
-// The format version this runtime reads.
-constexpr int64_t kFormatVersion = 2;
-
-// What the program's constant methods say about its input layout.
-struct ProgramInfo {
-  int64_t format_version = 0;
-  std::string foundation_fingerprint;   // of the float checkpoint: adapter files must match it
-  std::string foundation_weights_id;    // the foundation as stored (fp32 or quantized): names the packed file
-  std::vector<std::string> sites;               // in input order
-  std::vector<std::pair<int64_t, int64_t>> site_shapes;  // (in, out) per site
-  int64_t max_rank = 0;
-  int64_t adapter_slots = 0;
-  int64_t max_seq_len = 0;
-  int64_t vocab_size = 0;
-};
 
 // The XNNPACK weight cache. XNNPACK packs each delegated weight once per
 // named-data key; with the cache on, every Session of the same foundation.ptd
@@ -73,7 +58,13 @@ struct SessionOptions {
   // copy in memory (default, faster decode where mapped pages read slower) or
   // the file's mapping.
   PackedCacheResidency packed_cache_residency = PackedCacheResidency::kCopy;
+  // How many adapter files the Session keeps open (mapped and checked) for a
+  // fast switch back; beyond it the least recently bound unbound ones are
+  // closed, which unmaps their pages. 0 = keep every adapter ever opened.
+  size_t max_resident_adapters = 0;
 };
+
+struct OpenAdapter;  // session.cpp: an adapter file checked against this program
 
 // An adapter to activate: its file and how strongly to apply it.
 struct AdapterChoice {
@@ -93,10 +84,18 @@ class Session {
   const std::string& program_path() const { return program_path_; }
 
   // Points the adapter inputs of `forward` at these files (at most
-  // adapter_slots; the remaining slots get zeros and scale 0). Checks every
-  // file fully before changing anything, so a failure leaves the previous
-  // adapters active. Never reloads the program or the foundation.
+  // adapter_slots; the remaining slots get zeros and scale 0). A file is
+  // opened and checked against the program (AdapterFile::check_for_program)
+  // the first time it is named; later calls only re-point the inputs of the
+  // slots that changed. Everything is checked before anything changes, so a
+  // failure leaves the previous adapters active. Never reloads the program or
+  // the foundation. The same file twice, or a strength that is not finite,
+  // is an error.
   Status set_adapters(const std::vector<AdapterChoice>& adapters);
+
+  // Paths of the adapter files this Session holds open, most recently bound
+  // first (SessionOptions::max_resident_adapters bounds how many).
+  std::vector<std::string> resident_adapter_paths() const;
 
   // Runs `tokens` at positions start_pos.. and returns the logits of the last
   // one (vocab_size floats). The KV cache keeps what earlier calls wrote.
@@ -128,6 +127,10 @@ class Session {
  private:
   struct Impl;  // ExecuTorch objects, kept out of this header
   Session();
+  StatusOr<OpenAdapter*> open_adapter(const std::string& path);
+  Status bind_all();
+  Status bind_slots(const std::vector<const OpenAdapter*>& previous);
+  void close_unused_adapters();
 
   std::string program_path_;
   ProgramInfo info_;
