@@ -67,7 +67,7 @@ def campaign(reader: str, seconds: int) -> dict:
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
     seeds = REPO / "tests" / "fuzz" / "corpus" / reader
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     result = subprocess.run(
         [str(binary), str(corpus), str(seeds), f"-max_total_time={seconds}", "-print_final_stats=1",
          f"-artifact_prefix={artifacts}/", "-timeout=10", "-rss_limit_mb=4096"],
@@ -82,7 +82,8 @@ def campaign(reader: str, seconds: int) -> dict:
         "executions": int(runs.group(1)) if runs else 0,
         "exit_code": result.returncode,
         "findings": sanitizer[:5],
-        "artifacts": sorted(p.name for p in artifacts.iterdir()),
+        # this campaign's findings only: inputs of earlier campaigns stay in the folder for study
+        "artifacts": sorted(p.name for p in artifacts.iterdir() if p.stat().st_mtime >= started_wall),
         "corpus_files": sum(1 for _ in corpus.iterdir()),
     }
 

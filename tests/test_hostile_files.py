@@ -83,3 +83,52 @@ def test_damaged_adapter_files_are_refused_not_crashed(bundle_copy, seed):
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert counts["refused"] + counts["loaded"] == count
     assert counts["refused"] >= count // 4, counts  # the mutations reach the metadata: many are refused
+
+
+FOUNDATION_CHILD = textwrap.dedent(
+    """
+    import json, random, sys
+    from pathlib import Path
+    from etlora import _runtime
+
+    bundle, seed, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    original = (bundle / "foundation.ptd").read_bytes()
+    target = bundle / "damaged.ptd"
+    rng = random.Random(seed)
+    refused, loaded, by_check = 0, 0, 0
+    for i in range(count):
+        data = bytearray(original)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        else:
+            flatbuffer_end = 8 + 40 + int.from_bytes(original[24:32], "little")  # header + flatbuffer
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(min(flatbuffer_end, len(data)))
+                data[at] ^= 1 << rng.randrange(8)
+        sys.stderr.write(f"{i}\\n")
+        sys.stderr.flush()
+        target.write_bytes(bytes(data))
+        try:
+            _runtime.Session(str(bundle / "model.pte"), str(target), packed_cache_path="")
+            loaded += 1
+        except (ValueError, RuntimeError) as error:
+            assert str(target) in str(error), str(error)
+            refused += 1
+            by_check += "not a valid FlatTensor" in str(error)
+    print(json.dumps({"refused": refused, "loaded": loaded, "by_check": by_check}))
+    """
+)
+
+
+def test_damaged_foundation_files_are_refused_not_crashed(bundle_copy):
+    """foundation.ptd gets the same bounds check as adapter files before ExecuTorch reads it."""
+    count = 80
+    result = subprocess.run(
+        [sys.executable, "-c", FOUNDATION_CHILD, str(bundle_copy), "3", str(count)],
+        capture_output=True, text=True, timeout=600,
+    )
+    last = result.stderr.strip().splitlines()[-1:] or ["(none)"]
+    assert result.returncode == 0, f"child died ({result.returncode}) at mutation {last[0]}\n{result.stderr[-2000:]}"
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["refused"] + counts["loaded"] == count
+    assert counts["by_check"] >= count // 5, counts  # the bounds check, not ExecuTorch, refused them

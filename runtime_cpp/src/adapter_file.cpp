@@ -147,7 +147,12 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open_checked(const std
     }
     auto layout = m.data_map->get_tensor_layout(name);
     auto data = m.data_map->get_data(name);
-    if (!layout.ok() || !data.ok()) {
+    if (!layout.ok()) {
+      return Status(StatusCode::kInvalidArgument,
+                    "adapter file " + path + ": entry " + name + " has no tensor layout (dtype, " +
+                        "sizes); hint: not written by etlora, or damaged");
+    }
+    if (!data.ok()) {
       return Status(StatusCode::kRuntimeError,
                     "adapter file " + path + ": cannot read entry " + name);
     }

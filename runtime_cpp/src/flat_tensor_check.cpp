@@ -9,6 +9,12 @@
 
 #include "format_util.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -123,7 +129,8 @@ size_t element_size(int8_t scalar_type) {
 
 }  // namespace
 
-Status check_flat_tensor(const void* bytes, size_t size, const std::string& path) {
+Status check_flat_tensor(const void* bytes, size_t size, const std::string& path,
+                         bool layouts_required) {
   const auto* data = static_cast<const uint8_t*>(bytes);
   auto refuse = [&](const std::string& why) {
     return Status(StatusCode::kInvalidArgument,
@@ -187,7 +194,9 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
       size_t table = 0;
       if (!walk.follow(first + 4 * size_t{i}, 4, table, what) || !walk.table(table, what.c_str())) return refuse(error);
       const int64_t key_at = walk.field(0, 4), index_at = walk.field(1, 4), layout_at = walk.field(2, 4);
-      if (key_at <= 0 || index_at < 0 || layout_at <= 0) return refuse(what + ": key or tensor layout missing");
+      if (key_at <= 0 || index_at < 0 || layout_at < 0 || (layout_at == 0 && layouts_required)) {
+        return refuse(what + ": key or tensor layout missing");
+      }
       const uint32_t segment_index = index_at ? read_at<uint32_t>(data, index_at) : 0;
       std::string key;
       if (!walk.string(key_at, key, what + ".key")) return refuse(error);
@@ -195,6 +204,7 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
       if (segment_index >= segments.size()) {
         return refuse(what + ": segment " + std::to_string(segment_index) + " of " + std::to_string(segments.size()));
       }
+      if (layout_at == 0) continue;  // an opaque blob (see layouts_required)
       size_t layout = 0;
       if (!walk.follow(layout_at, 4, layout, what) || !walk.table(layout, what.c_str())) return refuse(error);
       const int64_t type_at = walk.field(0, 1), sizes_at = walk.field(1, 4), order_at = walk.field(2, 4);
@@ -234,6 +244,34 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
     }
   }
   return Status::ok_status();
+}
+
+Status check_flat_tensor_file(const std::string& path, const std::string& what,
+                              bool layouts_required) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return Status(StatusCode::kNotFound,
+                  what + " " + path + " could not be opened (" + std::strerror(errno) + ")");
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status(StatusCode::kInvalidArgument, what + " " + path + ": expected a regular file");
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size == 0) {
+    ::close(fd);
+    return check_flat_tensor("", 0, what + " " + path, layouts_required);
+  }
+  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (mapped == MAP_FAILED) {
+    return Status(StatusCode::kRuntimeError,
+                  what + " " + path + " could not be memory-mapped (" + std::strerror(errno) + ")");
+  }
+  Status checked = check_flat_tensor(mapped, size, what + " " + path, layouts_required);
+  ::munmap(mapped, size);
+  return checked;
 }
 
 }  // namespace etlora

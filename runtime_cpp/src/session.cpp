@@ -23,6 +23,7 @@
 #include "etlora/kernels.h"
 #include "etlora/logging.h"
 #include "etlora/thread_pool.h"
+#include "flat_tensor_check.h"
 #include "format_util.h"
 #include "packed_file_use.h"
 
@@ -281,6 +282,13 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
     auto planned = PackedFileUse::plan(options.packed_cache_path, options.packed_cache_residency);
     if (!planned.ok()) return planned.status();
     impl.packed_file = std::move(*planned);
+  }
+  // Bounds before trust: ExecuTorch's FlatTensor reader follows the file's offsets unchecked.
+  // XNNPACK's packed blobs carry no tensor layout, so layouts are optional here.
+  if (Status checked = check_flat_tensor_file(foundation_path, "foundation file",
+                                              /*layouts_required=*/false);
+      !checked.ok()) {
+    return checked;
   }
   impl.module = std::make_unique<Module>(program_path, std::vector<std::string>{foundation_path},
                                          Module::LoadMode::Mmap);
