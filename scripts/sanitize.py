@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build-fuzz"
-READERS = ("adapter_file", "tokenizer_file", "packed_cache_file", "manifest")
+READERS = ("adapter_file", "foundation_file", "tokenizer_file", "packed_cache_file", "manifest")
 SANITIZER_OPTIONS = {
     "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",

@@ -127,6 +127,19 @@ size_t element_size(int8_t scalar_type) {
   }
 }
 
+// XNNPACK's named data: "<64 hex>" (content hash) with an optional "[a-z_]*" prefix ("scale_").
+bool is_blob_key(const std::string& key) {
+  if (key.size() < 64) return false;
+  const size_t prefix = key.size() - 64;
+  for (size_t i = 0; i < key.size(); ++i) {
+    const char c = key[i];
+    const bool ok = i < prefix ? ((c >= 'a' && c <= 'z') || c == '_')
+                               : ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
+    if (!ok) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Status check_flat_tensor(const void* bytes, size_t size, const std::string& path,
@@ -204,7 +217,14 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
       if (segment_index >= segments.size()) {
         return refuse(what + ": segment " + std::to_string(segment_index) + " of " + std::to_string(segments.size()));
       }
-      if (layout_at == 0) continue;  // an opaque blob (see layouts_required)
+      if (layout_at == 0) {
+        // An opaque blob. ExecuTorch asks for layouts of the program's named
+        // constants, so only blob-shaped keys may lack one.
+        if (!is_blob_key(key)) {
+          return refuse(what + ": no tensor layout, which only XNNPACK blobs ('[prefix_]<64 hex>') may lack");
+        }
+        continue;
+      }
       size_t layout = 0;
       if (!walk.follow(layout_at, 4, layout, what) || !walk.table(layout, what.c_str())) return refuse(error);
       const int64_t type_at = walk.field(0, 1), sizes_at = walk.field(1, 4), order_at = walk.field(2, 4);

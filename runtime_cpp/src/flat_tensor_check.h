@@ -13,9 +13,9 @@ namespace etlora {
 // each entry's bytes fit its segment. Otherwise an error naming `path`, the
 // part that is wrong and the sizes involved. Reads nothing outside [0, size).
 // Opaque entries without a tensor layout (XNNPACK's packed blobs in
-// foundation.ptd) pass only when `layouts_required` is false: ExecuTorch's
-// get_tensor_layout dereferences a missing layout, so readers that ask for
-// layouts (adapter files) must require them.
+// foundation.ptd, keyed "[prefix_]<64 hex>") pass only when `layouts_required`
+// is false: ExecuTorch's get_tensor_layout dereferences a missing layout, and it
+// asks for the layouts of named constants, so every other entry needs one.
 Status check_flat_tensor(const void* data, size_t size, const std::string& path,
                          bool layouts_required = true);
 
