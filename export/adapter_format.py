@@ -23,8 +23,9 @@ SCALING_KEY = "etlora.scaling"
 METADATA_KEYS = (FORMAT_VERSION_KEY, FINGERPRINT_KEY, SCALING_KEY)
 TENSOR_SUFFIXES = (".lora_a", ".lora_b")
 # Every tensor starts on its own page (the segment too, so file offsets are page-aligned): the
-# runtime maps each tensor separately, rounded out to whole pages, and a page shared by two tensors
-# would be mapped, and counted in RSS, twice. Adapter A/B sizes are mostly page multiples already.
+# runtime maps the file once and hands out pointers into it, so an adapter's RSS is the pages of
+# the tensors a forward reads, and a tensor never shares a page with the header or another tensor
+# (which also keeps every tensor aligned for the kernels' vector loads).
 PAGE_ALIGNMENT = 4096
 TENSOR_ALIGNMENT = PAGE_ALIGNMENT
 

@@ -7,9 +7,11 @@
 #include <cstring>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 
+#include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/flat_tensor/flat_tensor_data_map.h>
 #include <executorch/runtime/core/portable_type/half.h>
@@ -19,21 +21,26 @@
 
 namespace etlora {
 
+using executorch::extension::BufferDataLoader;
 using executorch::extension::FlatTensorDataMap;
 using executorch::extension::MmapDataLoader;
 using executorch::runtime::FreeableBuffer;
 using executorch::aten::ScalarType;
 
 struct AdapterFile::Mapping {
-  std::unique_ptr<MmapDataLoader> loader;  // must outlive data_map
+  std::unique_ptr<MmapDataLoader> loader;  // owns the file descriptor
+  std::optional<FreeableBuffer> whole;     // the file, mapped read-only once
+  std::unique_ptr<BufferDataLoader> buffer;  // over `whole`; must outlive data_map
   std::unique_ptr<FlatTensorDataMap> data_map;
-  std::vector<FreeableBuffer> buffers;     // keep the loaded segments mapped
+  std::vector<FreeableBuffer> buffers;     // views into `whole` (nothing to free)
 };
 
 AdapterFile::~AdapterFile() {
   if (mapping_) {
     mapping_->buffers.clear();
     mapping_->data_map.reset();
+    mapping_->buffer.reset();
+    mapping_->whole.reset();
   }
 }
 
@@ -95,24 +102,28 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open_checked(const std
                   "adapter file " + path + " could not be memory-mapped (" +
                       error_name(loader.error()) + ")");
   }
-  {
-    // Bounds before trust: ExecuTorch's reader follows the file's offsets unchecked.
-    using executorch::runtime::DataLoader;
-    auto whole = loader->load(0, static_cast<size_t>(st.st_size),
-                              DataLoader::SegmentInfo(DataLoader::SegmentInfo::Type::External));
-    if (!whole.ok()) {
-      return Status(StatusCode::kRuntimeError, "adapter file " + path + " could not be read (" +
-                                                   error_name(whole.error()) + ")");
-    }
-    Status checked = check_flat_tensor(whole->data(), whole->size(), "adapter file " + path);
-    if (!checked.ok()) return checked;
+  // One read-only mapping of the whole file: the bounds check runs on it, and
+  // ExecuTorch's reader then reads through a buffer loader over it, so every
+  // tensor is a pointer into this mapping (no mmap per tensor: a first open
+  // costs a few syscalls, not two per tensor).
+  using executorch::runtime::DataLoader;
+  auto whole = loader->load(0, static_cast<size_t>(st.st_size),
+                            DataLoader::SegmentInfo(DataLoader::SegmentInfo::Type::External));
+  if (!whole.ok()) {
+    return Status(StatusCode::kRuntimeError, "adapter file " + path + " could not be read (" +
+                                                 error_name(whole.error()) + ")");
   }
+  // Bounds before trust: ExecuTorch's reader follows the file's offsets unchecked.
+  Status checked = check_flat_tensor(whole->data(), whole->size(), "adapter file " + path);
+  if (!checked.ok()) return checked;
   std::unique_ptr<AdapterFile> file(new AdapterFile());
   file->path_ = path;
   file->mapping_ = std::make_unique<Mapping>();
   Mapping& m = *file->mapping_;
   m.loader = std::make_unique<MmapDataLoader>(std::move(*loader));
-  auto data_map = FlatTensorDataMap::load(m.loader.get());
+  m.whole.emplace(std::move(*whole));
+  m.buffer = std::make_unique<BufferDataLoader>(m.whole->data(), m.whole->size());
+  auto data_map = FlatTensorDataMap::load(m.buffer.get());
   if (!data_map.ok()) {
     return Status(StatusCode::kInvalidArgument,
                   "adapter file " + path + ": expected a FlatTensor (.ptd) file, reading it failed with " +
