@@ -12,7 +12,8 @@ from .manifest import Manifest, read_manifest, verify_files
 # The exporting half imports torch and ExecuTorch's exir; it loads on first use, so that the
 # runtime side (etlora.load reads manifests and errors from here) starts without torch.
 _LAZY = {"ExportOptions": ".bundle", "add_adapter": ".bundle", "export_bundle": ".bundle",
-         "remove_adapter": ".bundle", "Backend": ".program"}
+         "remove_adapter": ".bundle", "Backend": ".program", "BackendChoice": ".backend_choice",
+         "Soc": ".backend_choice"}
 
 
 def __getattr__(name: str):
@@ -24,6 +25,7 @@ def __getattr__(name: str):
 __all__ = [
     "AdapterError",
     "Backend",
+    "BackendChoice",
     "BundleError",
     "EtloraError",
     "ExportOptions",
@@ -32,5 +34,6 @@ __all__ = [
     "export_bundle",
     "read_manifest",
     "remove_adapter",
+    "Soc",
     "verify_files",
 ]

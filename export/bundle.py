@@ -14,15 +14,18 @@ from typing import Callable, ContextManager
 
 from .adapter_file import AdapterDtype, padded_adapter_tensors, write_adapter_ptd
 from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
+from .backend_choice import DEFAULT_SOC, BackendChoice, BackendDecision, Soc, decide_backend
 from .errors import AdapterError, BundleError, EtloraError
 from .files import bundle_lock, staged_directory
 from .foundation import config_summary, load_foundation
 from .manifest import (
     ADAPTER_DIR,
     FOUNDATION_FILE,
+    HTP_PROGRAM_FILE,
     PROGRAM_FILE,
     AdapterRecord,
     FileRecord,
+    HtpProgramRecord,
     QuantizationRecord,
     FoundationRecord,
     Manifest,
@@ -34,10 +37,15 @@ from .program import DERIVED_CONSTANTS, Backend, ProgramSpec, lower_program
 from .quantization import FoundationQuantization, module_patterns, sizes_by_pattern
 
 Step = Callable[[str], ContextManager]
+Log = Callable[[str], None]
 
 
 def _no_progress(_: str) -> ContextManager:
     return nullcontext()
+
+
+def _no_log(_: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,10 @@ class ExportOptions:
     target_modules: str | None = None  # "q_proj,v_proj" or "all-linear"; None = union of adapters
     adapter_slots: int = 1
     max_seq_len: int = 512
-    backend: Backend = Backend.XNNPACK
+    # model.pte (XNNPACK) always; an HTP program beside it for htp, and for auto when a usable
+    # QNN SDK is found (backend_choice.py).
+    backend: BackendChoice = BackendChoice.AUTO
+    soc: Soc = DEFAULT_SOC  # what the HTP program is compiled for
     quantization: FoundationQuantization = FoundationQuantization()  # adapters stay float
     adapter_dtype: AdapterDtype = AdapterDtype.FP32  # of the adapter files; the math is float32
 
@@ -84,7 +95,7 @@ def _program_spec(shape, adapters: list[LoraAdapter], options: ExportOptions) ->
         max_rank=max_rank,
         adapter_slots=options.adapter_slots,
         max_seq_len=options.max_seq_len,
-        backend=options.backend,
+        backend=Backend.XNNPACK,  # model.pte; the HTP program is built from the same spec
         quantization=options.quantization,
     )
 
@@ -95,8 +106,14 @@ def export_bundle(
     out_dir: str | Path,
     options: ExportOptions = ExportOptions(),
     step: Step = _no_progress,
+    log: Log = _no_log,
 ) -> Manifest:
+    """`log` receives one line saying which programs are built and why (e.g. 'backend auto:
+    xnnpack (no QNN SDK: QNN_SDK_ROOT not set)'); `--backend htp` without a usable SDK raises here,
+    before anything is loaded."""
     out_dir = Path(out_dir)
+    decision = decide_backend(options.backend, options.soc)
+    log(decision.line)
     with step("loading foundation"):
         foundation = load_foundation(model_path)
     with step("loading adapters"):
@@ -107,16 +124,33 @@ def export_bundle(
             padded_adapter_tensors(adapter, slots)
     with step("lowering program"):
         lowered = lower_program(foundation, spec)
+    htp = None
+    if decision.htp:
+        with step(f"lowering HTP program for {decision.soc.value}"):
+            htp = _lower_htp_program(foundation, spec, decision)
     with step("writing bundle"), staged_directory(out_dir) as staging:
         (staging / PROGRAM_FILE).write_bytes(lowered.program_bytes)
         (staging / FOUNDATION_FILE).write_bytes(lowered.foundation_bytes)
+        htp_files, htp_record = [], None
+        if htp is not None:
+            (staging / HTP_PROGRAM_FILE).write_bytes(htp.lowered.program_bytes)
+            htp_files = [HTP_PROGRAM_FILE]
+            htp_record = HtpProgramRecord(
+                file=HTP_PROGRAM_FILE,
+                soc=decision.soc.value,
+                qnn_sdk_version=decision.sdk.version_found,
+                chunk_len=htp.chunk_len,
+                cache_len=htp.cache_len,
+                foundation_in_context_bytes=htp.foundation_in_program_bytes,
+            )
         records = {}
         for adapter in adapters:
             relative = f"{ADAPTER_DIR}/{adapter.name}.ptd"
             write_adapter_ptd(adapter, slots, staging / relative, options.adapter_dtype)
             records[adapter.name] = adapter_record(adapter, relative, options.adapter_dtype)
         tokenizer_files, tokenizer = _write_tokenizer(foundation, staging)
-        files = [PROGRAM_FILE, FOUNDATION_FILE, *tokenizer_files, *(record.file for record in records.values())]
+        files = [PROGRAM_FILE, *htp_files, FOUNDATION_FILE, *tokenizer_files,
+                 *(record.file for record in records.values())]
         manifest = Manifest(
             program=ProgramRecord(
                 file=PROGRAM_FILE,
@@ -139,9 +173,22 @@ def export_bundle(
             files={name: FileRecord.of(staging / name) for name in files},
             adapters=records,
             tokenizer=tokenizer,
+            htp_program=htp_record,
         )
         manifest.write(staging)
     return manifest
+
+
+def _lower_htp_program(foundation, spec: ProgramSpec, decision: BackendDecision):
+    """The HTP program for decision.soc from the float checkpoint (fp16 on the HTP, whatever
+    --quantize says of model.pte), with model.pte's sites, rank and slots: one adapter file
+    serves both."""
+    from .htp_program import DEFAULT_CHUNK_LEN, HtpShape, lower_htp_shaped
+    from .qnn_lowering import qnn_htp_lowering
+
+    htp_spec = replace(spec, backend=Backend.HTP, quantization=FoundationQuantization())
+    shape = HtpShape(chunk_len=min(DEFAULT_CHUNK_LEN, spec.max_seq_len), cache_len=spec.max_seq_len)
+    return lower_htp_shaped(foundation, htp_spec, shape, qnn_htp_lowering(decision.soc, decision.sdk))
 
 
 def _quantization_record(foundation, spec: ProgramSpec, quantized_modules: tuple[str, ...]) -> QuantizationRecord:

@@ -1,10 +1,12 @@
 """Lowering the HTP-shaped graph (htp_model.py): static shapes, standard ops, foundation outside.
 
-No QNN SDK exists here, so XNNPACK stands in for the HTP backend: what this proves is that the
-graph a QNN partitioner would see exports with every shape fixed, with only ATen ops (no
-`etlora::` op, no in-place or index_put cache update), and that the lowered program computes
-the same logits as the eager model. The backend is spec.backend's partitioners (program.py);
-foundation constants are tagged by module path into foundation.ptd as for the CPU program.
+The same function lowers for ExecuTorch's QNN backend (qnn_lowering.py, which needs a QNN SDK)
+and, where no SDK exists, for XNNPACK as a stand-in: what the stand-in proves is that the graph
+a QNN partitioner would see exports with every shape fixed, with only ATen ops (no `etlora::`
+op, no in-place or index_put cache update), and that the lowered program computes the same
+logits as the eager model. Lowering itself is program.lower_exported, shared with the CPU
+program; for a backend that reads foundation.ptd, foundation constants are tagged by module
+path as for the CPU program.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from .errors import EtloraError
 from .foundation import Foundation
 from .htp_model import HtpLlama
 from .program import (
-    FOUNDATION_TAG,
     LoweredProgram,
+    Lowering,
     ProgramSpec,
     _constant_methods,
-    _foundation_paths,
-    _partitioners,
     build_model,
+    default_lowering,
+    foundation_tagger,
+    lower_exported,
+    with_external_constants,
 )
-from .quantization import foundation_path
 
 HTP_FORMAT_VERSION = 1  # 1: KV cache as inputs [L, kv_heads, C, D], new rows as outputs
 DEFAULT_CHUNK_LEN = 32
@@ -106,112 +109,69 @@ def check_standard_graph(program: ExportedProgram) -> list[str]:
 class LoweredHtpProgram:
     lowered: LoweredProgram
     aten_ops: tuple[str, ...]  # the exported graph's ops, before partitioning
-    delegates: int  # delegate calls (each a partition the backend runs as one piece)
-    delegated_ops: int  # call nodes inside them
-    undelegated_ops: tuple[str, ...]  # ops left to ExecuTorch's portable kernels
+    chunk_len: int
+    cache_len: int
+    # Foundation bytes the program carries itself (QNN context binaries hold their weights)
+    # instead of reading foundation.ptd; 0 when it shares foundation.ptd.
+    foundation_in_program_bytes: int
 
+    @property
+    def delegates(self) -> int:
+        return self.lowered.delegation.delegates
 
-def _tagger(foundation: Foundation):
-    """Module path -> FOUNDATION_TAG. Unlike lower_program there is no KV cache among the
-    constants (it is an input here), so every constant must be a foundation weight or table."""
-    paths = _foundation_paths(foundation)
+    @property
+    def delegated_ops(self) -> int:
+        return self.lowered.delegation.delegated_ops
 
-    def tag_by_path(path: str) -> str:
-        if foundation_path(path) not in paths:
-            raise EtloraError(f"constant {path} is not a foundation weight; refusing to place it in foundation.ptd")
-        return FOUNDATION_TAG
-
-    return tag_by_path
+    @property
+    def undelegated_ops(self) -> tuple[str, ...]:
+        return self.lowered.delegation.undelegated_ops
 
 
 def lower_htp_shaped(
-    foundation: Foundation, spec: ProgramSpec, htp: HtpShape = HtpShape()
+    foundation: Foundation, spec: ProgramSpec, htp: HtpShape = HtpShape(), lowering: Lowering | None = None
 ) -> LoweredHtpProgram:
-    """torch.export HtpLlama with static shapes, check it, tag the foundation, lower, serialize.
+    """torch.export HtpLlama with static shapes, check it, lower it (program.lower_exported).
 
-    With cache_len == spec.max_seq_len the foundation data is byte-identical to lower_program's
-    foundation.ptd (same weights, same RoPE tables, same keys), so one file serves both programs.
-
-    TODO(program.py): the tagging and the edge -> executorch steps below copy lower_program,
-    which inlines them; once program.py offers them as `tag_by_path(foundation, state_paths)` and
-    `lower_exported(traced, spec, constant_methods, tag_by_path) -> LoweredProgram`, call those.
+    `lowering`: qnn_lowering.qnn_htp_lowering for the real HTP program; None lowers for
+    spec.backend (XNNPACK: the stand-in that proves the graph here). A lowering that reads
+    foundation.ptd gets the foundation tagged by module path; with cache_len == spec.max_seq_len
+    its foundation data is byte-identical to lower_program's foundation.ptd (same weights, same
+    RoPE tables, same keys), so one file serves both programs.
     """
-    from executorch.exir import (
-        EdgeCompileConfig,
-        ExecutorchBackendConfig,
-        to_edge_transform_and_lower,
-    )
-    from executorch.exir.passes import MemoryPlanningPass
-    from executorch.exir.passes.external_constants_pass import (
-        delegate_external_constants_pass_unlifted,
-    )
-
     if spec.quantization.quantized:
-        raise EtloraError("the HTP-shaped program is float32 only (QNN quantizes with its own quantizer)")
+        raise EtloraError(
+            "the HTP-shaped program: expected a float foundation, received "
+            f"{spec.quantization.scheme.value} (hint: QNN quantizes with its own quantizer; build it from the fp32 spec)"
+        )
+    lowering = lowering or default_lowering(spec.backend)
     model = build_htp_model(foundation, spec, htp)
     slots = spec.slots(foundation)
     inputs = model.example_inputs(slots.site_dims, spec.max_rank)
-    tag_by_path = _tagger(foundation)
+    # No KV cache among the constants (it is an input here): every constant is foundation data.
+    tagger = foundation_tagger(foundation) if lowering.shares_foundation else None
     with torch.no_grad():
         traced = export(model, inputs, strict=False)  # no dynamic_shapes: every dim is static
         aten_ops = check_standard_graph(traced)
-        unlifted = traced.module()
-        delegate_external_constants_pass_unlifted(unlifted, lambda node: tag_by_path(node.target))
-        traced = export(unlifted, inputs, strict=False)
-        check_standard_graph(traced)
+        if tagger is not None:
+            traced = with_external_constants(traced, inputs, None, tagger)
+            check_standard_graph(traced)
 
     chunk_len, cache_len = htp.resolve(spec)
-    edge = to_edge_transform_and_lower(
-        traced,
-        partitioner=_partitioners(spec.backend),
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-        constant_methods={
-            **_constant_methods(foundation, spec),
-            "etlora_format_version": HTP_FORMAT_VERSION,
-            "etlora_program_kind": "htp",
-            "etlora_chunk_len": chunk_len,
-            "etlora_cache_len": cache_len,
-        },
-    )
-    edge_program = edge.exported_program()
-    delegates = delegated = 0
-    undelegated: set[str] = set()
-    for node in edge_program.graph.nodes:
-        if node.op != "call_function" or node.target is operator.getitem:
-            continue
-        if "executorch_call_delegate" in str(node.target):
-            delegates += 1
-            delegate = getattr(edge_program.graph_module, node.args[0].target)
-            delegated += sum(1 for n in delegate.original_module.graph.nodes if n.op == "call_function")
-        else:
-            undelegated.add(getattr(node.target, "__name__", str(node.target)))
-    signature = edge_program.graph_signature
-    placeholder_paths = {
-        **signature.inputs_to_parameters,
-        **signature.inputs_to_buffers,
-        **signature.inputs_to_lifted_tensor_constants,
+    constant_methods = {
+        **_constant_methods(foundation, spec),
+        "etlora_format_version": HTP_FORMAT_VERSION,
+        "etlora_program_kind": "htp",
+        "etlora_chunk_len": chunk_len,
+        "etlora_cache_len": cache_len,
     }
-
-    def tag_placeholder(node: torch.fx.Node) -> str | None:
-        path = placeholder_paths.get(node.name)
-        return tag_by_path(path) if path is not None else None
-
-    executorch_program = edge.to_executorch(
-        ExecutorchBackendConfig(
-            extract_delegate_segments=True,
-            # Inputs (cache, adapters) are not memory-planned: the host owns and points at them.
-            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-            external_constants=tag_placeholder,
-        )
-    )
-    program_bytes = bytes(executorch_program.buffer)
-    external = {name: bytes(cord) for name, cord in (executorch_program._tensor_data or {}).items()}
-    if set(external) != {FOUNDATION_TAG}:
-        raise EtloraError(f"expected one external data file '{FOUNDATION_TAG}', lowering produced {sorted(external)}")
+    lowered = lower_exported(traced, lowering, constant_methods, tagger)
+    delegation = lowered.delegation
+    in_program = (0 if lowering.shares_foundation else delegation.payload_bytes) + delegation.embedded_constant_bytes
     return LoweredHtpProgram(
-        lowered=LoweredProgram(program_bytes=program_bytes, foundation_bytes=external[FOUNDATION_TAG]),
+        lowered=lowered,
         aten_ops=tuple(aten_ops),
-        delegates=delegates,
-        delegated_ops=delegated,
-        undelegated_ops=tuple(sorted(undelegated)),
+        chunk_len=chunk_len,
+        cache_len=cache_len,
+        foundation_in_program_bytes=in_program,
     )

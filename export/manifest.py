@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -12,11 +13,13 @@ from .files import sha256_file, write_atomically
 from .quantization import QuantScheme
 
 FORMAT_NAME = "etlora-bundle"
-# 2: foundation.quantization and foundation.weights_id; 3: adapters[].dtype
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # version 1 is an fp32 foundation; versions 1-2 have fp32 adapters
+# 2: foundation.quantization and foundation.weights_id; 3: adapters[].dtype; 4: htp_program
+FORMAT_VERSION = 4
+# version 1 is an fp32 foundation; versions 1-2 have fp32 adapters; versions 1-3 no HTP program
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILE = "model.pte"
+HTP_PROGRAM_FILE = "model_htp.pte"
 FOUNDATION_FILE = "foundation.ptd"
 ADAPTER_DIR = "adapters"
 
@@ -92,6 +95,24 @@ class AdapterRecord:
 
 
 @dataclass(frozen=True)
+class HtpProgramRecord:
+    """The HTP program beside model.pte (docs/bundle-format.md, "htp_program"): same sites, rank
+    and adapter files; fixed chunk and cache lengths; the KV cache owned by the host."""
+
+    file: str  # "model_htp.pte", listed in files
+    soc: str  # the Snapdragon SoC it was compiled for, e.g. "SM8650"
+    qnn_sdk_version: str  # the QNN SDK that compiled it, e.g. "2.37.0.250724"
+    chunk_len: int  # tokens per call (T)
+    cache_len: int  # KV cache rows (C)
+    foundation_in_context_bytes: int  # foundation data carried inside the program; 0: shared with foundation.ptd
+
+
+HTP_STRING_MEMBERS = ("file", "soc", "qnn_sdk_version")
+HTP_INTEGER_MEMBERS = (("chunk_len", 1), ("cache_len", 1), ("foundation_in_context_bytes", 0))  # (name, minimum)
+JSON_INTEGER_LIMIT = 2**53  # the C++ reader keeps numbers as double
+
+
+@dataclass(frozen=True)
 class TokenizerRecord:
     """The checkpoint's tokenizer: Hugging Face files for Python, a line format for C++."""
 
@@ -106,6 +127,7 @@ class Manifest:
     files: dict[str, FileRecord]
     adapters: dict[str, AdapterRecord] = field(default_factory=dict)
     tokenizer: TokenizerRecord | None = None
+    htp_program: HtpProgramRecord | None = None  # absent or null: the bundle has no HTP program
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -143,6 +165,7 @@ def _parse(data: dict, path: Path) -> Manifest:
             files={name: FileRecord(**record) for name, record in data["files"].items()},
             adapters={name: AdapterRecord(**record) for name, record in data["adapters"].items()},
             tokenizer=TokenizerRecord(**data["tokenizer"]) if data.get("tokenizer") else None,
+            htp_program=_parse_htp_program(data.get("htp_program"), path),
             format=data["format"],
             format_version=version,
         )
@@ -163,6 +186,68 @@ def _parse_foundation(data: dict, path: Path) -> FoundationRecord:
     return record if record.weights_id else replace(record, weights_id=record.fingerprint)
 
 
+def _json_kind(value) -> str:
+    """A JSON value's kind in the C++ reader's words (JsonValue::kind_name)."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array")):
+        if isinstance(value, kind):
+            return name
+    return "an object"
+
+
+def _json_integer(value) -> int | None:
+    """A JSON number that is a whole number within +-2^53 (what both readers accept), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if abs(value) <= JSON_INTEGER_LIMIT else None
+
+
+def _parse_htp_program(value, path: Path) -> HtpProgramRecord | None:
+    """The htp_program entry, checked member by member in the C++ reader's order and words."""
+    if value is None:
+        return None
+    where = "htp_program"
+    if not isinstance(value, dict):
+        raise BundleError(f"{path}: manifest is missing or has unexpected fields ({where}: expected an object)")
+    members = set(HTP_STRING_MEMBERS) | {name for name, _ in HTP_INTEGER_MEMBERS}
+    for key in sorted(members):
+        if key not in value:
+            raise BundleError(f"{path}: manifest is missing or has unexpected fields ({where} has no '{key}')")
+    for key in sorted(value):
+        if key not in members:
+            raise BundleError(f"{path}: manifest is missing or has unexpected fields ({where} has an unexpected '{key}')")
+    for key in HTP_STRING_MEMBERS:
+        if not isinstance(value[key], str):
+            raise BundleError(f"{path}: {where}.{key}: expected a string, got {_json_kind(value[key])}")
+    integers = {}
+    for key, minimum in HTP_INTEGER_MEMBERS:
+        number = _json_integer(value[key])
+        if number is None or number < minimum:
+            got = number if number is not None else (
+                "a number that is not a whole number within 2^53" if _json_kind(value[key]) == "a number"
+                else _json_kind(value[key]))
+            raise BundleError(f"{path}: {where}.{key}: expected an integer >= {minimum}, got {got}")
+        integers[key] = number
+    if integers["chunk_len"] > integers["cache_len"]:
+        raise BundleError(
+            f"{path}: {where}.chunk_len: expected at most cache_len ({integers['cache_len']}), got {integers['chunk_len']}"
+        )
+    return HtpProgramRecord(**{key: value[key] for key in HTP_STRING_MEMBERS}, **integers)
+
+
+def _check_htp_program_listed(manifest: Manifest, path: Path) -> None:
+    """The HTP program file is one of `files`, so its size and sha256 are checked like model.pte's."""
+    record = manifest.htp_program
+    if record is not None and record.file not in manifest.files:
+        raise BundleError(
+            f"{path}: htp_program.file '{record.file}' is not listed in files (expected every program "
+            "file listed with its size and sha256); hint: the manifest was edited or is hostile"
+        )
+
+
 def _listed_paths(manifest: Manifest) -> list[tuple[str, str]]:
     """(where in the manifest, path) for every path a reader opens."""
     paths = [("program.file", manifest.program.file), ("foundation.file", manifest.foundation.file)]
@@ -171,6 +256,8 @@ def _listed_paths(manifest: Manifest) -> list[tuple[str, str]]:
     if manifest.tokenizer:
         paths += [("tokenizer.directory", manifest.tokenizer.directory),
                   ("tokenizer.runtime_file", manifest.tokenizer.runtime_file)]
+    if manifest.htp_program:
+        paths += [("htp_program.file", manifest.htp_program.file)]
     return paths
 
 
@@ -211,6 +298,7 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         raise BundleError(f"{path}: expected a JSON object")
     manifest = _parse(data, path)
     check_paths_inside(Path(bundle_dir), manifest, path)
+    _check_htp_program_listed(manifest, path)
     return manifest
 
 

@@ -91,7 +91,11 @@ def test_add_adapter_equals_export_output(bundle_copy, other_bundle, fixtures_di
 
 def test_manifest_sizes_and_sha256_match_files(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 3
+    assert manifest["format_version"] == 4
+    from etlora.export.qnn_sdk import check_qnn_sdk
+
+    if not check_qnn_sdk().found:  # backend auto without a QNN SDK: XNNPACK only
+        assert manifest["htp_program"] is None
     assert manifest["foundation"]["quantization"]["scheme"] == "fp32"
     assert manifest["foundation"]["weights_id"] == manifest["foundation"]["fingerprint"]
     tokenizer_files = {name for name in manifest["files"] if name.startswith("tokenizer/")}
@@ -137,7 +141,7 @@ def test_bundle_format_doc_example_is_a_current_manifest():
     import re
     from pathlib import Path
 
-    from etlora.export.manifest import FORMAT_VERSION, AdapterRecord, ProgramRecord, _parse
+    from etlora.export.manifest import FORMAT_VERSION, AdapterRecord, HtpProgramRecord, ProgramRecord, _parse
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "bundle-format.md"
     block = re.search(r"## manifest.json\n\n```json\n(.*?)```", doc.read_text(), re.S).group(1)
@@ -148,3 +152,5 @@ def test_bundle_format_doc_example_is_a_current_manifest():
     assert set(example["program"]) == {f.name for f in dataclasses.fields(ProgramRecord)}
     for record in example["adapters"].values():
         assert set(record) == {f.name for f in dataclasses.fields(AdapterRecord)}
+    assert set(example["htp_program"]) == {f.name for f in dataclasses.fields(HtpProgramRecord)}
+    assert manifest.htp_program.file in manifest.files

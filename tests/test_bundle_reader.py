@@ -43,6 +43,7 @@ def test_both_readers_agree_on_a_valid_bundle(bundle):
     assert cpp.quantization_scheme == manifest.foundation.quantization.scheme
     assert cpp.adapters == {name: {"file": r.file, "dtype": r.dtype, "rank": r.rank} for name, r in manifest.adapters.items()}
     assert cpp.adapter_path("legal") == f"{bundle}/{manifest.adapters['legal'].file}"
+    assert (cpp.htp_program is None) == (manifest.htp_program is None)
     with pytest.raises(ValueError, match=r"no adapter named 'chat' \(bundle has: legal, support\)"):
         cpp.adapter_path("chat")
 
@@ -143,4 +144,106 @@ def test_runner_reads_the_bundle_through_the_manifest(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     future = subprocess.run([runner, "--bundle", str(bundle_copy), "--tokens", "1,2,3"],
                             capture_output=True, text=True, timeout=120)
-    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3" in future.stderr
+    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3, 4" in future.stderr
+
+
+# A two-program bundle: model_htp.pte is a placeholder here (no QNN SDK to compile one), which the
+# readers never open; what is tested is the manifest entry.
+HTP_ENTRY = {"file": "model_htp.pte", "soc": "SM8650", "qnn_sdk_version": "2.37.0.250724",
+             "chunk_len": 32, "cache_len": 64, "foundation_in_context_bytes": 123456}
+
+
+@pytest.fixture
+def htp_bundle(bundle_copy):
+    from etlora.export.manifest import FileRecord
+
+    placeholder = bundle_copy / "model_htp.pte"
+    placeholder.write_bytes(b"placeholder for an HTP program (test only, not a .pte)")
+    record = FileRecord.of(placeholder)
+    data = json.loads((bundle_copy / "manifest.json").read_text())
+    data["files"]["model_htp.pte"] = {"size": record.size, "sha256": record.sha256}
+    data["htp_program"] = dict(HTP_ENTRY)
+    (bundle_copy / "manifest.json").write_text(json.dumps(data))
+    return bundle_copy
+
+
+def test_both_readers_agree_on_an_htp_program(htp_bundle):
+    from etlora.export import verify_files
+
+    manifest = read_manifest(htp_bundle)
+    assert manifest.format_version == 4 and verify_files(htp_bundle, manifest) == []
+    assert manifest.htp_program.__dict__ == HTP_ENTRY
+    assert _runtime.Bundle(str(htp_bundle)).htp_program == {**HTP_ENTRY, "path": f"{htp_bundle}/model_htp.pte"}
+    # A rewrite (add-adapter, remove-adapter) keeps the entry.
+    from etlora.export import remove_adapter
+
+    assert remove_adapter(htp_bundle, "support").htp_program == manifest.htp_program
+    assert read_manifest(htp_bundle).htp_program == manifest.htp_program
+
+
+def test_a_manifest_without_or_with_null_htp_program_has_none(htp_bundle):
+    path = htp_bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    for edit in (lambda d: d.update(htp_program=None), lambda d: d.pop("htp_program")):
+        edit(data)
+        path.write_text(json.dumps(data))
+        assert read_manifest(htp_bundle).htp_program is None
+        assert _runtime.Bundle(str(htp_bundle)).htp_program is None
+
+
+# (what, edit of the htp_program entry or the manifest, the words both readers say; None: accepted)
+HTP_MUTATIONS = [
+    ("a path with ..", _set(["htp_program", "file"], "../model_htp.pte"),
+     "htp_program.file is '../model_htp.pte', expected a relative path inside the bundle (no '..', not absolute)"),
+    ("an absolute path", _set(["htp_program", "file"], "/etc/passwd"),
+     "htp_program.file is '/etc/passwd', expected a relative path inside the bundle"),
+    ("a file missing from files", _drop(["files", "model_htp.pte"]),
+     "htp_program.file 'model_htp.pte' is not listed in files (expected every program file listed with its "
+     "size and sha256); hint: the manifest was edited or is hostile"),
+    ("not an object", _set(["htp_program"], ["model_htp.pte"]),
+     "manifest is missing or has unexpected fields (htp_program: expected an object)"),
+    ("no soc", _drop(["htp_program", "soc"]), "manifest is missing or has unexpected fields (htp_program has no 'soc')"),
+    ("an unknown member", _set(["htp_program", "speed"], 2),
+     "manifest is missing or has unexpected fields (htp_program has an unexpected 'speed')"),
+    ("soc as a number", _set(["htp_program", "soc"], 8650), "htp_program.soc: expected a string, got a number"),
+    ("version as null", _set(["htp_program", "qnn_sdk_version"], None),
+     "htp_program.qnn_sdk_version: expected a string, got null"),
+    ("chunk_len as text", _set(["htp_program", "chunk_len"], "32"),
+     "htp_program.chunk_len: expected an integer >= 1, got a string"),
+    ("chunk_len as a boolean", _set(["htp_program", "chunk_len"], True),
+     "htp_program.chunk_len: expected an integer >= 1, got a boolean"),
+    ("chunk_len 0", _set(["htp_program", "chunk_len"], 0), "htp_program.chunk_len: expected an integer >= 1, got 0"),
+    ("chunk_len with a fraction", _set(["htp_program", "chunk_len"], 2.5),
+     "htp_program.chunk_len: expected an integer >= 1, got a number that is not a whole number within 2^53"),
+    ("cache_len beyond 2^53", _set(["htp_program", "cache_len"], 1e300),
+     "htp_program.cache_len: expected an integer >= 1, got a number that is not a whole number within 2^53"),
+    ("chunk_len above cache_len", _set(["htp_program", "chunk_len"], 65),
+     "htp_program.chunk_len: expected at most cache_len (64), got 65"),
+    ("negative duplicated bytes", _set(["htp_program", "foundation_in_context_bytes"], -1),
+     "htp_program.foundation_in_context_bytes: expected an integer >= 0, got -1"),
+    ("chunk_len written 32.0", _set(["htp_program", "chunk_len"], 32.0), None),
+    ("no duplicated bytes", _set(["htp_program", "foundation_in_context_bytes"], 0), None),
+]
+
+
+@pytest.mark.parametrize("what, edit, words", HTP_MUTATIONS, ids=[m[0] for m in HTP_MUTATIONS])
+def test_both_readers_check_the_htp_program_entry_in_the_same_words(htp_bundle, what, edit, words):
+    path = htp_bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    python, cpp = _python_reads(htp_bundle), _cpp_reads(htp_bundle)
+    if words is None:
+        assert python is None and cpp is None, (python, cpp)
+        assert _runtime.Bundle(str(htp_bundle)).htp_program["chunk_len"] == read_manifest(htp_bundle).htp_program.chunk_len
+        return
+    assert python == cpp, (python, cpp)
+    assert python.startswith(f"{path}: {words}"), python
+
+
+def test_both_readers_refuse_an_htp_program_symlinked_out(htp_bundle):
+    outside = htp_bundle.parent / "elsewhere.pte"
+    os.replace(htp_bundle / "model_htp.pte", outside)
+    os.symlink(outside, htp_bundle / "model_htp.pte")
+    for answer in (_python_reads(htp_bundle), _cpp_reads(htp_bundle)):
+        assert "files['model_htp.pte'] 'model_htp.pte' resolves to" in answer and "outside the bundle" in answer

@@ -113,7 +113,7 @@ def test_quantized_bundle_is_smaller_and_says_what_is_float(quantized_bundle, bu
     manifest = read_manifest(quantized_bundle)
     record = manifest.foundation.quantization
     wanted = SCHEMES[quantized_bundle.name]
-    assert manifest.format_version == 3 and record.scheme == wanted.scheme.value
+    assert manifest.format_version == 4 and record.scheme == wanted.scheme.value
     assert (record.group_size, record.embedding_bits, record.head_bits) == (
         wanted.group_size, wanted.embedding_bits, wanted.head_bits)
     embedding = ["model.embed_tokens"] if wanted.embedding_bits else []

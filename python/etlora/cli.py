@@ -53,7 +53,7 @@ def _print_summary(bundle_dir: Path, seconds: float) -> None:
 
 
 def cmd_export(args) -> int:
-    from etlora.export import Backend, ExportOptions, export_bundle
+    from etlora.export import BackendChoice, ExportOptions, Soc, export_bundle
     from etlora.export.adapter_format import AdapterDtype
     from etlora.export.quantization import FoundationQuantization
 
@@ -71,11 +71,13 @@ def cmd_export(args) -> int:
         target_modules=args.target_modules,
         adapter_slots=args.adapter_slots,
         max_seq_len=args.max_seq_len,
-        backend=Backend(args.backend),
+        backend=BackendChoice(args.backend),
+        soc=Soc(args.soc),
         quantization=quantization,
         adapter_dtype=AdapterDtype.parse(args.adapter_dtype),
     )
-    export_bundle(args.model, adapters, out, options, step=_step)
+    export_bundle(args.model, adapters, out, options, step=_step,
+                  log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     _print_summary(out, time.perf_counter() - started)
     return 0
 
@@ -119,6 +121,7 @@ def cmd_inspect(args) -> int:
         left = ", ".join(f"{name} {_megabytes(size)}" for name, size in quantization.float_weights.items())
         line += f" in {', '.join(quantization.quantized_modules)}; left in float32: {left}"
     stdout.print(line, soft_wrap=True)
+    stdout.print(_htp_line(report.htp_program), soft_wrap=True, highlight=False)
     files = Table("file", "role", "size", "check")
     for row in report.files:
         files.add_row(row.name, row.role, _megabytes(row.size), "ok" if row.status == "ok" else "[red]BAD[/]")
@@ -139,6 +142,18 @@ def cmd_inspect(args) -> int:
     for problem in report.problems:
         console.print(f"[red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     return 1 if report.problems else 0
+
+
+def _htp_line(htp) -> str:
+    """The HTP program and how much of the foundation it stores a second time."""
+    if htp is None:
+        return "htp program: none (XNNPACK only)"
+    duplicated = (
+        f"{_megabytes(htp.foundation_in_context_bytes)} of foundation data duplicated inside it (QNN context binary)"
+        if htp.foundation_in_context_bytes else "foundation shared with foundation.ptd (0 bytes duplicated)"
+    )
+    return (f"htp program: {htp.file} for {htp.soc} (QNN SDK {htp.qnn_sdk_version}), chunk {htp.chunk_len} "
+            f"tokens, cache {htp.cache_len} rows; {duplicated}")
 
 
 def _parse_strength(text: str) -> tuple[str, float]:
@@ -224,6 +239,8 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etlora.export.backend_choice import DEFAULT_SOC, BackendChoice, Soc
+
     parser = argparse.ArgumentParser(
         prog="etlora",
         description="Ship one language model with many LoRA adapters on ExecuTorch.",
@@ -256,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--adapter-slots", type=int, default=1, help="adapters active at once (default 1)")
     export.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (default 512)")
-    export.add_argument("--backend", choices=["xnnpack"], default="xnnpack", help="delegate (default xnnpack)")
+    export.add_argument("--backend", choices=[choice.value for choice in BackendChoice], default="auto",
+                        help="programs in the bundle: xnnpack (model.pte, any CPU), htp (model.pte plus an HTP "
+                             "program for --soc; needs a QNN SDK 2.37, fails at once without one), auto (default: "
+                             "htp when a usable QNN SDK is found, else xnnpack; the choice is printed)")
+    export.add_argument("--soc", choices=[soc.value for soc in Soc], default=DEFAULT_SOC.value,
+                        help=f"Snapdragon SoC the HTP program is compiled for (default {DEFAULT_SOC.value})")
     export.add_argument("--quantize", default="fp32", metavar="SCHEME",
                         help="foundation weights: fp32 (default), 8da4w (8-bit dynamic activations, 4-bit "
                              "grouped weights) or 8da8w (8-bit per-channel weights); adapters stay float")

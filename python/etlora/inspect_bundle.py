@@ -7,13 +7,13 @@ from pathlib import Path
 
 from etlora.export.adapter_format import AdapterDtype, check_adapter_for_program, read_adapter_ptd
 from etlora.export.errors import AdapterError, BundleError
-from etlora.export.manifest import QuantizationRecord, read_manifest, verify_files
+from etlora.export.manifest import HtpProgramRecord, QuantizationRecord, read_manifest, verify_files
 
 
 @dataclass(frozen=True)
 class FileRow:
     name: str
-    role: str  # program | foundation | adapter | tokenizer
+    role: str  # program | htp program | foundation | adapter | tokenizer
     size: int
     status: str  # ok | problem text
 
@@ -40,6 +40,7 @@ class BundleReport:
     target_modules: list[str]
     foundation_fingerprint: str
     quantization: QuantizationRecord  # manifest foundation.quantization
+    htp_program: HtpProgramRecord | None  # manifest htp_program: None when the bundle has none
     files: list[FileRow]
     adapters: list[AdapterRow]
     problems: list[str]
@@ -91,6 +92,8 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         except AdapterError as error:
             problems.append(str(error))
     roles = {manifest.program.file: "program", manifest.foundation.file: "foundation"}
+    if manifest.htp_program:
+        roles[manifest.htp_program.file] = "htp program"
     roles.update({record.file: "adapter" for record in manifest.adapters.values()})
     files = []
     for name, record in sorted(manifest.files.items()):
@@ -110,6 +113,7 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         target_modules=manifest.program.target_modules,
         foundation_fingerprint=manifest.foundation.fingerprint,
         quantization=manifest.foundation.quantization,
+        htp_program=manifest.htp_program,
         files=files,
         adapters=adapters,
         problems=problems,

@@ -122,3 +122,20 @@ def make_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 300):
     )
     tokenizer.save_pretrained(out_dir)
     return tokenizer
+
+
+def make_fake_qnn_sdk(root: str | Path, version: str | None = "2.37.0.250724",
+                      libraries: tuple[str, ...] | None = None) -> dict[str, str]:
+    """A QNN SDK layout with empty libraries: it passes etlora's file check (export/qnn_sdk.py) but
+    no library loads, so ExecuTorch's QNN compiler fails at its start. Returns the environment
+    (QNN_SDK_ROOT, LD_LIBRARY_PATH) that points at it. `version` None: no sdk.yaml."""
+    from etlora.export.qnn_sdk import HOST_LIBRARIES, HOST_LIBRARY_DIR, ROOT_VARIABLE, VERSION_FILE
+
+    root = Path(root)
+    library_dir = root / HOST_LIBRARY_DIR
+    library_dir.mkdir(parents=True, exist_ok=True)
+    for name in HOST_LIBRARIES if libraries is None else libraries:
+        (library_dir / name).write_bytes(b"")
+    if version is not None:
+        (root / VERSION_FILE).write_text(f"name: qairt\nversion: {version}\n")
+    return {ROOT_VARIABLE: str(root), "LD_LIBRARY_PATH": str(library_dir)}

@@ -389,6 +389,14 @@ PYBIND11_MODULE(_runtime, m) {
       .def_property_readonly("foundation_fingerprint", &etlora::Bundle::foundation_fingerprint)
       .def_property_readonly("foundation_weights_id", &etlora::Bundle::foundation_weights_id)
       .def_property_readonly("quantization_scheme", &etlora::Bundle::quantization_scheme)
+      .def_property_readonly("htp_program", [](const etlora::Bundle& b) -> py::object {
+        if (!b.htp_program()) return py::none();
+        const etlora::HtpProgram& p = *b.htp_program();
+        return py::dict(py::arg("file") = p.file, py::arg("path") = p.path, py::arg("soc") = p.soc,
+                        py::arg("qnn_sdk_version") = p.qnn_sdk_version, py::arg("chunk_len") = p.chunk_len,
+                        py::arg("cache_len") = p.cache_len,
+                        py::arg("foundation_in_context_bytes") = p.foundation_in_context_bytes);
+      }, "The HTP program entry (etlora::Bundle::htp_program) as a dict, or None when the bundle has none.")
       .def_property_readonly("adapters", [](const etlora::Bundle& b) {
         py::dict adapters;
         for (const auto& a : b.adapters()) {

@@ -3,7 +3,7 @@
 // The rules are export/manifest.py's, in the same order, so that a manifest
 // one side refuses the other refuses too (tests/test_bundle_reader.py):
 // format and version, the records and their members, the quantization scheme,
-// then every path.
+// then every path, then the HTP program listed in files.
 #include "etlora/bundle.h"
 
 #include <sys/stat.h>
@@ -23,7 +23,8 @@ namespace {
 
 using Kind = JsonValue::Kind;
 
-constexpr int kReadableVersions[] = {1, 2, 3};
+// 4 added htp_program; versions 1-3 have none.
+constexpr int kReadableVersions[] = {1, 2, 3, 4};
 constexpr const char* kKnownSchemes[] = {"fp32", "8da4w", "8da8w"};
 
 struct RecordShape {
@@ -34,7 +35,7 @@ struct RecordShape {
 };
 
 const RecordShape kTop{"manifest", {"format", "format_version", "program", "foundation", "files", "adapters"},
-                       {"tokenizer"}, /*open=*/true};
+                       {"tokenizer", "htp_program"}, /*open=*/true};
 const RecordShape kProgram{"program",
                            {"file", "backend", "max_rank", "adapter_slots", "max_seq_len", "sites", "site_dims",
                             "target_modules"},
@@ -50,6 +51,11 @@ const RecordShape kAdapter{"adapter",
                            {"dtype"}};
 const RecordShape kFile{"files entry", {"size", "sha256"}, {}};
 const RecordShape kTokenizer{"tokenizer", {"directory", "runtime_file"}, {}};
+const RecordShape kHtpProgram{"htp_program",
+                              {"file", "soc", "qnn_sdk_version", "chunk_len", "cache_len",
+                               "foundation_in_context_bytes"},
+                              {}};
+constexpr double kJsonIntegerLimit = 9007199254740992.0;  // 2^53, as export/manifest.py
 
 class ManifestReader {
  public:
@@ -85,6 +91,21 @@ class ManifestReader {
       return fail(where + "." + key + ": expected a string, got " + JsonValue::kind_name(member->kind()));
     }
     out = member->string();
+    return Status::ok_status();
+  }
+
+  // A whole number within +-2^53 and >= minimum (export/manifest.py's _json_integer).
+  Status integer_member(const JsonValue& record, const char* key, const std::string& where, int64_t minimum,
+                        int64_t& out) {
+    const JsonValue* member = record.find(key);
+    const std::string prefix = where + "." + key + ": expected an integer >= " + std::to_string(minimum) + ", got ";
+    if (!member->is(Kind::kNumber)) return fail(prefix + JsonValue::kind_name(member->kind()));
+    const double value = member->number();
+    if (!std::isfinite(value) || std::floor(value) != value || std::fabs(value) > kJsonIntegerLimit) {
+      return fail(prefix + "a number that is not a whole number within 2^53");
+    }
+    out = static_cast<int64_t>(value);
+    if (out < minimum) return fail(prefix + std::to_string(out));
     return Status::ok_status();
   }
 
@@ -145,12 +166,16 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
     version_number = static_cast<int>(version->number());
   }
   bool readable = false;
-  for (int known : kReadableVersions) readable = readable || known == version_number;
+  std::string readable_list;
+  for (int known : kReadableVersions) {
+    readable = readable || known == version_number;
+    readable_list += (readable_list.empty() ? "" : ", ") + std::to_string(known);
+  }
   if (!readable) {
     return reader.fail("bundle format version " +
                        (version_number >= 0 ? std::to_string(version_number) : std::string("(not a number)")) +
-                       ", this etlora reads versions 1, 2, 3 (hint: re-export the bundle with this etlora, or "
-                       "upgrade etlora)");
+                       ", this etlora reads versions " + readable_list +
+                       " (hint: re-export the bundle with this etlora, or upgrade etlora)");
   }
   if (Status s = reader.check_record(&root, kTop, "manifest"); !s.ok()) return s;
   const JsonValue& program = *root.find("program");
@@ -218,6 +243,28 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
     }
   }
 
+  const JsonValue* htp = root.find("htp_program");
+  if (htp != nullptr && !htp->is(Kind::kNull)) {
+    if (Status s = reader.check_record(htp, kHtpProgram, "htp_program"); !s.ok()) return s;
+    HtpProgram program;
+    for (auto [key, out] : {std::pair{"file", &program.file}, std::pair{"soc", &program.soc},
+                            std::pair{"qnn_sdk_version", &program.qnn_sdk_version}}) {
+      if (Status s = reader.string_member(*htp, key, "htp_program", *out); !s.ok()) return s;
+    }
+    for (auto [key, minimum, out] : {std::tuple{"chunk_len", int64_t{1}, &program.chunk_len},
+                                     std::tuple{"cache_len", int64_t{1}, &program.cache_len},
+                                     std::tuple{"foundation_in_context_bytes", int64_t{0},
+                                                &program.foundation_in_context_bytes}}) {
+      if (Status s = reader.integer_member(*htp, key, "htp_program", minimum, *out); !s.ok()) return s;
+    }
+    if (program.chunk_len > program.cache_len) {
+      return reader.fail("htp_program.chunk_len: expected at most cache_len (" + std::to_string(program.cache_len) +
+                         "), got " + std::to_string(program.chunk_len));
+    }
+    program.path = dir + "/" + program.file;
+    bundle.htp_program_ = std::move(program);
+  }
+
   // Every path a reader opens, in export/manifest.py's order.
   std::vector<std::pair<std::string, std::string>>& paths = bundle.listed_paths_;
   paths = {{"program.file", bundle.program_file_}, {"foundation.file", bundle.foundation_file_}};
@@ -229,8 +276,15 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
     paths.emplace_back("tokenizer.directory", tokenizer_directory);
     paths.emplace_back("tokenizer.runtime_file", bundle.tokenizer_file_);
   }
+  if (bundle.htp_program_) paths.emplace_back("htp_program.file", bundle.htp_program_->file);
   for (const auto& [where, path] : paths) {
     if (Status s = reader.check_inside(where, path); !s.ok()) return s;
+  }
+  // Listed in files, so its size and sha256 are checked like model.pte's.
+  if (bundle.htp_program_ && files.find(bundle.htp_program_->file) == nullptr) {
+    return reader.fail("htp_program.file '" + bundle.htp_program_->file +
+                       "' is not listed in files (expected every program file listed with its size and sha256); "
+                       "hint: the manifest was edited or is hostile");
   }
   return bundle;
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +19,21 @@ struct BundleAdapter {
   std::string file;   // relative to the bundle
   std::string dtype;  // "fp32" or "fp16"
   int64_t rank = 0;
+};
+
+// The HTP program beside model.pte (manifest "htp_program", bundle format 4):
+// compiled for one Snapdragon SoC, fixed chunk and cache lengths, KV cache owned
+// by the host, the same sites, rank and adapter files as model.pte.
+struct HtpProgram {
+  std::string file;             // relative to the bundle, listed in files
+  std::string path;             // dir + "/" + file
+  std::string soc;              // e.g. "SM8650"
+  std::string qnn_sdk_version;  // the QNN SDK that compiled it, e.g. "2.37.0.250724"
+  int64_t chunk_len = 0;        // tokens per call
+  int64_t cache_len = 0;        // KV cache rows
+  // Foundation data carried inside the program (QNN context binaries); 0 when
+  // its weights come from foundation.ptd.
+  int64_t foundation_in_context_bytes = 0;
 };
 
 class Bundle {
@@ -39,6 +55,8 @@ class Bundle {
   const std::string& foundation_weights_id() const { return weights_id_; }
   const std::string& quantization_scheme() const { return scheme_; }
   const std::vector<BundleAdapter>& adapters() const { return adapters_; }
+  // The HTP program, or nullopt when the bundle has none (versions 1-3, or null).
+  const std::optional<HtpProgram>& htp_program() const { return htp_program_; }
   // The adapter file of `name`, or an error listing the names the bundle has.
   StatusOr<std::string> adapter_path(const std::string& name) const;
 
@@ -48,6 +66,7 @@ class Bundle {
   std::string program_file_, foundation_file_, tokenizer_file_;
   std::string fingerprint_, weights_id_, scheme_ = "fp32";
   std::vector<BundleAdapter> adapters_;
+  std::optional<HtpProgram> htp_program_;
   // (manifest field, path) for every path the manifest lists, checked by parse and open alike.
   std::vector<std::pair<std::string, std::string>> listed_paths_;
 };
