@@ -178,7 +178,9 @@ def cmd_run(args) -> int:
     with _step("loading bundle"):
         session = etlora.load(args.bundle, adapters=adapters, packed_cache=not args.no_packed_cache,
                               cache_dir=args.packed_cache,
-                              packed_cache_residency="map" if args.map_packed_cache else "copy")
+                              packed_cache_residency="map" if args.map_packed_cache else "copy",
+                              backend=args.run_backend)
+    console.print(f"backend: {session.backend} ({escape(session.backend_reason)})", highlight=False, soft_wrap=True)
     active = ", ".join(f"{name}={strength:g}" for name, strength in adapters.items()) or "none"
     console.print(f"adapters: {active}")
     if args.run_verbose or args.verbose:
@@ -346,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel-path", metavar="NAME", default=None,
                      help="vector path of etlora's kernels: auto (default: ETLORA_KERNEL_PATH, else "
                           "the best this CPU runs), avx512, avx2, portable")
+    run.add_argument("--backend", dest="run_backend", choices=["auto", "xnnpack", "htp"], default="auto",
+                     help="program to run, decided before loading: auto (default: the bundle's HTP program "
+                          "when this device can run it, else XNNPACK; the choice and its reason are printed), "
+                          "xnnpack, htp (an error when it cannot run)")
     run.add_argument("--verbose", dest="run_verbose", action="store_true",
                      help="also print the CPU, the kernel path and the thread pool in use")
     run.set_defaults(run=cmd_run)

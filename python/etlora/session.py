@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from etlora.backend import Backend, choose_backend
 from etlora.export.errors import BundleError, EtloraError
 from etlora.export.manifest import Manifest, read_manifest
 from etlora.packed_cache import PackedCacheInfo, PackedCacheResidency, log, packed_cache_path
@@ -52,7 +53,7 @@ class Session:
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, packed_cache: bool = True,
                  cache_dir: str | Path | None = None,
                  packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
-                 max_resident_adapters: int = 0):
+                 max_resident_adapters: int = 0, backend: Backend | str = Backend.AUTO):
         from etlora import _runtime
 
         self.bundle_dir = Path(bundle_dir)
@@ -61,6 +62,10 @@ class Session:
             self._bundle = _runtime.Bundle(str(self.bundle_dir))
         except (ValueError, RuntimeError) as error:
             raise BundleError(str(error)) from None
+        # Before anything is loaded (etlora.backend): only a program the probe cleared may run.
+        choice = choose_backend(self._bundle, backend)
+        self.backend: str = choice.backend.value  # "xnnpack" or "htp"
+        self.backend_reason: str = choice.reason
         self._check_files_present()
         packed_path = None
         if packed_cache:
@@ -229,7 +234,7 @@ class Session:
 def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
          packed_cache: bool = True, cache_dir: str | Path | None = None,
          packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
-         max_resident_adapters: int = 0) -> Session:
+         max_resident_adapters: int = 0, backend: Backend | str = Backend.AUTO) -> Session:
     """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`.
 
     packed_cache: keep XNNPACK's packed foundation weights in a file so that later starts map them
@@ -239,9 +244,12 @@ def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
     "map" keeps the file mapped (see PackedCacheResidency).
     max_resident_adapters: how many adapter files stay open (mapped, checked) for a fast switch
     back; beyond it the least recently used ones are closed and their pages unmapped. 0 = no limit.
+    backend: "auto" (default), "xnnpack" or "htp", decided before loading (etlora.backend);
+    `session.backend` says which runs and `session.backend_reason` why. This runtime has no HTP
+    session yet, so "auto" runs XNNPACK and "htp" raises EtloraError naming what is missing.
     """
     session = Session(bundle_dir, read_manifest(bundle_dir), packed_cache=packed_cache,
                       cache_dir=cache_dir, packed_cache_residency=packed_cache_residency,
-                      max_resident_adapters=max_resident_adapters)
+                      max_resident_adapters=max_resident_adapters, backend=backend)
     session.set_adapters(adapters)
     return session

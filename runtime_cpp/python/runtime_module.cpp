@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <pybind11/numpy.h>
@@ -15,6 +16,7 @@
 
 #include <etlora/bundle.h>
 #include <etlora/generator.h>
+#include <etlora/htp_probe.h>
 #include <etlora/kernel_path.h>
 #include <etlora/logging.h>
 #include <etlora/thread_pool.h>
@@ -206,6 +208,71 @@ class PyTokenStream {
   etlora::TokenTextStream stream_;
 };
 
+// HtpFacts as a flat dict (the keys of kHtpFactKeys), and back, so tests can fake each fact.
+constexpr const char* kHtpFactKeys[] = {"htp_library_loadable", "htp_library_error", "system_library_loadable",
+                                        "system_library_error", "dsp_device", "soc", "soc_source"};
+
+py::dict htp_facts_dict(const etlora::HtpFacts& facts) {
+  return py::dict("htp_library_loadable"_a = facts.htp_library.loadable,
+                  "htp_library_error"_a = facts.htp_library.error,
+                  "system_library_loadable"_a = facts.system_library.loadable,
+                  "system_library_error"_a = facts.system_library.error, "dsp_device"_a = facts.dsp_device,
+                  "soc"_a = facts.soc, "soc_source"_a = facts.soc_source);
+}
+
+std::string key_list(const char* const* keys, size_t count) {
+  std::string out;
+  for (size_t i = 0; i < count; ++i) out += (i ? ", " : "") + std::string(keys[i]);
+  return out;
+}
+
+template <typename T>
+T dict_member(const py::dict& dict, const char* where, const char* key) {
+  if (!dict.contains(key)) throw py::value_error(std::string(where) + ": expected a '" + key + "' key, received none");
+  py::object value = dict[key];
+  const bool right_type = std::is_same_v<T, bool> ? py::isinstance<py::bool_>(value) : py::isinstance<py::str>(value);
+  if (!right_type) {
+    throw py::value_error(std::string(where) + "['" + key + "']: expected " +
+                          (std::is_same_v<T, bool> ? "a bool" : "a str") + ", received " +
+                          std::string(py::str(py::repr(value))));
+  }
+  return value.cast<T>();
+}
+
+etlora::HtpFacts htp_facts_from(const py::dict& dict) {
+  constexpr size_t count = sizeof(kHtpFactKeys) / sizeof(kHtpFactKeys[0]);
+  for (const auto& item : dict) {
+    const std::string key = py::str(item.first);
+    bool known = false;
+    for (const char* k : kHtpFactKeys) known = known || key == k;
+    if (!known) {
+      throw py::value_error("facts: expected only the keys " + key_list(kHtpFactKeys, count) + ", received '" +
+                            key + "' (hint: start from htp_facts())");
+    }
+  }
+  etlora::HtpFacts facts;
+  facts.htp_library.loadable = dict_member<bool>(dict, "facts", "htp_library_loadable");
+  facts.htp_library.error = dict_member<std::string>(dict, "facts", "htp_library_error");
+  facts.system_library.loadable = dict_member<bool>(dict, "facts", "system_library_loadable");
+  facts.system_library.error = dict_member<std::string>(dict, "facts", "system_library_error");
+  facts.dsp_device = dict_member<std::string>(dict, "facts", "dsp_device");
+  facts.soc = dict_member<std::string>(dict, "facts", "soc");
+  facts.soc_source = dict_member<std::string>(dict, "facts", "soc_source");
+  return facts;
+}
+
+// None, or a dict with at least soc and path (Bundle.htp_program's dict qualifies).
+std::optional<etlora::HtpProgramFacts> htp_program_from(const py::object& program) {
+  if (program.is_none()) return std::nullopt;
+  if (!py::isinstance<py::dict>(program)) {
+    throw py::value_error("htp_program: expected None or a dict with 'soc' and 'path' (Bundle.htp_program), "
+                          "received " + std::string(py::str(py::repr(program))));
+  }
+  const py::dict dict = py::reinterpret_borrow<py::dict>(program);
+  return etlora::HtpProgramFacts{dict_member<std::string>(dict, "htp_program", "soc"),
+                                 dict_member<std::string>(dict, "htp_program", "path")};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_runtime, m) {
@@ -305,6 +372,26 @@ PYBIND11_MODULE(_runtime, m) {
                         "file_bytes"_a = check.file_bytes, "entries"_a = check.entries);
       },
       py::arg("path"), "Footer check of a packed foundation file: valid, problem, file_bytes, entries.");
+  m.def("htp_facts", [] { return htp_facts_dict(etlora::gather_htp_facts()); },
+        "What this device offers an HTP program, read now (etlora::gather_htp_facts): "
+        "htp_library_loadable/_error (libQnnHtp.so), system_library_loadable/_error (libQnnSystem.so), "
+        "dsp_device (a Hexagon FastRPC node or ''), soc ('' when unknown), soc_source. ETLORA_SOC overrides the SoC.");
+  m.def(
+      "choose_backend",
+      [](const std::string& requested, const py::dict& facts, const py::object& htp_program,
+         bool htp_session_available) {
+        auto request = etlora::parse_backend_request(requested);
+        if (!request.ok()) raise_status(request.status());
+        const etlora::HtpFacts device = htp_facts_from(facts);
+        const std::optional<etlora::HtpProgramFacts> program = htp_program_from(htp_program);
+        auto choice = etlora::choose_backend(*request, device, program, htp_session_available);
+        if (!choice.ok()) raise_status(choice.status());
+        return py::make_tuple(etlora::backend_name(choice->backend), choice->reason);
+      },
+      py::arg("requested"), py::arg("facts"), py::arg("htp_program"), py::arg("htp_session_available") = false,
+      "The backend decision (etlora::choose_backend, rule in htp_probe.h): requested 'auto' | 'xnnpack' | "
+      "'htp', facts as htp_facts() returns them, htp_program None or Bundle.htp_program. Returns "
+      "(backend, reason); ValueError when 'htp' was requested and cannot run.");
   py::class_<PySession>(m, "Session")
       .def(py::init<const std::string&, const std::string&, bool, const std::string&,
                     const std::string&, size_t>(),

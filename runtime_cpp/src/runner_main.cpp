@@ -11,6 +11,10 @@
 //                 [--adapter path.ptd[=strength]]... --tokens 1,2,3
 //     prints the argmax token and the first logits, with load and run times.
 //
+//   Either form: [--backend auto|xnnpack|htp] decides the program before anything
+//     is loaded (etlora/htp_probe.h) and prints "backend: xnnpack (reason)" on
+//     stderr; htp that cannot run is an error, never a silent fallback.
+//
 //   Either form: [--packed-cache DIR | --no-packed-cache] keeps XNNPACK's
 //     packed foundation weights in DIR (default: .etlora-cache/ beside
 //     model.pte) so later starts map them instead of packing again, then
@@ -24,11 +28,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <etlora/bundle.h>
 #include <etlora/generator.h>
+#include <etlora/htp_probe.h>
 #include <etlora/session.h>
 #include <etlora/kernel_path.h>
 #include <etlora/logging.h>
@@ -58,6 +64,8 @@ struct Options {
   etlora::PackedCacheResidency packed_cache_residency = etlora::PackedCacheResidency::kCopy;
   double pool_spin_us = etlora::ThreadPoolOptions{}.worker_spin_us;
   std::string kernel_path;  // empty: ETLORA_KERNEL_PATH or auto
+  etlora::BackendRequest backend = etlora::BackendRequest::kAuto;
+  std::optional<etlora::HtpProgramFacts> htp_program;  // the bundle's HTP program (--bundle only)
   etlora::GenerationOptions generation;
 };
 
@@ -79,6 +87,8 @@ void usage(FILE* stream) {
                "                     sleeping; default 1000, 0 saves power)\n"
                "                    [--kernel-path NAME|auto] (vector path of etlora's kernels;\n"
                "                     default: ETLORA_KERNEL_PATH, else the best this CPU runs)\n"
+               "                    [--backend auto|xnnpack|htp] (program to run, decided before loading;\n"
+               "                     default auto: HTP when the bundle has a program this device runs)\n"
                "                    [--verbose] (ExecuTorch's info lines too; default: its errors only,\n"
                "                     or ETLORA_LOG=info)\n");
 }
@@ -104,6 +114,7 @@ bool resolve_bundle_paths(Options& options) {
   if (options.model.empty()) options.model = bundle->program_path();
   if (options.data.empty()) options.data = bundle->foundation_path();
   if (options.tokenizer.empty()) options.tokenizer = bundle->tokenizer_path();
+  if (const auto& htp = bundle->htp_program()) options.htp_program = etlora::HtpProgramFacts{htp->soc, htp->path};
   for (auto& adapter : options.adapters) {
     const bool is_path = adapter.path.find('/') != std::string::npos ||
                          (adapter.path.size() > 4 && adapter.path.substr(adapter.path.size() - 4) == ".ptd");
@@ -196,6 +207,13 @@ bool parse_args(int argc, char** argv, Options& options) {
       options.packed_cache_dir = value;
     } else if (arg == "--kernel-path") {
       options.kernel_path = value;
+    } else if (arg == "--backend") {
+      auto request = etlora::parse_backend_request(value);
+      if (!request.ok()) {
+        std::fprintf(stderr, "error: --%s\n", request.status().message().c_str());
+        return false;
+      }
+      options.backend = *request;
     } else if (arg == "--pool-spin-us") {
       if (!parse_number(arg, value, options.pool_spin_us)) return false;
     } else if (arg == "--bundle") {
@@ -364,6 +382,17 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Decided before anything is loaded: QnnBackend crashes on a program it cannot
+  // run, so only a program the probe cleared may ever reach it. No HTP session
+  // exists yet (issue 14), so the answer is xnnpack (or an error for --backend htp)
+  // and model.pte is what Session::open loads below.
+  auto backend = etlora::choose_backend(options.backend, etlora::gather_htp_facts(), options.htp_program,
+                                        /*htp_session_available=*/false);
+  if (!backend.ok()) {
+    std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "%s\n", backend->line().c_str());
   etlora::SessionOptions session_options;
   session_options.weight_cache = options.weight_cache;
   session_options.packed_cache_path = packed_cache_path(options);

@@ -1,0 +1,85 @@
+"""Which program a session runs, decided before anything is loaded (issue 14; torch-free).
+
+A bundle may hold an HTP program (for the Hexagon NPU of one Snapdragon SoC) beside the XNNPACK
+program model.pte. ExecuTorch's QnnBackend crashes the process on a program it cannot run instead
+of refusing it, so the choice is never made by trying: the device is probed (QNN libraries, the
+Hexagon DSP device node, the SoC) and one rule in C++ decides (etlora::choose_backend, the table in
+runtime_cpp/include/etlora/htp_probe.h), the same rule etlora_runner applies.
+
+This runtime has no HTP session yet (the static-shape session with a host-side KV cache that the
+HTP program needs), so the answer is XNNPACK, with the reason, even on a device that could run the
+HTP program; `htp` requested is then an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from etlora.export.errors import BundleError, EtloraError
+
+# Whether this runtime can run an HTP program at all (issue 14: not yet).
+HTP_SESSION_AVAILABLE = False
+
+
+class Backend(enum.Enum):
+    AUTO = "auto"  # HTP when the bundle has an HTP program this device can run, else XNNPACK
+    XNNPACK = "xnnpack"  # model.pte on the CPU
+    HTP = "htp"  # the HTP program on the Hexagon NPU; an error when it cannot run
+
+    @classmethod
+    def parse(cls, value: Backend | str) -> Backend:
+        if isinstance(value, Backend):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(b.value) for b in cls)
+            raise EtloraError(f"backend: expected one of {choices}, received {value!r}") from None
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend that runs (XNNPACK or HTP, never AUTO) and one line saying why."""
+
+    backend: Backend
+    reason: str
+
+    @property
+    def line(self) -> str:
+        """'backend: xnnpack (reason)', as `etlora run` and etlora_runner print it."""
+        return f"backend: {self.backend.value} ({self.reason})"
+
+
+def htp_facts() -> dict[str, Any]:
+    """What this device offers an HTP program, read now (etlora::gather_htp_facts)."""
+    from etlora import _runtime
+
+    return _runtime.htp_facts()
+
+
+def choose_backend(bundle: str | Path | Any, requested: Backend | str = Backend.AUTO, *,
+                   facts: Mapping[str, Any] | None = None) -> BackendChoice:
+    """Decide the backend for `bundle` (a bundle directory or an etlora._runtime.Bundle).
+
+    facts: the device facts to decide on (default: htp_facts() of this device); tests fake them.
+    Raises EtloraError when `htp` was requested and cannot run, naming what is missing.
+    """
+    from etlora import _runtime
+
+    requested = Backend.parse(requested)
+    if not isinstance(bundle, _runtime.Bundle):
+        try:
+            bundle = _runtime.Bundle(str(bundle))
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(str(error)) from None
+    try:
+        backend, reason = _runtime.choose_backend(
+            requested.value, dict(facts) if facts is not None else _runtime.htp_facts(), bundle.htp_program,
+            htp_session_available=HTP_SESSION_AVAILABLE,
+        )
+    except ValueError as error:
+        raise EtloraError(str(error)) from None
+    return BackendChoice(Backend(backend), reason)
