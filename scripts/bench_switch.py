@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 THREADS = 2
-TARGETS = {"rebind_open_us": 50.0, "first_open_ms": 1.0, "first_decode_after_switch_ratio": 1.1}
+TARGETS = {"rebind_open_us": 50.0, "first_open_ms": 1.0, "first_decode_after_switch_ratio": 1.1,
+           "open_time_ratio_many": 1.05, "open_rss_ratio_many": 1.05}
 
 
 def median(values: list[float]) -> float:
@@ -122,6 +123,54 @@ def etlora_figures(bundle: Path, rounds: int, prompt_len: int) -> dict:
     return figures
 
 
+def many_adapters_figures(bundle: Path, count: int, rounds: int) -> dict:
+    """etlora.load of the bundle vs a copy holding `count` more adapters (hard links of one file,
+    each under its own name in the manifest): time and RSS growth of the load, medians of fresh
+    processes."""
+    import dataclasses
+    import shutil
+    import subprocess
+    import tempfile
+
+    from etlora.export.manifest import read_manifest
+
+    work = Path(tempfile.mkdtemp(prefix="etlora-many-"))
+    many = work / "bundle"
+    shutil.copytree(bundle, many, ignore=shutil.ignore_patterns(".etlora-cache"))
+    manifest = read_manifest(many)
+    source_name = sorted(manifest.adapters)[0]
+    source = manifest.adapters[source_name]
+    files, records = dict(manifest.files), dict(manifest.adapters)
+    for index in range(count):
+        relative = f"adapters/many{index:03d}.ptd"
+        os.link(many / source.file, many / relative)
+        files[relative] = manifest.files[source.file]
+        records[f"many{index:03d}"] = dataclasses.replace(source, file=relative)
+    dataclasses.replace(manifest, files=files, adapters=records).write(many)
+    child = ("import sys, time, resource\n"
+             "import etlora, etlora._runtime\n"
+             "def rss():\n"
+             "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) * 1024\n"
+             "before = rss(); start = time.perf_counter()\n"
+             "etlora.load(sys.argv[1], cache_dir=sys.argv[2])\n"
+             "print(time.perf_counter() - start, rss() - before)\n")
+    cache = work / "cache"
+
+    def load(path: Path) -> tuple[float, int]:
+        out = subprocess.run([sys.executable, "-c", child, str(path), str(cache)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        return float(out[-2]), int(out[-1])
+
+    load(bundle)  # writes the packed file both use
+    pairs = [(load(bundle), load(many)) for _ in range(rounds)]
+    shutil.rmtree(work)
+    one_time, one_rss = median([p[0][0] for p in pairs]), median([p[0][1] for p in pairs])
+    many_time, many_rss = median([p[1][0] for p in pairs]), median([p[1][1] for p in pairs])
+    return {"adapters": count + len(manifest.adapters), "load_s_one": one_time, "load_s_many": many_time,
+            "load_rss_one": one_rss, "load_rss_many": many_rss,
+            "open_time_ratio_many": many_time / one_time, "open_rss_ratio_many": many_rss / one_rss}
+
+
 def llama_cpp_figures(model: Path, loras: dict[str, Path], ids: list[int], rounds: int) -> dict:
     import llama_cpp
     from llama_cpp import Llama
@@ -187,6 +236,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--llama-model", type=Path, help="f32 GGUF of the same foundation")
     parser.add_argument("--llama-lora", action="append", default=[], help="NAME=PATH.gguf (repeatable)")
+    parser.add_argument("--many", type=int, default=100, help="adapters added for the open-cost figure")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
@@ -195,6 +245,7 @@ def main() -> int:
     import etlora
 
     ours = etlora_figures(args.bundle, args.rounds, args.prompt_tokens)
+    ours.update(many_adapters_figures(args.bundle, args.many, max(5, args.rounds // 3)))
     theirs, note = None, None
     loras = dict(item.split("=", 1) for item in args.llama_lora)
     if args.llama_model and len(loras) >= 2:
@@ -220,7 +271,9 @@ def main() -> int:
             ("  ... after a switch that opened the file", ours["first_decode_after_new_ratio"], None),
             ("prefill after switch / steady", ours["prefill_after_switch_ratio"],
              theirs and theirs["prefill_after_switch_ratio"]),
-            ("  ... after a switch that opened the file", ours["prefill_after_new_ratio"], None)]
+            ("  ... after a switch that opened the file", ours["prefill_after_new_ratio"], None),
+            (f"load time, {ours['adapters']} adapters / bundle", ours["open_time_ratio_many"], None),
+            (f"load RSS, {ours['adapters']} adapters / bundle", ours["open_rss_ratio_many"], None)]
     for label, mine, other in rows:
         theirs_text = "-" if other is None else f"{other:.3f}"
         print(f"{label:42s} {mine:10.3f} {theirs_text:>10s}")

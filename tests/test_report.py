@@ -65,12 +65,14 @@ def test_schema_has_every_section(report, bundle):
 def test_session_steps_have_all_figures_and_regions(report):
     steps = report["sessions"]["steps"]
     names = [step["name"] for step in steps]
-    assert names[:11] == [
+    assert names[:13] == [
         "runtime started",
         "session 1 (foundation only)",
         "session 2 (foundation only)",
         "session 3 (foundation only)",
         "session 4 (foundation only)",
+        "session 1 first activation (legal)",
+        "session 1 after first activation",
         "session 1 + adapter legal",
         "session 1 without adapter legal",
         "session 1 + adapter support",
@@ -86,6 +88,16 @@ def test_session_steps_have_all_figures_and_regions(report):
     assert by_name["session 1 (foundation only)"]["regions"]["foundation_file"]["rss"] > 0
     assert by_name["session 4 (foundation only)"]["regions"]["adapter_files"]["rss"] == 0
     assert by_name["session 1 + adapter legal"]["regions"]["adapter_files"]["rss"] > 0
+    # release_adapters unmaps what no slot binds: nothing of an adapter file stays resident
+    assert by_name["session 1 without adapter legal"]["regions"]["adapter_files"]["rss"] == 0
+    assert by_name["session 1 after first activation"]["regions"]["adapter_files"]["rss"] == 0
+
+
+def test_first_activation_is_its_own_line(report):
+    steps = {step["name"]: step for step in report["sessions"]["steps"]}
+    first = steps["session 1 first activation (legal)"]["rss"] - steps["session 4 (foundation only)"]["rss"]
+    legal = next(cost for cost in report["adapter_costs"] if cost["adapter"] == "legal")
+    assert report["first_activation_bytes"] == first - legal["cost_bytes"]
 
 
 def test_adapter_costs_are_the_growth_of_making_each_adapter_resident(report, bundle):

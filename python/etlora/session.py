@@ -153,6 +153,10 @@ class Session:
             raise BundleError(f"adapter {named[0]!r}: {error}" if named else str(error)) from None
         self._active = {name: float(strength) for name, strength in adapters.items()}
 
+    def release_adapters(self) -> int:
+        """Close the files of adapters no slot uses (their pages are unmapped); returns how many."""
+        return self._runtime.release_unbound_adapters()
+
     @property
     def resident_adapters(self) -> list[str]:
         """Names of the adapters whose files the runtime holds open, most recently bound first."""

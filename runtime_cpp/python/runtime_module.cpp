@@ -166,6 +166,11 @@ class PySession {
 
   const etlora::Session& session() const { return *session_; }
 
+  size_t release_unbound_adapters() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return session_->release_unbound_adapters();
+  }
+
  private:
   std::unique_ptr<etlora::Session> session_;
   std::mutex mutex_;
@@ -448,6 +453,8 @@ PYBIND11_MODULE(_runtime, m) {
       .def_property_readonly(
           "memory_planned_inputs",
           [](const PySession& s) { return s.session().memory_planned_inputs(); })
+      .def("release_unbound_adapters", &PySession::release_unbound_adapters,
+           "Close every open adapter file no slot binds (unmaps its pages); returns how many.")
       .def_property_readonly(
           "resident_adapters", [](const PySession& s) { return s.session().resident_adapter_paths(); },
           "Adapter files held open (checked, mapped), most recently bound first.")

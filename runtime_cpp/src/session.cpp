@@ -566,6 +566,21 @@ void Session::close_unused_adapters() {
   }
 }
 
+size_t Session::release_unbound_adapters() {
+  Impl& impl = *impl_;
+  size_t released = 0;
+  for (auto it = impl.open_adapters.begin(); it != impl.open_adapters.end();) {
+    const bool bound = std::find(impl.bound.begin(), impl.bound.end(), &it->second) != impl.bound.end();
+    if (bound) {
+      ++it;
+    } else {
+      it = impl.open_adapters.erase(it);
+      ++released;
+    }
+  }
+  return released;
+}
+
 std::vector<std::string> Session::resident_adapter_paths() const {
   std::vector<std::pair<uint64_t, std::string>> by_use;
   for (const auto& [path, adapter] : impl_->open_adapters) {

@@ -83,6 +83,17 @@ class Report:
             previous_session = session
         return costs
 
+    @property
+    def first_activation_bytes(self) -> int | None:
+        """RSS the process's first adapter activation cost beyond the same adapter's second one."""
+        names = [step.name for step in self.session_steps]
+        if not self.adapters or f"session 1 first activation ({self.adapters[0]})" not in names:
+            return None  # a report.json from before this step was measured
+        first = self.step(f"session 1 first activation ({self.adapters[0]})")
+        before_first = self.session_steps[names.index(first.name) - 1]
+        cost = next(c for c in self.adapter_costs if c.adapter == self.adapters[0])
+        return (first.rss - before_first.rss) - cost.cost_bytes
+
     # N sessions
 
     @property
@@ -187,6 +198,7 @@ class Report:
                 "surplus_bytes": self.per_session_surplus,
             },
             "adapter_costs": [cost.to_dict() for cost in self.adapter_costs],
+            "first_activation_bytes": self.first_activation_bytes,
             "sessions": {"steps": [step.to_dict() for step in self.session_steps]},
             "growth": {
                 "steps": [step.to_dict() for step in self.growth_steps],

@@ -66,6 +66,11 @@ def _per_session(report: Report) -> list[str]:
             f"{_mb(cost.resident_adapter_pss)} PSS. Another session with it: +{_mb(cost.session_rss_growth)} RSS "
             f"(per-session state {_mb(report.per_session_rss)})"
         )
+    if report.first_activation_bytes is not None:
+        lines.append(
+            f"- first adapter activation in a process, once (not in any adapter's cost): "
+            f"{_mb(report.first_activation_bytes)} RSS beyond the same adapter's second activation"
+        )
     double = max(report.adapter_costs, key=lambda cost: cost.double_counted_pages, default=None)
     if double is not None and double.double_counted_pages > 0.01 * double.ptd_bytes:
         lines += [

@@ -17,6 +17,8 @@ report.json (schema_version 2; sizes in bytes):
     adapter_costs: [AdapterCost {adapter, ptd_bytes, cost_bytes, cost_pss_bytes,
                      resident_adapter_pages, resident_adapter_pss, session_rss_growth, times_ptd,
                      times_ptd_pss, double_counted_pages, passed (on RSS, as the target says)}]
+    first_activation_bytes: RSS the first activation in the process cost beyond the same adapter's
+                     second one (once per process, in no adapter's cost), or null
     sessions: {steps: [Step]}
     growth: {steps: [Step], counts: [N], per_extra_session_pss, unexplained_per_session_pss
              (per extra session beyond the measured per-session state), weight_cache_miss}

@@ -97,6 +97,10 @@ class Session {
   // first (SessionOptions::max_resident_adapters bounds how many).
   std::vector<std::string> resident_adapter_paths() const;
 
+  // Closes every open adapter file that no slot binds (their pages are
+  // unmapped unless another Session holds the same file); returns how many.
+  size_t release_unbound_adapters();
+
   // Runs `tokens` at positions start_pos.. and returns the logits of the last
   // one (vocab_size floats). The KV cache keeps what earlier calls wrote.
   StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
