@@ -61,7 +61,7 @@ def test_target_the_program_has_no_slot_for(bundle_copy, model_dir, tmp_path):
     "spec, message",
     [
         (dict(target_modules=["embed_tokens"]), r"LoRA on the embedding or output head"),
-        (dict(target_modules=["q_proj"], use_dora=True), r"unsupported LoRA features: DoRA"),
+        (dict(target_modules=["q_proj"], use_dora=True), r"unsupported PEFT options: use_dora=true \(DoRA\)"),
         (dict(target_modules=["q_proj"], bias="lora_only"), r"trained biases"),
     ],
 )

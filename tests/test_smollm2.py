@@ -1,7 +1,7 @@
 """End to end on the real model (slow): SmolLM2-135M-Instruct GGUF + the committed demo adapters.
 
 Checks, through our C++ runtime: each adapter's effect on held-out prompts, and greedy output equal
-to PEFT's token for token (fp32), for each adapter and for none.
+to PEFT's token for token (fp32), for each adapter, for none, and for two at once (1.0 and 0.5).
 """
 
 from __future__ import annotations
@@ -129,6 +129,66 @@ def test_greedy_output_equals_peft_token_for_token(smollm2_bundle, hf_model, nam
     finally:
         if name:
             reference_model.unload()
+
+
+# json at full strength with a half-strength shout: JSON answers that differ from json's alone
+# (shout at 1.0 with json at 0.5 ends the first parity prompt at once, which proves little).
+TWO_ADAPTERS = {"json": 1.0, "shout": 0.5}
+# Prompt logits, etlora vs PEFT with both adapters active, fp32: measured 8.6e-5 and 7.5e-5 on the
+# two parity prompts (2 cores, 2026-11-30), while json alone is 12.7 away; 1e-3 leaves room for
+# other machines' kernels.
+TWO_ADAPTER_LOGITS_BOUND = 1e-3
+
+
+@pytest.fixture(scope="module")
+def smollm2_two_slot_bundle(tmp_path_factory) -> Path:
+    """SmolLM2 fp32 with two adapter slots and the two demo adapters of TWO_ADAPTERS."""
+    from etlora.export import ExportOptions, export_bundle
+    from etlora.real_model import smollm2_gguf_path
+
+    if not all((ADAPTERS / name / "adapter_config.json").is_file() for name in TWO_ADAPTERS):
+        pytest.skip(f"demo adapters {', '.join(TWO_ADAPTERS)} not under {ADAPTERS}")
+    out = tmp_path_factory.mktemp("smollm2") / "two-slots"
+    export_bundle(smollm2_gguf_path(), {name: ADAPTERS / name for name in TWO_ADAPTERS}, out,
+                  ExportOptions(max_seq_len=256, adapter_slots=2))
+    return out
+
+
+def test_two_adapters_at_once_equal_peft_weighted_sum(smollm2_two_slot_bundle, hf_model):
+    """json at 1.0 and shout at 0.5 together: PEFT with both adapters active, each scaling times its
+    strength, gives the same greedy tokens and prompt logits within TWO_ADAPTER_LOGITS_BOUND."""
+    import numpy as np
+    from peft import PeftModel
+
+    model, tokenizer = hf_model
+    names = list(TWO_ADAPTERS)
+    reference = PeftModel.from_pretrained(model, str(ADAPTERS / names[0]), adapter_name=names[0])
+    try:
+        for name in names[1:]:
+            reference.load_adapter(str(ADAPTERS / name), adapter_name=name)
+        reference.base_model.set_adapter(names)
+        for module in reference.modules():
+            if hasattr(module, "scaling") and isinstance(module.scaling, dict):
+                module.scaling = {name: value * TWO_ADAPTERS[name] for name, value in module.scaling.items()}
+        session = etlora.load(smollm2_two_slot_bundle, adapters=TWO_ADAPTERS)
+        alone = etlora.load(smollm2_two_slot_bundle, adapters={names[0]: 1.0})
+        eos = set(session.tokenizer.eos_ids)
+        for prompt in PARITY_PROMPTS:
+            prompt_ids = chat_prompt_ids(tokenizer, prompt)
+            with torch.no_grad():
+                expected_logits = reference(torch.tensor([prompt_ids])).logits[0, -1].numpy()
+                output = reference.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS,
+                                            do_sample=False, eos_token_id=sorted(eos))
+            received_logits = session.logits(prompt_ids)
+            error = float(np.max(np.abs(received_logits - expected_logits)))
+            assert error < TWO_ADAPTER_LOGITS_BOUND, (prompt, error)
+            # The second adapter counts: without it the logits move far more than the bound.
+            assert float(np.max(np.abs(alone.logits(prompt_ids) - expected_logits))) > 100 * TWO_ADAPTER_LOGITS_BOUND
+            expected = [t for t in output[0, len(prompt_ids):].tolist() if t not in eos]
+            assert len(expected) >= 10, (prompt, tokenizer.decode(expected))  # 15 and 18 tokens measured
+            assert session.generate(prompt, max_new_tokens=NEW_TOKENS).token_ids == expected, prompt
+    finally:
+        reference.unload()
 
 
 _DECODE_SLEEPS = """

@@ -168,6 +168,11 @@ def cmd_run(args) -> int:
     import etlora
 
     adapters = dict(args.adapter or [])
+    names = [name for name, _ in args.adapter or []]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # a dict would keep the last strength without a word
+        raise EtloraError(f"--adapter: expected each adapter once, received {', '.join(map(repr, twice))} more than once "
+                          f"(hint: one --adapter {twice[0]}=STRENGTH)")
     if args.run_verbose or args.verbose:  # ExecuTorch's own info lines; by default only its errors
         from etlora import _runtime
 
