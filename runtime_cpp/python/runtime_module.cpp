@@ -17,6 +17,7 @@
 #include <etlora/bundle.h>
 #include <etlora/generator.h>
 #include <etlora/htp_probe.h>
+#include <etlora/htp_session.h>
 #include <etlora/kernel_path.h>
 #include <etlora/logging.h>
 #include <etlora/thread_pool.h>
@@ -173,6 +174,52 @@ class PySession {
 
  private:
   std::unique_ptr<etlora::Session> session_;
+  std::mutex mutex_;
+};
+
+// Owns an HtpSession (the HTP-shaped program with its KV cache on the host); the
+// same locking and GIL release as PySession.
+class PyHtpSession {
+ public:
+  PyHtpSession(const std::string& program_path, const std::string& foundation_path) {
+    etlora::StatusOr<std::unique_ptr<etlora::HtpSession>> opened =
+        etlora::Status(etlora::StatusCode::kRuntimeError, "not opened");
+    {
+      py::gil_scoped_release release;
+      opened = etlora::HtpSession::open(program_path, foundation_path);
+    }
+    if (!opened.ok()) raise_status(opened.status());
+    session_ = std::move(*opened);
+  }
+
+  void set_adapters(const std::vector<std::tuple<std::string, float>>& adapters) {
+    std::vector<etlora::AdapterChoice> choices;
+    for (const auto& [path, strength] : adapters) choices.push_back({path, strength});
+    etlora::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = session_->set_adapters(choices);
+    }
+    if (!status.ok()) raise_status(status);
+  }
+
+  py::array_t<float> forward(const py::object& tokens, int64_t start_pos) {
+    std::vector<int64_t> ids = to_tokens(tokens);
+    etlora::StatusOr<std::vector<float>> logits = std::vector<float>();
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      logits = session_->forward(ids, start_pos);
+    }
+    if (!logits.ok()) raise_status(logits.status());
+    return to_array(std::move(*logits));
+  }
+
+  const etlora::HtpSession& session() const { return *session_; }
+
+ private:
+  std::unique_ptr<etlora::HtpSession> session_;
   std::mutex mutex_;
 };
 
@@ -459,6 +506,39 @@ PYBIND11_MODULE(_runtime, m) {
           "resident_adapters", [](const PySession& s) { return s.session().resident_adapter_paths(); },
           "Adapter files held open (checked, mapped), most recently bound first.")
       .def_property_readonly("active_adapters", [](const PySession& s) {
+        std::vector<std::tuple<std::string, float>> active;
+        for (const auto& a : s.session().active_adapters()) active.emplace_back(a.path, a.strength);
+        return active;
+      });
+
+  py::class_<PyHtpSession>(m, "HtpSession")
+      .def(py::init<const std::string&, const std::string&>(), py::arg("program_path"),
+           py::arg("foundation_path"),
+           "Load an HTP-shaped program (model_htp.pte; etlora_program_kind 'htp') with foundation.ptd "
+           "('' for a program that carries its foundation). The KV cache lives on the host; no adapter "
+           "active. Hand it a QNN program only after choose_backend said 'htp'.")
+      .def("set_adapters", &PyHtpSession::set_adapters, py::arg("adapters"),
+           "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.")
+      .def("forward", &PyHtpSession::forward, py::arg("tokens"), py::arg("start_pos"),
+           "Run tokens at positions start_pos.. in chunks of chunk_len and return the last position's logits.")
+      .def(
+          "logits", [](PyHtpSession& s, const py::object& tokens) { return s.forward(tokens, 0); },
+          py::arg("tokens"), "forward(tokens, 0): a fresh prefill.")
+      .def_property_readonly("chunk_len", [](const PyHtpSession& s) { return s.session().htp_info().chunk_len; })
+      .def_property_readonly("cache_len", [](const PyHtpSession& s) { return s.session().htp_info().cache_len; })
+      .def_property_readonly("sites", [](const PyHtpSession& s) { return s.session().info().sites; })
+      .def_property_readonly("site_shapes", [](const PyHtpSession& s) { return s.session().info().site_shapes; })
+      .def_property_readonly("max_rank", [](const PyHtpSession& s) { return s.session().info().max_rank; })
+      .def_property_readonly("adapter_slots",
+                             [](const PyHtpSession& s) { return s.session().info().adapter_slots; })
+      .def_property_readonly("vocab_size", [](const PyHtpSession& s) { return s.session().info().vocab_size; })
+      .def_property_readonly("format_version",
+                             [](const PyHtpSession& s) { return s.session().info().format_version; })
+      .def_property_readonly("foundation_fingerprint",
+                             [](const PyHtpSession& s) { return s.session().info().foundation_fingerprint; })
+      .def_property_readonly("last_chunks", [](const PyHtpSession& s) { return s.session().last_chunks(); },
+                             "Runs of the program the last forward() took.")
+      .def_property_readonly("active_adapters", [](const PyHtpSession& s) {
         std::vector<std::tuple<std::string, float>> active;
         for (const auto& a : s.session().active_adapters()) active.emplace_back(a.path, a.strength);
         return active;

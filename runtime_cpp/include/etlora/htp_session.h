@@ -1,0 +1,108 @@
+// HtpSession: runs an HTP-shaped etlora program (model_htp.pte, bundle-format.md
+// "model_htp.pte") with the KV cache kept on the host.
+//
+// The HTP program is a pure function of fixed-size tensors: a chunk of T
+// tokens, their positions, an additive attention mask [1, T, C + T], the K and
+// V caches [L, kv_heads, C, head_dim] as inputs, the adapter scales and LoRA
+// tensors; it returns the logits of every position and the chunk's new K/V
+// rows. This session owns the cache and every input buffer, splits a call's
+// tokens into chunks of T (the last one padded, padding positions clamped to
+// C - 1, as export/htp_model.py's HostKVCache does), builds the mask, runs the
+// method and writes the real rows back into the cache.
+//
+// On a phone the program is the QNN-compiled one; everywhere else the same
+// layout lowered to XNNPACK (export/htp_program.py lower_htp_shaped) runs
+// through this class, which is how it is tested. Like Session, an HtpSession
+// is not thread-safe: use one per thread, or lock around it.
+//
+// It never hands a program to ExecuTorch's QnnBackend on its own judgement:
+// the caller decides with choose_backend (htp_probe.h) first, because
+// QnnBackend crashes on a payload it cannot run rather than refusing it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <etlora/program_info.h>
+#include <etlora/session.h>  // AdapterChoice
+#include <etlora/status.h>
+
+namespace etlora {
+
+// The HTP program layout this runtime reads (etlora_format_version of model_htp.pte).
+constexpr int64_t kHtpFormatVersion = 1;
+
+// What the HTP program's constant methods and input shapes say beyond ProgramInfo.
+struct HtpProgramInfo {
+  int64_t chunk_len = 0;   // T: tokens per run of `forward` (etlora_chunk_len)
+  int64_t cache_len = 0;   // C: cache rows (etlora_cache_len)
+  int64_t num_layers = 0;  // L, from the k_cache input's shape
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+};
+
+class HtpSession {
+ public:
+  // Loads the program and its foundation (both memory-mapped), reads and
+  // checks the constant methods (etlora_program_kind must be "htp") and the
+  // shapes of forward's inputs and outputs against them. An empty
+  // foundation_path loads the program alone (a program that carries its
+  // foundation, as QNN context binaries do). No adapter is active and the
+  // cache is empty until set_adapters() / forward().
+  static StatusOr<std::unique_ptr<HtpSession>> open(const std::string& program_path,
+                                                   const std::string& foundation_path);
+
+  // ProgramInfo as adapters are checked against it; max_seq_len is the cache length C.
+  const ProgramInfo& info() const { return info_; }
+  const HtpProgramInfo& htp_info() const { return htp_; }
+  const std::string& program_path() const { return program_path_; }
+
+  // Binds these adapter files to the slots in order (at most adapter_slots;
+  // the rest get zeros and scale 0): each file is opened (AdapterFile::open)
+  // and checked against info() (AdapterFile::check_for_program), its tensors
+  // become forward's LoRA inputs (zeros for sites it lacks) and
+  // strength * scaling its slot's scale. Everything is checked before anything
+  // changes, so a failure leaves the previous adapters active. A strength that
+  // is not finite, or the same file twice, is an error. The cache is kept.
+  Status set_adapters(const std::vector<AdapterChoice>& adapters);
+
+  // Runs `tokens` at positions start_pos.. (appending to the cache: rows
+  // 0 .. start_pos-1 are what earlier calls wrote) and returns the logits of
+  // the last one (vocab_size floats). start_pos + tokens must be <= cache_len.
+  StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
+
+  // forward() from position 0: a fresh prefill.
+  StatusOr<std::vector<float>> logits(const std::vector<int64_t>& tokens) {
+    return forward(tokens, 0);
+  }
+
+  // Adapters currently bound to the slots, in slot order.
+  const std::vector<AdapterChoice>& active_adapters() const { return active_; }
+
+  // How many runs of `forward` the last forward() call took (ceil(tokens / T)).
+  int64_t last_chunks() const { return last_chunks_; }
+
+  ~HtpSession();
+
+ private:
+  struct Impl;  // ExecuTorch objects and the host buffers, kept out of this header
+  HtpSession();
+  static StatusOr<std::unique_ptr<HtpSession>> open_unguarded(const std::string& program_path,
+                                                              const std::string& foundation_path);
+  Status set_adapters_unguarded(const std::vector<AdapterChoice>& adapters);
+  StatusOr<std::vector<float>> forward_unguarded(const std::vector<int64_t>& tokens,
+                                                 int64_t start_pos);
+  Status run_chunk(const int64_t* tokens, int64_t count, int64_t start, bool want_logits,
+                   std::vector<float>* logits);
+
+  std::string program_path_;
+  ProgramInfo info_;
+  HtpProgramInfo htp_;
+  std::vector<AdapterChoice> active_;
+  int64_t last_chunks_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace etlora

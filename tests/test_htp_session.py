@@ -1,0 +1,234 @@
+"""The C++ HtpSession (runtime_cpp/src/htp_session.cpp): an HTP-shaped program with the KV cache on the host.
+
+On a phone it runs the QNN-compiled model_htp.pte; here the same layout lowered to XNNPACK
+(lower_htp_shaped) stands in for it. Built from the bundle fixture's own spec, it reads the bundle's
+foundation.ptd and the bundle's adapter files, so one adapter file drives both programs. Its
+logits must equal the eager HtpLlama driven by Python's HostKVCache, the same lowered program
+driven from Python, and the XNNPACK Session of the bundle, through a chunked prefill (the last
+chunk padded) and one-token decode steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import MAX_SEQ_LEN, TOKENS
+
+import etlora
+from etlora.export.manifest import read_manifest
+
+CHUNK_LEN = 4
+PROMPT = TOKENS + [5, 120, 33]  # 11 tokens: chunks of 4, 4, 3 (the last padded)
+DECODE_STEPS = 5
+EAGER_TOLERANCE = 1e-5
+SESSION_TOLERANCE = 1e-4
+CASES = {
+    "no adapter": {},
+    "support@1": {"support": 1.0},
+    "support@1+legal@0.5": {"support": 1.0, "legal": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def htp(bundle, model_dir, tmp_path_factory):
+    """The bundle's program spec, lowered HTP-shaped (T = 4, C = the bundle's max_seq_len)."""
+    from etlora.export.foundation import load_foundation
+    from etlora.export.htp_program import HtpShape, lower_htp_shaped
+    from etlora.export.program import Backend, ProgramSpec
+
+    manifest = read_manifest(bundle)
+    program = manifest.program
+    assert program.max_seq_len == MAX_SEQ_LEN and program.adapter_slots == 2
+    foundation = load_foundation(model_dir)
+    spec = ProgramSpec(tuple(program.sites), tuple(program.target_modules), max_rank=program.max_rank,
+                       adapter_slots=program.adapter_slots, max_seq_len=program.max_seq_len,
+                       backend=Backend.XNNPACK)
+    assert [list(d) for d in spec.slots(foundation).site_dims] == program.site_dims
+    result = lower_htp_shaped(foundation, spec, HtpShape(CHUNK_LEN, MAX_SEQ_LEN))
+    # The same foundation bytes: the HTP-shaped program runs on the bundle's own foundation.ptd.
+    assert result.lowered.foundation_bytes == (bundle / manifest.foundation.file).read_bytes()
+    path = tmp_path_factory.mktemp("htp_session") / "model_htp.pte"
+    path.write_bytes(result.lowered.program_bytes)
+    return {"foundation": foundation, "spec": spec, "manifest": manifest, "path": path,
+            "foundation_path": bundle / manifest.foundation.file}
+
+
+def adapter_path(bundle, manifest, name: str) -> str:
+    return str(bundle / manifest.adapters[name].file)
+
+
+def method_inputs(bundle, htp, active: dict[str, float]):
+    """adapter_scales and LoRA inputs from the bundle's adapter .ptd files, read back by Python."""
+    from etlora.export.adapter_format import read_adapter_ptd
+    from etlora.export.htp_model import adapter_method_inputs
+
+    spec, manifest = htp["spec"], htp["manifest"]
+    chosen = []
+    for name, strength in active.items():
+        contents = read_adapter_ptd(adapter_path(bundle, manifest, name))
+        tensors = {key: torch.from_numpy(array.copy()) for key, array in contents.tensors.items()}
+        chosen.append((tensors, strength * contents.scaling))
+    slots = spec.slots(htp["foundation"])
+    return adapter_method_inputs(spec.sites, slots.site_dims, spec.max_rank, spec.adapter_slots, chosen)
+
+
+def max_diff(received, expected) -> float:
+    received, expected = np.asarray(received), np.asarray(expected)
+    assert received.shape == expected.shape
+    return float(np.max(np.abs(received - expected)))
+
+
+def test_properties(htp, bundle):
+    from etlora import _runtime
+
+    session = _runtime.HtpSession(str(htp["path"]), str(htp["foundation_path"]))
+    program = htp["manifest"].program
+    assert (session.chunk_len, session.cache_len) == (CHUNK_LEN, MAX_SEQ_LEN)
+    assert session.sites == program.sites and session.max_rank == program.max_rank
+    assert [list(d) for d in session.site_shapes] == program.site_dims
+    assert session.adapter_slots == 2 and session.format_version == 1
+    assert session.vocab_size == htp["foundation"].shape.vocab_size
+    assert session.foundation_fingerprint == htp["manifest"].foundation.fingerprint
+
+
+def test_logits_match_eager_and_the_xnnpack_session(htp, bundle):
+    """One HtpSession and one XNNPACK Session, each case from position 0 on the same session (so a
+    later case runs over the stale cache rows of the one before): prefill in chunks, then decode."""
+    from etlora import _runtime
+    from etlora.export.htp_model import HostKVCache
+    from etlora.export.htp_program import HtpShape, build_htp_model
+    from executorch.runtime import Runtime
+
+    foundation, spec, manifest = htp["foundation"], htp["spec"], htp["manifest"]
+    session = _runtime.HtpSession(str(htp["path"]), str(htp["foundation_path"]))
+    cpu = etlora.load(bundle)
+    eager_model = build_htp_model(foundation, spec, HtpShape(CHUNK_LEN, MAX_SEQ_LEN))
+    method = Runtime.get().load_program(htp["path"], data_path=htp["foundation_path"]).load_method("forward")
+    worst = {"eager": 0.0, "python-driven program": 0.0, "xnnpack session": 0.0}
+    last_by_case = {}
+    for case, active in CASES.items():
+        session.set_adapters([(adapter_path(bundle, manifest, name), s) for name, s in active.items()])
+        cpu.set_adapters(active)
+        inputs = method_inputs(bundle, htp, active)
+        eager = HostKVCache(foundation.shape, MAX_SEQ_LEN, eager_model, CHUNK_LEN, adapter_inputs=inputs)
+        driven = HostKVCache(foundation.shape, MAX_SEQ_LEN, lambda *args: method.execute(list(args)), CHUNK_LEN,
+                             adapter_inputs=inputs)
+        tokens = list(PROMPT)
+        rows = []
+        for step in range(DECODE_STEPS + 1):
+            new = tokens if step == 0 else tokens[-1:]
+            start = 0 if step == 0 else len(tokens) - 1
+            received = session.forward(new, start)
+            assert session.last_chunks == (3 if step == 0 else 1)
+            with torch.no_grad():
+                expected = eager.forward(new)[-1].numpy()
+            references = {"eager": expected, "python-driven program": driven.forward(new)[-1].numpy(),
+                          "xnnpack session": cpu.forward(new, start)}
+            for name, reference in references.items():
+                worst[name] = max(worst[name], max_diff(received, reference))
+            rows.append(received)
+            tokens.append(int(np.argmax(expected)))
+        print(f"{case}: generated {tokens[len(PROMPT):]}")
+        last_by_case[case] = np.stack(rows)
+    print("HtpSession max abs diff: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+    assert worst["eager"] < EAGER_TOLERANCE
+    assert worst["python-driven program"] < EAGER_TOLERANCE
+    assert worst["xnnpack session"] < SESSION_TOLERANCE
+    # The adapters change the answer, and so does the second slot, or the comparison proves little.
+    assert max_diff(last_by_case["support@1"][0], last_by_case["no adapter"][0]) > 1e-2
+    assert max_diff(last_by_case["support@1+legal@0.5"][0], last_by_case["support@1"][0]) > 1e-2
+
+
+def test_split_calls_equal_one_call(htp, bundle):
+    """The prompt in pieces not aligned to the chunk (5 then 6 tokens) gives the same logits."""
+    from etlora import _runtime
+
+    manifest = htp["manifest"]
+    session = _runtime.HtpSession(str(htp["path"]), str(htp["foundation_path"]))
+    session.set_adapters([(adapter_path(bundle, manifest, "legal"), 0.7)])
+    whole = session.logits(PROMPT)
+    session.forward(PROMPT[:5], 0)
+    pieces = session.forward(PROMPT[5:], 5)
+    assert max_diff(pieces, whole) < EAGER_TOLERANCE
+
+
+def test_cpu_program_is_refused(bundle, htp):
+    from etlora import _runtime
+
+    manifest = htp["manifest"]
+    with pytest.raises(ValueError, match="etlora_program_kind") as error:
+        _runtime.HtpSession(str(bundle / manifest.program.file), str(htp["foundation_path"]))
+    assert str(bundle / manifest.program.file) in str(error.value)
+
+
+def test_positions_beyond_the_cache_are_refused(htp):
+    from etlora import _runtime
+
+    session = _runtime.HtpSession(str(htp["path"]), str(htp["foundation_path"]))
+    for tokens, start in (([1], MAX_SEQ_LEN), ([1, 2], MAX_SEQ_LEN - 1), ([1], -1)):
+        with pytest.raises(ValueError, match=rf"start_pos.*{MAX_SEQ_LEN} \(cache_len"):
+            session.forward(tokens, start)
+    with pytest.raises(ValueError, match=rf"expected 1 to {MAX_SEQ_LEN} tokens"):
+        session.logits([1] * (MAX_SEQ_LEN + 1))
+    with pytest.raises(ValueError, match="expected an id in"):
+        session.logits([1, session.vocab_size])
+    session.forward([1, 2], MAX_SEQ_LEN - 2)  # the last rows are usable
+
+
+def test_adapter_refusals(htp, bundle, fixtures_dir, tmp_path):
+    """Another foundation's adapter: refused with check_for_program's words (as the XNNPACK Session
+    says them), leaving the adapters bound before active. Too many adapters, non-finite strength."""
+    from etlora import _runtime
+    from etlora.export.adapter_file import ProgramSlots, write_adapter_ptd
+    from etlora.export.adapters import load_adapter
+    from etlora.export.model import LlamaShape
+
+    manifest = htp["manifest"]
+    program = manifest.program
+    foreign = ProgramSlots(tuple(program.sites), tuple(tuple(d) for d in program.site_dims), program.max_rank,
+                           "f" * 64)
+    shape = LlamaShape(**manifest.foundation.config)
+    path = tmp_path / "foreign.ptd"
+    write_adapter_ptd(load_adapter("support", fixtures_dir / "support", shape), foreign, path)
+
+    session = _runtime.HtpSession(str(htp["path"]), str(htp["foundation_path"]))
+    session.set_adapters([(adapter_path(bundle, manifest, "support"), 1.0)])
+    before = session.logits(PROMPT)
+    with pytest.raises(ValueError) as htp_error:
+        session.set_adapters([(str(path), 1.0)])
+    cpu = _runtime.Session(str(bundle / program.file), str(htp["foundation_path"]))
+    with pytest.raises(ValueError) as cpu_error:
+        cpu.set_adapters([(str(path), 1.0)])
+    assert "is for foundation ffffffffffff" in str(htp_error.value)
+    assert (str(htp_error.value).replace(str(htp["path"]), "<program>")
+            == str(cpu_error.value).replace(str(bundle / program.file), "<program>"))
+    assert session.active_adapters == [(adapter_path(bundle, manifest, "support"), 1.0)]
+    assert max_diff(session.logits(PROMPT), before) == 0.0
+
+    support, legal = adapter_path(bundle, manifest, "support"), adapter_path(bundle, manifest, "legal")
+    with pytest.raises(ValueError, match="3 adapters given.*2 adapter slot"):
+        session.set_adapters([(support, 1.0), (legal, 1.0), (str(path), 1.0)])
+    with pytest.raises(ValueError, match="strength must be a finite number"):
+        session.set_adapters([(support, float("nan"))])
+    with pytest.raises(ValueError, match="given twice"):
+        session.set_adapters([(support, 1.0), (support, 0.5)])
+    with pytest.raises(FileNotFoundError):
+        session.set_adapters([(str(tmp_path / "missing.ptd"), 1.0)])
+
+
+def test_cpp_ctest_with_the_lowered_program(htp, bundle):
+    """tests/cpp/htp_session_test: the same comparison in C++ alone (HtpSession vs Session)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    found = sorted((Path(__file__).resolve().parent.parent / "build").glob("*/tests/cpp/htp_session_test"))
+    if not found:
+        pytest.skip("no CMake build tree with tests (install with pip install -e .)")
+    result = subprocess.run([str(found[0])], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ETLORA_TEST_BUNDLE": str(bundle),
+                                 "ETLORA_TEST_HTP_PROGRAM": str(htp["path"])})
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HtpSession vs Session: max abs diff" in result.stdout and "PASSED" in result.stdout
