@@ -232,3 +232,42 @@ def test_cpp_ctest_with_the_lowered_program(htp, bundle):
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HtpSession vs Session: max abs diff" in result.stdout and "PASSED" in result.stdout
+
+
+def test_etlora_load_runs_the_htp_program_when_the_backend_is_htp(bundle_copy, htp):
+    """A two-program bundle on a device the probe cleared (facts faked): etlora.load opens the HTP
+    program in an HtpSession; logits and greedy text equal the XNNPACK program's with the same
+    adapter files."""
+    import json
+
+    from etlora.backend import Backend, choose_backend
+    from etlora.export.manifest import FileRecord
+
+    target = bundle_copy / "model_htp.pte"
+    target.write_bytes(htp["path"].read_bytes())  # the XNNPACK stand-in (no QNN SDK here)
+    data = json.loads((bundle_copy / "manifest.json").read_text())
+    data["files"]["model_htp.pte"] = FileRecord.of(target).__dict__
+    data["htp_program"] = {"file": "model_htp.pte", "soc": "SM8650", "qnn_sdk_version": "2.37.0.250724",
+                           "chunk_len": CHUNK_LEN, "cache_len": MAX_SEQ_LEN, "foundation_in_context_bytes": 0}
+    (bundle_copy / "manifest.json").write_text(json.dumps(data))
+    device = {"htp_library_loadable": True, "htp_library_error": "", "system_library_loadable": True,
+              "system_library_error": "", "dsp_device": "/dev/fastrpc-cdsp", "soc": "SM8650",
+              "soc_source": "ETLORA_SOC"}
+    choice = choose_backend(bundle_copy, "htp", facts=device)
+    assert choice.backend is Backend.HTP
+    on_htp = etlora.load(bundle_copy, adapters={"support": 1.0, "legal": 0.5}, backend=choice)
+    on_cpu = etlora.load(bundle_copy, adapters={"support": 1.0, "legal": 0.5}, backend="xnnpack")
+    assert (on_htp.backend, on_cpu.backend) == ("htp", "xnnpack")
+    assert on_htp.packed_cache.source == "off"
+    assert max_diff(on_htp.logits(PROMPT), on_cpu.logits(PROMPT)) < SESSION_TOLERANCE
+    on_htp.set_adapters({"legal": 1.0})
+    on_cpu.set_adapters({"legal": 1.0})
+    assert max_diff(on_htp.logits(PROMPT), on_cpu.logits(PROMPT)) < SESSION_TOLERANCE
+    htp_text = on_htp.generate("hello there", max_new_tokens=8, stop_at_eos=False)
+    cpu_text = on_cpu.generate("hello there", max_new_tokens=8, stop_at_eos=False)
+    assert htp_text.token_ids == cpu_text.token_ids and len(htp_text.token_ids) == 8
+    # A manifest whose chunk length disagrees with the program is refused by name.
+    data["htp_program"]["chunk_len"] = CHUNK_LEN * 2
+    (bundle_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(etlora.EtloraError, match=r"chunk_len 4, cache_len 64; manifest htp_program says 8, 64"):
+        etlora.load(bundle_copy, backend=choose_backend(bundle_copy, "htp", facts=device))

@@ -6,9 +6,10 @@ of refusing it, so the choice is never made by trying: the device is probed (QNN
 Hexagon DSP device node, the SoC) and one rule in C++ decides (etlora::choose_backend, the table in
 runtime_cpp/include/etlora/htp_probe.h), the same rule etlora_runner applies.
 
-This runtime has no HTP session yet (the static-shape session with a host-side KV cache that the
-HTP program needs), so the answer is XNNPACK, with the reason, even on a device that could run the
-HTP program; `htp` requested is then an error, never a silent fallback.
+When the answer is HTP, etlora.load opens the HTP program in an HtpSession (the static-shape
+session with the KV cache on the host, runtime_cpp/src/htp_session.cpp); `htp` requested where it
+cannot run is an error, never a silent fallback. etlora_runner has no HTP session yet and keeps to
+XNNPACK with that reason.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, Mapping
 
 from etlora.export.errors import BundleError, EtloraError
 
-# Whether this runtime can run an HTP program at all (issue 14: not yet).
-HTP_SESSION_AVAILABLE = False
+# Whether this runtime can run an HTP program: etlora.load opens it in an HtpSession.
+HTP_SESSION_AVAILABLE = True
 
 
 class Backend(enum.Enum):

@@ -57,6 +57,11 @@ class PackedCacheInfo:
     def from_file(self) -> bool:
         return self.source in ("mapped", "shared")
 
+    @staticmethod
+    def off(note: str = "") -> "PackedCacheInfo":
+        """No packed file in play (packed_cache=False, or a program XNNPACK does not run)."""
+        return PackedCacheInfo("", "off", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, note)
+
 
 def packed_cache_path(bundle_dir: str | Path, foundation_weights_id: str,
                       cache_dir: str | Path | None = None) -> Path | None:

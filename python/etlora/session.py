@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from etlora.backend import Backend, choose_backend
+from etlora.backend import Backend, BackendChoice, choose_backend
 from etlora.export.errors import BundleError, EtloraError
 from etlora.export.manifest import Manifest, read_manifest
 from etlora.packed_cache import PackedCacheInfo, PackedCacheResidency, log, packed_cache_path
@@ -53,7 +53,7 @@ class Session:
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, packed_cache: bool = True,
                  cache_dir: str | Path | None = None,
                  packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
-                 max_resident_adapters: int = 0, backend: Backend | str = Backend.AUTO):
+                 max_resident_adapters: int = 0, backend: Backend | str | BackendChoice = Backend.AUTO):
         from etlora import _runtime
 
         self.bundle_dir = Path(bundle_dir)
@@ -63,24 +63,30 @@ class Session:
         except (ValueError, RuntimeError) as error:
             raise BundleError(str(error)) from None
         # Before anything is loaded (etlora.backend): only a program the probe cleared may run.
-        choice = choose_backend(self._bundle, backend)
+        # A BackendChoice is a decision the caller already made with choose_backend.
+        choice = backend if isinstance(backend, BackendChoice) else choose_backend(self._bundle, backend)
         self.backend: str = choice.backend.value  # "xnnpack" or "htp"
         self.backend_reason: str = choice.reason
         self._check_files_present()
-        packed_path = None
-        if packed_cache:
-            packed_path = packed_cache_path(self.bundle_dir, manifest.foundation.weights_id, cache_dir)
-        try:
-            self._runtime = _runtime.Session(
-                self._bundle.program_path,
-                self._bundle.foundation_path,
-                packed_cache_path=str(packed_path) if packed_path else "",
-                packed_cache_residency=_residency(packed_cache_residency).value,
-                max_resident_adapters=_count("max_resident_adapters", max_resident_adapters),
-            )
-        except (ValueError, RuntimeError) as error:
-            raise BundleError(str(error)) from None
-        self.packed_cache = PackedCacheInfo(**self._runtime.packed_cache)
+        max_resident_adapters = _count("max_resident_adapters", max_resident_adapters)
+        if choice.backend is Backend.HTP:
+            self._runtime = self._open_htp()
+            self.packed_cache = PackedCacheInfo.off()
+        else:
+            packed_path = None
+            if packed_cache:
+                packed_path = packed_cache_path(self.bundle_dir, manifest.foundation.weights_id, cache_dir)
+            try:
+                self._runtime = _runtime.Session(
+                    self._bundle.program_path,
+                    self._bundle.foundation_path,
+                    packed_cache_path=str(packed_path) if packed_path else "",
+                    packed_cache_residency=_residency(packed_cache_residency).value,
+                    max_resident_adapters=max_resident_adapters,
+                )
+            except (ValueError, RuntimeError) as error:
+                raise BundleError(str(error)) from None
+            self.packed_cache = PackedCacheInfo(**self._runtime.packed_cache)
         info = self.packed_cache
         if info.note:
             log.warning("etlora: packed cache: %s", info.note)
@@ -97,6 +103,24 @@ class Session:
         self._tokenizer = None
         # The C++ reader's paths (as the runner's); a missing file is reported by the runtime.
         self._adapter_paths = {name: self._bundle.adapter_path(name) for name in manifest.adapters}
+
+    def _open_htp(self):
+        """The HTP program (model_htp.pte) in an HtpSession: only after choose_backend said htp,
+        since QnnBackend crashes on a program it cannot run (docs/htp.md)."""
+        from etlora import _runtime
+
+        htp = self._bundle.htp_program
+        foundation = self._bundle.foundation_path if htp["foundation_in_context_bytes"] == 0 else ""
+        try:
+            runtime = _runtime.HtpSession(htp["path"], foundation)
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(str(error)) from None
+        if (runtime.chunk_len, runtime.cache_len) != (htp["chunk_len"], htp["cache_len"]):
+            raise BundleError(
+                f"{htp['path']}: chunk_len {runtime.chunk_len}, cache_len {runtime.cache_len}; manifest "
+                f"htp_program says {htp['chunk_len']}, {htp['cache_len']} (hint: files from different exports)"
+            )
+        return runtime
 
     def _check_files_present(self) -> None:
         for name in (self.manifest.program.file, self.manifest.foundation.file):
@@ -155,11 +179,15 @@ class Session:
 
     def release_adapters(self) -> int:
         """Close the files of adapters no slot uses (their pages are unmapped); returns how many."""
+        if self.backend == Backend.HTP.value:
+            return 0  # the HTP session opens its adapters per set_adapters and keeps only the bound
         return self._runtime.release_unbound_adapters()
 
     @property
     def resident_adapters(self) -> list[str]:
         """Names of the adapters whose files the runtime holds open, most recently bound first."""
+        if self.backend == Backend.HTP.value:
+            return list(self._active)
         by_path = {path: name for name, path in self._adapter_paths.items()}
         return [by_path.get(path, path) for path in self._runtime.resident_adapters]
 
@@ -238,7 +266,7 @@ class Session:
 def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
          packed_cache: bool = True, cache_dir: str | Path | None = None,
          packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
-         max_resident_adapters: int = 0, backend: Backend | str = Backend.AUTO) -> Session:
+         max_resident_adapters: int = 0, backend: Backend | str | BackendChoice = Backend.AUTO) -> Session:
     """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`.
 
     packed_cache: keep XNNPACK's packed foundation weights in a file so that later starts map them

@@ -76,6 +76,47 @@ py::array_t<float> to_array(std::vector<float>&& values) {
   return array;
 }
 
+// The C++ generator over a Session or an HtpSession with the GIL released;
+// on_token(id) runs with the GIL held and may return False to stop. Returns
+// (ids, stats).
+template <class AnySession>
+py::tuple run_generate(AnySession& session, std::mutex& mutex, const py::object& prompt, int64_t max_new_tokens,
+                       float temperature, float top_p, uint64_t seed, const py::object& on_token,
+                       const std::vector<int64_t>& eos_ids) {
+  std::vector<int64_t> ids = to_tokens(prompt);
+  etlora::GenerationOptions options{max_new_tokens, temperature, top_p, seed, eos_ids};
+  std::optional<py::error_already_set> callback_error;
+  etlora::TokenCallback callback;
+  if (!on_token.is_none()) {
+    callback = [&](int64_t token) {
+      py::gil_scoped_acquire acquire;
+      try {
+        py::object keep_going = on_token(token);
+        return keep_going.is_none() || keep_going.cast<bool>();
+      } catch (py::error_already_set& error) {
+        callback_error.emplace(std::move(error));
+        return false;
+      }
+    };
+  }
+  etlora::StatusOr<etlora::GenerationResult> result = etlora::Status();
+  {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex);
+    result = etlora::generate(session, ids, options, callback);
+  }
+  if (callback_error) throw std::move(*callback_error);
+  if (!result.ok()) raise_status(result.status());
+  const etlora::GenerationStats& stats = result->stats;
+  py::dict info("prompt_tokens"_a = stats.prompt_tokens, "generated_tokens"_a = stats.generated_tokens,
+                "decode_steps"_a = stats.decode_steps, "prefill_seconds"_a = stats.prefill_seconds,
+                "decode_seconds"_a = stats.decode_seconds,
+                "prefill_tokens_per_second"_a = stats.prefill_tokens_per_second(),
+                "decode_tokens_per_second"_a = stats.decode_tokens_per_second(),
+                "stop_reason"_a = stats.stop_reason);
+  return py::make_tuple(py::cast(result->tokens), info);
+}
+
 // Owns a Session; the mutex keeps two Python threads from running one
 // Session at once while the GIL is released.
 class PySession {
@@ -127,42 +168,9 @@ class PySession {
     return to_array(std::move(*logits));
   }
 
-  // The C++ generator with the GIL released; on_token(id) runs with the GIL
-  // held and may return False to stop. Returns (ids, stats).
   py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
                      uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids) {
-    std::vector<int64_t> ids = to_tokens(prompt);
-    etlora::GenerationOptions options{max_new_tokens, temperature, top_p, seed, eos_ids};
-    std::optional<py::error_already_set> callback_error;
-    etlora::TokenCallback callback;
-    if (!on_token.is_none()) {
-      callback = [&](int64_t token) {
-        py::gil_scoped_acquire acquire;
-        try {
-          py::object keep_going = on_token(token);
-          return keep_going.is_none() || keep_going.cast<bool>();
-        } catch (py::error_already_set& error) {
-          callback_error.emplace(std::move(error));
-          return false;
-        }
-      };
-    }
-    etlora::StatusOr<etlora::GenerationResult> result = etlora::Status();
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      result = etlora::generate(*session_, ids, options, callback);
-    }
-    if (callback_error) throw std::move(*callback_error);
-    if (!result.ok()) raise_status(result.status());
-    const etlora::GenerationStats& stats = result->stats;
-    py::dict info("prompt_tokens"_a = stats.prompt_tokens, "generated_tokens"_a = stats.generated_tokens,
-                  "decode_steps"_a = stats.decode_steps, "prefill_seconds"_a = stats.prefill_seconds,
-                  "decode_seconds"_a = stats.decode_seconds,
-                  "prefill_tokens_per_second"_a = stats.prefill_tokens_per_second(),
-                  "decode_tokens_per_second"_a = stats.decode_tokens_per_second(),
-                  "stop_reason"_a = stats.stop_reason);
-    return py::make_tuple(py::cast(result->tokens), info);
+    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids);
   }
 
   const etlora::Session& session() const { return *session_; }
@@ -214,6 +222,11 @@ class PyHtpSession {
     }
     if (!logits.ok()) raise_status(logits.status());
     return to_array(std::move(*logits));
+  }
+
+  py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
+                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids) {
+    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids);
   }
 
   const etlora::HtpSession& session() const { return *session_; }
@@ -500,8 +513,10 @@ PYBIND11_MODULE(_runtime, m) {
       .def_property_readonly(
           "memory_planned_inputs",
           [](const PySession& s) { return s.session().memory_planned_inputs(); })
-      .def("release_unbound_adapters", &PySession::release_unbound_adapters,
-           "Close every open adapter file no slot binds (unmaps its pages); returns how many.")
+      .def(
+          "release_unbound_adapters",
+          &PySession::release_unbound_adapters,
+          "Close every open adapter file no slot binds (unmaps its pages); returns how many.")
       .def_property_readonly(
           "resident_adapters", [](const PySession& s) { return s.session().resident_adapter_paths(); },
           "Adapter files held open (checked, mapped), most recently bound first.")
@@ -524,6 +539,11 @@ PYBIND11_MODULE(_runtime, m) {
       .def(
           "logits", [](PyHtpSession& s, const py::object& tokens) { return s.forward(tokens, 0); },
           py::arg("tokens"), "forward(tokens, 0): a fresh prefill.")
+      .def("generate", &PyHtpSession::generate, py::arg("prompt_ids"), py::arg("max_new_tokens"),
+           py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
+           py::arg("on_token") = py::none(), py::arg("eos_ids") = std::vector<int64_t>(),
+           "Session.generate's loop (etlora::generate) over the HTP-shaped program.")
+      .def_property_readonly("max_seq_len", [](const PyHtpSession& s) { return s.session().info().max_seq_len; })
       .def_property_readonly("chunk_len", [](const PyHtpSession& s) { return s.session().htp_info().chunk_len; })
       .def_property_readonly("cache_len", [](const PyHtpSession& s) { return s.session().htp_info().cache_len; })
       .def_property_readonly("sites", [](const PyHtpSession& s) { return s.session().info().sites; })

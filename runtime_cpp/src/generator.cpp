@@ -12,8 +12,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-Status check_options(const Session& session, const std::vector<int64_t>& prompt, const GenerationOptions& options) {
-  const int64_t max_seq_len = session.info().max_seq_len;
+Status check_options(int64_t max_seq_len, const std::vector<int64_t>& prompt, const GenerationOptions& options) {
   const auto invalid = [](const std::string& message) { return Status(StatusCode::kInvalidArgument, message); };
   if (prompt.empty()) return invalid("generate: expected at least one prompt token, got none");
   if (static_cast<int64_t>(prompt.size()) > max_seq_len) {
@@ -61,8 +60,26 @@ int64_t pick_token(const std::vector<float>& logits, float temperature, float to
 
 StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>& prompt,
                                     const GenerationOptions& options, const TokenCallback& on_token) {
-  if (Status status = check_options(session, prompt, options); !status.ok()) return status;
-  const int64_t max_seq_len = session.info().max_seq_len;
+  const ForwardModel model{[&](const std::vector<int64_t>& tokens, int64_t start) {
+                             return session.forward(tokens, start);
+                           },
+                           session.info().max_seq_len};
+  return generate(model, prompt, options, on_token);
+}
+
+StatusOr<GenerationResult> generate(HtpSession& session, const std::vector<int64_t>& prompt,
+                                    const GenerationOptions& options, const TokenCallback& on_token) {
+  const ForwardModel model{[&](const std::vector<int64_t>& tokens, int64_t start) {
+                             return session.forward(tokens, start);
+                           },
+                           session.info().max_seq_len};
+  return generate(model, prompt, options, on_token);
+}
+
+StatusOr<GenerationResult> generate(const ForwardModel& model, const std::vector<int64_t>& prompt,
+                                    const GenerationOptions& options, const TokenCallback& on_token) {
+  const int64_t max_seq_len = model.max_seq_len;
+  if (Status status = check_options(max_seq_len, prompt, options); !status.ok()) return status;
   const auto is_eos = [&](int64_t id) {
     return std::find(options.eos_ids.begin(), options.eos_ids.end(), id) != options.eos_ids.end();
   };
@@ -74,7 +91,7 @@ StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>
 
   std::mt19937_64 random(options.seed);
   auto start = std::chrono::steady_clock::now();
-  auto logits = session.forward(prompt, 0);
+  auto logits = model.forward(prompt, 0);
   if (!logits.ok()) return logits.status();
   int64_t token = pick_token(*logits, options.temperature, options.top_p, random);
   stats.prefill_seconds = seconds_since(start);
@@ -97,7 +114,7 @@ StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>
       break;
     }
     start = std::chrono::steady_clock::now();
-    logits = session.forward({token}, position);
+    logits = model.forward({token}, position);
     if (!logits.ok()) return logits.status();
     token = pick_token(*logits, options.temperature, options.top_p, random);
     stats.decode_seconds += seconds_since(start);

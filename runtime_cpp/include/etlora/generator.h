@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <etlora/htp_session.h>
 #include <etlora/session.h>
 #include <etlora/status.h>
 
@@ -45,6 +46,18 @@ struct GenerationResult {
 // an eos id, at max_new_tokens, when the KV cache is full, or when on_token
 // says so. Fails on an empty or too long prompt or a bad option value.
 StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>& prompt,
+                                    const GenerationOptions& options, const TokenCallback& on_token = nullptr);
+// The same loop over the HTP-shaped program (its KV cache on the host).
+StatusOr<GenerationResult> generate(HtpSession& session, const std::vector<int64_t>& prompt,
+                                    const GenerationOptions& options, const TokenCallback& on_token = nullptr);
+
+// What the loop needs of a model: forward() with Session::forward's contract
+// (append at start_pos, logits of the last token) and the cache length.
+struct ForwardModel {
+  std::function<StatusOr<std::vector<float>>(const std::vector<int64_t>&, int64_t)> forward;
+  int64_t max_seq_len = 0;
+};
+StatusOr<GenerationResult> generate(const ForwardModel& model, const std::vector<int64_t>& prompt,
                                     const GenerationOptions& options, const TokenCallback& on_token = nullptr);
 
 // One pick from logits: argmax when temperature is 0, else top-p sampling.
