@@ -17,6 +17,7 @@ from executorch.extension.flat_tensor.serialize.serialize import FlatTensorConfi
 
 from .adapter_format import (
     ADAPTER_FORMAT_VERSION,
+    ALORA_TOKENS_KEY,
     FINGERPRINT_KEY,
     FORMAT_VERSION_KEY,
     SCALING_KEY,
@@ -77,6 +78,9 @@ def adapter_ptd_bytes(adapter, slots: ProgramSlots, dtype: AdapterDtype = Adapte
     entries[FORMAT_VERSION_KEY] = _text_tensor(ADAPTER_FORMAT_VERSION)
     entries[FINGERPRINT_KEY] = _text_tensor(slots.foundation_fingerprint)
     entries[SCALING_KEY] = torch.tensor([adapter.scaling], dtype=torch.float32)
+    tokens = getattr(adapter, "alora_invocation_tokens", None)
+    if tokens is not None:  # activated LoRA only: an ordinary adapter's file has no such key
+        entries[ALORA_TOKENS_KEY] = torch.tensor(list(tokens), dtype=torch.int64)
     buffers = []
     named_data = {}
     for key in sorted(entries):

@@ -20,7 +20,14 @@ ADAPTER_FORMAT_VERSION = "1"
 FORMAT_VERSION_KEY = "etlora.format_version"
 FINGERPRINT_KEY = "etlora.foundation_fingerprint"
 SCALING_KEY = "etlora.scaling"
-METADATA_KEYS = (FORMAT_VERSION_KEY, FINGERPRINT_KEY, SCALING_KEY)
+METADATA_KEYS = (FORMAT_VERSION_KEY, FINGERPRINT_KEY, SCALING_KEY)  # required in every adapter file
+# Optional, only in activated-LoRA (aLoRA) files: PEFT's alora_invocation_tokens, int64 [n]. The
+# adapter applies from the start of the last occurrence of this sequence on, nowhere if it is absent.
+# A reader that predates it refuses the key as unknown, so an old runtime never applies an aLoRA to
+# every token (the format version stays "1").
+ALORA_TOKENS_KEY = "etlora.alora_invocation_tokens"
+MAX_ALORA_TOKENS = 64
+ALORA_TOKEN_LIMIT = 2**31  # token ids are below it (the runtime keeps them as int32 where it likes)
 TENSOR_SUFFIXES = (".lora_a", ".lora_b")
 # Every tensor starts on its own page (the segment too, so file offsets are page-aligned): the
 # runtime maps the file once and hands out pointers into it, so an adapter's RSS is the pages of
@@ -72,6 +79,7 @@ class AdapterFileContents:
     foundation_fingerprint: str
     scaling: float
     tensors: dict[str, np.ndarray]
+    alora_invocation_tokens: tuple[int, ...] | None = None  # None: an ordinary adapter
 
 
 def read_adapter_ptd(path: Path) -> AdapterFileContents:
@@ -97,6 +105,19 @@ def read_adapter_ptd(path: Path) -> AdapterFileContents:
             expected = (np.dtype(np.float32),)
             if entry.sizes != (1,):
                 raise BundleError(f"{path}: {key} is expected to be float32 [1], got {list(entry.sizes)}")
+        elif key == ALORA_TOKENS_KEY:
+            expected = (np.dtype(np.int64),)
+            if entry.dtype not in expected or len(entry.sizes) != 1 or not 1 <= entry.sizes[0] <= MAX_ALORA_TOKENS:
+                raise BundleError(
+                    f"{path}: {key} is expected to be int64 [n], 1 <= n <= {MAX_ALORA_TOKENS}, got {entry.dtype} "
+                    f"{list(entry.sizes)}; hint: the file is damaged, re-export it"
+                )
+            for index, token in enumerate(entry.array(raw).tolist()):
+                if not 0 <= token < ALORA_TOKEN_LIMIT:
+                    raise BundleError(
+                        f"{path}: {key}[{index}] is expected to be a token id >= 0 and < 2^31, got {token}; "
+                        "hint: the file is damaged, re-export it"
+                    )
         elif key.endswith(TENSOR_SUFFIXES):
             expected = (np.dtype(np.float32), np.dtype(np.float16))
         else:
@@ -125,11 +146,13 @@ def read_adapter_ptd(path: Path) -> AdapterFileContents:
         partner = key[: -len("lora_a")] + ("lora_b" if key.endswith(".lora_a") else "lora_a")
         if key.endswith(TENSOR_SUFFIXES) and partner not in arrays:
             raise BundleError(f"{path}: has {key} but no {partner}; hint: the file is incomplete, re-export it")
+    alora_tokens = arrays.pop(ALORA_TOKENS_KEY, None)
     return AdapterFileContents(
         format_version=version,
         foundation_fingerprint=arrays.pop(FINGERPRINT_KEY).tobytes().decode("ascii", errors="backslashreplace"),
         scaling=float(arrays.pop(SCALING_KEY)[0]),
         tensors=arrays,
+        alora_invocation_tokens=None if alora_tokens is None else tuple(alora_tokens.tolist()),
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .adapter_format import MAX_ALORA_TOKENS
 from .errors import AdapterError
 from .model import LINEAR_MODULES, LlamaShape, site_path
 
@@ -32,6 +33,8 @@ class LoraAdapter:
 
     `tensors[site] = (lora_A [rank, in], lora_B [out, rank])`, as PEFT stores them; with PEFT's
     rank_pattern / alpha_pattern, padded to `rank` and with the site's scaling folded into lora_B.
+    `alora_invocation_tokens`: PEFT's activated LoRA (the adapter applies from the start of the last
+    occurrence of these tokens on, nowhere before or without them); None for an ordinary adapter.
     """
 
     name: str
@@ -41,6 +44,7 @@ class LoraAdapter:
     use_rslora: bool
     base_model: str
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    alora_invocation_tokens: tuple[int, ...] | None = None
 
     @property
     def scaling(self) -> float:
@@ -74,6 +78,7 @@ _IMPLEMENTED_FIELDS = frozenset({
     # that these fields do not target (PEFT would not load them).
     "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
     "init_lora_weights",  # only values in _INIT_KEEPS_BASE (the others change the base weights)
+    "alora_invocation_tokens",  # activated LoRA: written into the adapter file, gated by the runtime
 })
 _NO_INFERENCE_EFFECT_FIELDS = frozenset({
     "peft_type",  # checked to be LORA before anything else
@@ -94,7 +99,6 @@ _INIT_KEEPS_BASE = (True, False, "gaussian", "eva", "orthogonal", "mica")
 # Words for the options a user is likely to meet; any other field is named with its value alone.
 _OPTION_WORDS = {
     "use_dora": "DoRA",
-    "alora_invocation_tokens": "activated LoRA, which PEFT applies only from these tokens on and etlora would apply to every token",
     "bias": "trained biases",
     "lora_bias": "a trained bias on lora_B",
     "modules_to_save": "fully trained modules",
@@ -134,6 +138,30 @@ def _read_config(directory: Path, name: str):
             "linear layers, with per-module ranks and alphas)"
         )
     return config
+
+
+def _alora_tokens(config, vocab_size: int, config_path: Path, name: str) -> tuple[int, ...] | None:
+    """PEFT's alora_invocation_tokens checked against the foundation: None for an ordinary adapter,
+    else 1 to MAX_ALORA_TOKENS token ids of the foundation's vocabulary."""
+    tokens = getattr(config, "alora_invocation_tokens", None)
+    if tokens is None:
+        return None
+    where = f"adapter {name!r} ({config_path}): alora_invocation_tokens (activated LoRA)"
+    hint = "(hint: the invocation string tokenized with the foundation's tokenizer, as PEFT expects)"
+    if not isinstance(tokens, (list, tuple)) or not tokens:
+        raise AdapterError(f"{where}: expected a non-empty list of token ids, received {_shown(tokens)} {hint}")
+    if len(tokens) > MAX_ALORA_TOKENS:
+        raise AdapterError(f"{where}: expected at most {MAX_ALORA_TOKENS} token ids, received {len(tokens)} "
+                           "(hint: a shorter invocation sequence)")
+    for index, token in enumerate(tokens):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise AdapterError(f"{where}: expected integer token ids, received {_shown(token)} at index {index} {hint}")
+        if not 0 <= token < vocab_size:
+            raise AdapterError(
+                f"{where}: expected token ids in 0..{vocab_size - 1} (the foundation's vocabulary), received "
+                f"{token} at index {index} (hint: invocation tokens from another tokenizer or base model?)"
+            )
+    return tuple(tokens)
 
 
 def _peft_version() -> str:
@@ -268,6 +296,7 @@ def load_adapter(name: str, directory: str | Path, shape: LlamaShape) -> LoraAda
     if not directory.is_dir():
         raise AdapterError(f"adapter {name!r}: directory {directory} not found")
     config = _read_config(directory, name)
+    alora_tokens = _alora_tokens(config, shape.vocab_size, directory / "adapter_config.json", name)
     weights = _read_weights(directory, name)
     weights_path = directory / "adapter_model.safetensors"
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -324,6 +353,7 @@ def load_adapter(name: str, directory: str | Path, shape: LlamaShape) -> LoraAda
         use_rslora=use_rslora,
         base_model=str(config.base_model_name_or_path or ""),
         tensors=tensors,
+        alora_invocation_tokens=alora_tokens,
     )
 
 

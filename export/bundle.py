@@ -73,6 +73,8 @@ def adapter_record(adapter: LoraAdapter, file: str, dtype: AdapterDtype) -> Adap
         base_model=adapter.base_model,
         source=adapter.source,
         dtype=dtype.value,
+        alora_invocation_tokens=(list(adapter.alora_invocation_tokens)
+                                 if adapter.alora_invocation_tokens is not None else None),
     )
 
 

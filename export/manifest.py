@@ -7,16 +7,18 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from .adapter_format import ProgramSlots
+from .adapter_format import ALORA_TOKEN_LIMIT, MAX_ALORA_TOKENS, ProgramSlots
 from .errors import BundleError
 from .files import sha256_file, write_atomically
 from .quantization import QuantScheme
 
 FORMAT_NAME = "etlora-bundle"
-# 2: foundation.quantization and foundation.weights_id; 3: adapters[].dtype; 4: htp_program
-FORMAT_VERSION = 4
-# version 1 is an fp32 foundation; versions 1-2 have fp32 adapters; versions 1-3 no HTP program
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 2: foundation.quantization and foundation.weights_id; 3: adapters[].dtype; 4: htp_program;
+# 5: adapters[].alora_invocation_tokens
+FORMAT_VERSION = 5
+# version 1 is an fp32 foundation; versions 1-2 have fp32 adapters; versions 1-3 no HTP program;
+# versions 1-4 no activated LoRA (every adapter applies to every token)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILE = "model.pte"
 HTP_PROGRAM_FILE = "model_htp.pte"
@@ -92,6 +94,9 @@ class AdapterRecord:
     base_model: str
     source: str
     dtype: str = "fp32"  # how the file stores lora_a/lora_b: "fp32" or "fp16" (AdapterDtype)
+    # Activated LoRA: the adapter file's etlora.alora_invocation_tokens; None (JSON null, or absent
+    # before version 5): an ordinary adapter. The file is what the runtime acts on; this is for tools.
+    alora_invocation_tokens: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def _parse(data: dict, path: Path) -> Manifest:
             program=ProgramRecord(**data["program"]),
             foundation=_parse_foundation(data["foundation"], path),
             files={name: FileRecord(**record) for name, record in data["files"].items()},
-            adapters={name: AdapterRecord(**record) for name, record in data["adapters"].items()},
+            adapters={name: _parse_adapter(name, record, path) for name, record in data["adapters"].items()},
             tokenizer=TokenizerRecord(**data["tokenizer"]) if data.get("tokenizer") else None,
             htp_program=_parse_htp_program(data.get("htp_program"), path),
             format=data["format"],
@@ -171,6 +176,29 @@ def _parse(data: dict, path: Path) -> Manifest:
         )
     except (KeyError, TypeError) as error:
         raise BundleError(f"{path}: manifest is missing or has unexpected fields ({error})") from None
+
+
+def _parse_adapter(name: str, data: dict, path: Path) -> AdapterRecord:
+    """One adapters[] entry; alora_invocation_tokens, when not null, is 1 to MAX_ALORA_TOKENS token ids
+    (whole numbers in 0 .. 2^31-1), checked in the C++ reader's words."""
+    record = AdapterRecord(**data)
+    tokens = record.alora_invocation_tokens
+    if tokens is None:
+        return record
+    where = f"adapters['{name}'].alora_invocation_tokens"
+    if not isinstance(tokens, list) or not 1 <= len(tokens) <= MAX_ALORA_TOKENS:
+        got = f"{len(tokens)} entries" if isinstance(tokens, list) else _json_kind(tokens)
+        raise BundleError(f"{path}: {where}: expected null or an array of 1 to {MAX_ALORA_TOKENS} token ids, got {got}")
+    checked = []
+    for index, token in enumerate(tokens):
+        number = _json_integer(token)
+        if number is None or not 0 <= number < ALORA_TOKEN_LIMIT:
+            got = number if number is not None else (
+                "a number that is not a whole number within 2^53" if _json_kind(token) == "a number"
+                else _json_kind(token))
+            raise BundleError(f"{path}: {where}[{index}]: expected an integer >= 0 and < 2^31, got {got}")
+        checked.append(number)
+    return replace(record, alora_invocation_tokens=checked)
 
 
 def _parse_foundation(data: dict, path: Path) -> FoundationRecord:

@@ -91,7 +91,8 @@ def test_add_adapter_equals_export_output(bundle_copy, other_bundle, fixtures_di
 
 def test_manifest_sizes_and_sha256_match_files(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 4
+    assert manifest["format_version"] == 5
+    assert all(record["alora_invocation_tokens"] is None for record in manifest["adapters"].values())
     from etlora.export.qnn_sdk import check_qnn_sdk
 
     if not check_qnn_sdk().found:  # backend auto without a QNN SDK: XNNPACK only

@@ -86,6 +86,15 @@ MUTATIONS = [
     ("an unknown top-level member (skipped by readers)", _set(["comment"], "hello"), False),
     ("an adapter without dtype (read as fp32)", _drop(["adapters", "legal", "dtype"]), False),
     ("no weights_id (version 1 reads the fingerprint)", _drop(["foundation", "weights_id"]), False),
+    # Version 5: adapters[].alora_invocation_tokens, null or 1 to 64 token ids in 0 .. 2^31-1.
+    ("an adapter with alora tokens", _set(["adapters", "legal", "alora_invocation_tokens"], [5, 6]), False),
+    ("an adapter without alora tokens (read as null)", _drop(["adapters", "legal", "alora_invocation_tokens"]), False),
+    ("empty alora tokens", _set(["adapters", "legal", "alora_invocation_tokens"], []), True),
+    ("65 alora tokens", _set(["adapters", "legal", "alora_invocation_tokens"], list(range(65))), True),
+    ("alora tokens as text", _set(["adapters", "legal", "alora_invocation_tokens"], "5,6"), True),
+    ("a negative alora token", _set(["adapters", "legal", "alora_invocation_tokens"], [5, -1]), True),
+    ("an alora token of 2^31", _set(["adapters", "legal", "alora_invocation_tokens"], [2**31]), True),
+    ("a fractional alora token", _set(["adapters", "legal", "alora_invocation_tokens"], [5.5]), True),
 ]
 
 
@@ -144,7 +153,7 @@ def test_runner_reads_the_bundle_through_the_manifest(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     future = subprocess.run([runner, "--bundle", str(bundle_copy), "--tokens", "1,2,3"],
                             capture_output=True, text=True, timeout=120)
-    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3, 4" in future.stderr
+    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5" in future.stderr
 
 
 # A two-program bundle: model_htp.pte is a placeholder here (no QNN SDK to compile one), which the
@@ -171,7 +180,7 @@ def test_both_readers_agree_on_an_htp_program(htp_bundle):
     from etlora.export import verify_files
 
     manifest = read_manifest(htp_bundle)
-    assert manifest.format_version == 4 and verify_files(htp_bundle, manifest) == []
+    assert manifest.format_version == 5 and verify_files(htp_bundle, manifest) == []
     assert manifest.htp_program.__dict__ == HTP_ENTRY
     assert _runtime.Bundle(str(htp_bundle)).htp_program == {**HTP_ENTRY, "path": f"{htp_bundle}/model_htp.pte"}
     # A rewrite (add-adapter, remove-adapter) keeps the entry.

@@ -1,5 +1,6 @@
 """PEFT LoRA options: every one etlora does not implement is refused by name at export; the ones that
-do not change inference pass; per-module ranks and alphas (rank_pattern, alpha_pattern) match PEFT.
+do not change inference pass; per-module ranks and alphas (rank_pattern, alpha_pattern) match PEFT;
+activated LoRA (alora_invocation_tokens) is accepted (tests/test_alora_export.py).
 
 export/adapters.py compares the adapter's LoraConfig with PEFT's default field by field, so an
 option nobody listed (or one a newer PEFT adds) is refused rather than silently dropped.
@@ -50,11 +51,6 @@ def refusal(model_dir: Path, adapter: Path, tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     "options, named",
     [
-        # Activated LoRA: PEFT applies it from the invocation tokens on; exported as plain LoRA it
-        # was applied to every token (logits about 1.0 from PEFT's).
-        (dict(alora_invocation_tokens=[5, 6], task_type="CAUSAL_LM"),
-         "alora_invocation_tokens=[5, 6] (activated LoRA, which PEFT applies only from these tokens on and etlora "
-         "would apply to every token)"),
         (dict(use_dora=True), "use_dora=true (DoRA)"),
         (dict(lora_bias=True), "lora_bias=true (a trained bias on lora_B)"),
         (dict(use_qalora=True), "use_qalora=true (QA-LoRA, which pools lora_A's input)"),
@@ -71,11 +67,21 @@ def test_peft_option_etlora_does_not_implement_is_refused_by_name(model_dir, tmp
 
 
 def test_several_options_are_named_in_one_message(model_dir, tmp_path):
-    adapter = make_adapter(model_dir, tmp_path / "adapter", use_qalora=True, lora_bias=True,
-                           alora_invocation_tokens=[7], task_type="CAUSAL_LM")
+    adapter = make_adapter(model_dir, tmp_path / "adapter", use_qalora=True, lora_bias=True, bias="lora_only")
     message = refusal(model_dir, adapter, tmp_path)
     options = message.split("unsupported PEFT options: ", 1)[1].split(" (hint:", 1)[0]
-    assert [option.split("=", 1)[0] for option in options.split("; ")] == ["alora_invocation_tokens", "lora_bias", "use_qalora"]
+    assert [option.split("=", 1)[0] for option in options.split("; ")] == ["bias", "lora_bias", "use_qalora"]
+
+
+def test_activated_lora_is_no_longer_refused(model_dir, tmp_path):
+    """alora_invocation_tokens is implemented (tests/test_alora_export.py): accepted, and named as
+    an aLoRA only with another option that is refused."""
+    adapter = make_adapter(model_dir, tmp_path / "adapter", alora_invocation_tokens=[5, 6])
+    export_bundle(model_dir, {"x": adapter}, tmp_path / "ok", ExportOptions(max_seq_len=16))
+    assert json.loads((tmp_path / "ok" / "manifest.json").read_text())["adapters"]["x"]["alora_invocation_tokens"] == [5, 6]
+    edit_config(adapter, use_dora=True)
+    message = refusal(model_dir, adapter, tmp_path)
+    assert "use_dora=true (DoRA)" in message and "alora_invocation_tokens" not in message
 
 
 @pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "olora", "corda", "loftq", "lora_ga"])

@@ -134,6 +134,9 @@ def cmd_inspect(args) -> int:
             _megabytes(row.size),
         )
     stdout.print(adapters)
+    for row in report.adapters:
+        if row.describe_alora():
+            stdout.print(f"{row.name}: {row.describe_alora()}", soft_wrap=True, highlight=False)
     if report.adapters:
         stdout.print(
             f"disk: bundle {_megabytes(report.total_size)} vs {len(report.adapters)} full models "

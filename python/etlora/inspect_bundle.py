@@ -27,6 +27,13 @@ class AdapterRow:
     target_modules: list[str]
     size: int
     dtype: str  # how the file stores its tensors (fp32 / fp16); the runtime computes in float32
+    alora_invocation_tokens: list[int] | None = None  # activated LoRA (manifest version 5); None: ordinary
+
+    def describe_alora(self) -> str | None:
+        """'aLoRA: invocation tokens [5, 6]' for an activated LoRA, None for an ordinary adapter."""
+        if self.alora_invocation_tokens is None:
+            return None
+        return f"aLoRA: invocation tokens {list(self.alora_invocation_tokens)}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,10 @@ class BundleReport:
         }
 
 
+def _alora_words(tokens) -> str:
+    return "an ordinary adapter" if tokens is None else f"aLoRA invocation tokens {list(tokens)}"
+
+
 def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
@@ -87,6 +98,10 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         known = {dtype.value: str(dtype.numpy_dtype) for dtype in AdapterDtype}
         if stored and stored != {known.get(record.dtype, record.dtype)}:
             problems.append(f"{path}: manifest says {record.dtype}, the file stores {sorted(stored)}")
+        in_manifest = None if record.alora_invocation_tokens is None else tuple(record.alora_invocation_tokens)
+        if in_manifest != contents.alora_invocation_tokens:
+            problems.append(f"{path}: manifest says {_alora_words(in_manifest)}, the file holds "
+                            f"{_alora_words(contents.alora_invocation_tokens)} (the runtime follows the file)")
         try:
             check_adapter_for_program(contents, slots, path, str(bundle_dir / manifest.program.file))
         except AdapterError as error:
@@ -100,7 +115,8 @@ def inspect_bundle(bundle_dir: str | Path) -> BundleReport:
         bad = [p for p in problems if p.startswith(str(bundle_dir / name))]
         files.append(FileRow(name, roles.get(name, "tokenizer"), record.size, bad[0] if bad else "ok"))
     adapters = [
-        AdapterRow(name, r.rank, r.alpha, r.scaling, r.target_modules, manifest.files[r.file].size, r.dtype)
+        AdapterRow(name, r.rank, r.alpha, r.scaling, r.target_modules, manifest.files[r.file].size, r.dtype,
+                   r.alora_invocation_tokens)
         for name, r in sorted(manifest.adapters.items())
     ]
     return BundleReport(

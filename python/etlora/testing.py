@@ -6,8 +6,10 @@ and B (PEFT's default init leaves B at zero, which would hide any bug in the ada
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -40,20 +42,29 @@ def make_tiny_llama(out_dir: str | Path, seed: int = 0, **config_overrides) -> P
 
 
 def make_lora_adapter(
-    model_dir: str | Path,
+    model_dir: "str | Path | torch.nn.Module",
     out_dir: str | Path,
     rank: int,
     target_modules: list[str],
     alpha: float | None = None,
     seed: int = 1,
+    alora_invocation_tokens: list[int] | None = None,
     **lora_overrides,
 ) -> Path:
-    """A PEFT LoRA adapter with random non-zero weights, saved with PEFT's own writer."""
+    """A PEFT LoRA adapter with random non-zero weights, saved with PEFT's own writer.
+
+    `alora_invocation_tokens` makes an activated LoRA (PEFT applies it from the start of the last
+    occurrence of these tokens on); PEFT supports those for CAUSAL_LM only, so task_type defaults to it.
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    foundation = LlamaForCausalLM.from_pretrained(model_dir)
+    # A checkpoint directory, or a model already loaded (PEFT then adds the adapter to it in place).
+    foundation = model_dir if isinstance(model_dir, torch.nn.Module) else LlamaForCausalLM.from_pretrained(model_dir)
+    if alora_invocation_tokens is not None:
+        lora_overrides.setdefault("task_type", "CAUSAL_LM")
+        lora_overrides["alora_invocation_tokens"] = list(alora_invocation_tokens)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else 2 * rank,
@@ -81,6 +92,105 @@ def peft_logits(model_dir: str | Path, adapter_dir: str | Path | None, token_ids
     model.eval()
     with torch.no_grad():
         return model(torch.tensor([token_ids])).logits[0, -1].numpy()
+
+
+def alora_start(token_ids: list[int], invocation_tokens: list[int] | tuple[int, ...]) -> int | None:
+    """Where an activated LoRA starts applying: the start of the LAST occurrence of the invocation
+    sequence in `token_ids` (PEFT's calculate_alora_offsets), None when it does not occur."""
+    n, tokens = len(invocation_tokens), list(invocation_tokens)
+    starts = [i for i in range(len(token_ids) - n + 1) if list(token_ids[i:i + n]) == tokens]
+    return starts[-1] if starts else None
+
+
+class _OwnAloraOffsets:
+    """PEFT hands one alora_offsets to every adapter of a layer; this gives one aLoRA its own."""
+
+    def __init__(self, offsets: list[int | None]):
+        self.offsets = offsets
+
+    def forward(self, module, active_adapter, x, result, **kwargs):
+        from peft.tuners.lora.variants import ALoraLinearVariant
+
+        kwargs["alora_offsets"] = self.offsets
+        return ALoraLinearVariant.forward(module, active_adapter=active_adapter, x=x, result=result, **kwargs)
+
+
+def peft_reference_logits(
+    model_dir: str | Path,
+    adapters: "str | Path | Mapping[str | Path, float] | None",
+    token_ids: list[int],
+    check_alora: bool = True,
+) -> np.ndarray:
+    """Reference logits at every position, [len(token_ids), vocab]: transformers plus PEFT with the
+    given adapters active at once (one directory at strength 1, or {directory: strength}).
+
+    Activated LoRA (alora_invocation_tokens) is gated as PEFT's forward gates it: each aLoRA gets
+    `alora_offsets` from PEFT's own calculate_alora_offsets for its invocation sequence (its own
+    sequence even with several aLoRAs active, which PEFT's single alora_offsets cannot express), so it
+    applies from the start of the last occurrence of that sequence on, and nowhere without one.
+    With `check_alora` and only aLoRA adapters active, the reference is checked to be gated at all
+    (PEFT silently turns an aLoRA off when it gets no offsets): equal to the foundation before the
+    earliest invocation start (everywhere if none occurs), different at the last position if one occurs.
+    """
+    from peft import PeftModel
+    from peft.tuners.lora.variants import calculate_alora_offsets
+    from transformers import LlamaForCausalLM
+
+    if adapters is None:
+        adapters = {}
+    elif not isinstance(adapters, Mapping):
+        adapters = {adapters: 1.0}
+    input_ids = torch.tensor([list(token_ids)])
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    if not adapters:
+        with torch.no_grad():
+            return model(input_ids).logits[0].numpy()
+    names = [f"adapter{index}" for index in range(len(adapters))]
+    directories = [str(directory) for directory in adapters]
+    model = PeftModel.from_pretrained(model, directories[0], adapter_name=names[0])
+    for name, directory in zip(names[1:], directories[1:]):
+        model.load_adapter(directory, adapter_name=name)
+    model.base_model.set_adapter(names)  # every adapter adds its update
+    strengths = dict(zip(names, adapters.values()))
+    for module in model.modules():
+        if isinstance(getattr(module, "scaling", None), dict):
+            module.scaling = {name: value * strengths[name] for name, value in module.scaling.items()}
+    invocations = {name: model.peft_config[name].alora_invocation_tokens for name in names
+                   if model.peft_config[name].alora_invocation_tokens}
+    offsets = {name: calculate_alora_offsets(model.peft_config, name, input_ids) for name in invocations}
+    for module in model.modules():
+        variants = getattr(module, "lora_variant", None)
+        if isinstance(variants, dict):
+            for name in offsets:
+                if name in variants:
+                    variants[name] = _OwnAloraOffsets(offsets[name])
+    model.eval()
+    forward = {"alora_offsets": next(iter(offsets.values()))} if offsets else {}
+    with torch.no_grad():
+        logits = model(input_ids, **forward).logits[0].numpy()
+        if not (check_alora and invocations and len(invocations) == len(names)):
+            return logits
+        with model.disable_adapter():
+            foundation = model(input_ids).logits[0].numpy()
+    starts = [alora_start(token_ids, invocations[name]) for name in names if strengths[name] != 0]
+    found = [start for start in starts if start is not None]
+    earliest = min(found, default=len(token_ids))
+    before = float(np.max(np.abs(logits[:earliest] - foundation[:earliest]), initial=0.0))
+    assert before <= 1e-6, f"aLoRA reference differs from the foundation by {before:.3g} before position {earliest}"
+    if found:
+        last = float(np.max(np.abs(logits[-1] - foundation[-1])))
+        assert last > 1e-3, f"aLoRA reference equals the foundation at the last position ({last:.3g}): not applied"
+    return logits
+
+
+def peft_alora_logits(
+    model_dir: str | Path,
+    adapters: "str | Path | Mapping[str | Path, float] | None",
+    token_ids: list[int],
+) -> np.ndarray:
+    """Last-position logits of peft_reference_logits (aLoRA gated and checked), as Session.logits."""
+    return peft_reference_logits(model_dir, adapters, token_ids)[-1]
 
 
 TINY_CHAT_TEMPLATE = (
