@@ -62,6 +62,12 @@ class _Walker:
         if vtable_size < 4 or vtable_size % 2 or not self.fits(vtable, vtable_size) or table_size < 4 \
                 or not self.fits(at, table_size):
             raise PtdError(f"{what}: vtable or table size out of bounds")
+        # Every declared field inside its table, read or not (ExecuTorch reads FlatTensor.version).
+        for slot in range(4, vtable_size - 1, 2):
+            offset = struct.unpack_from("<H", self.data, vtable + slot)[0]
+            if offset != 0 and (offset < 4 or offset >= table_size):
+                raise PtdError(f"{what}: field {(slot - 4) // 2} at offset {offset} lies outside its "
+                               f"table of {table_size} bytes")
         return _Table(self, at, vtable, vtable_size, table_size, what)
 
     def follow(self, at: int, what: str) -> int:
@@ -127,6 +133,7 @@ def read_ptd(data: bytes | memoryview, name: str = ".ptd") -> dict[str, PtdEntry
     walker = _Walker(data, fb_offset + fb_size)
     try:
         root = walker.table(walker.follow(0, "root"), "FlatTensor")
+        root.field(0, 4)  # version: ExecuTorch reads it, so it must fit its table
         if not root.field(1, 4) or not root.field(2, 4):  # ExecuTorch's reader needs both
             raise PtdError("FlatTensor has no segments or no named_data")
         segments = []

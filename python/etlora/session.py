@@ -31,6 +31,10 @@ class Generation:
     prefill_tokens_per_second: float
     decode_tokens_per_second: float
     stop_reason: str  # eos | max_new_tokens | max_seq_len | callback
+    # Prompt tokens kept from the KV cache instead of prefilled: the foundation's positions before
+    # every active adapter's activation start (an activated LoRA's invocation tokens); 0 when the
+    # prompt was computed from scratch (always, after a switch between ordinary adapters).
+    reused_tokens: int = 0
 
 
 def _residency(value: PackedCacheResidency | str) -> PackedCacheResidency:
@@ -228,12 +232,16 @@ class Session:
         chat: bool = True,
         on_text: Callable[[str], None] | None = None,
         stop_at_eos: bool = True,
+        keep_prefix: bool = True,
     ) -> Generation:
         """Generate text after `prompt` (greedy by default) with the active adapters.
 
         The chat template is applied when the tokenizer has one and `chat` is true; `on_text`
         receives the text as it streams. `stop_at_eos=False` always produces max_new_tokens
-        tokens (benchmarks compare equal lengths that way).
+        tokens (benchmarks compare equal lengths that way). `keep_prefix` keeps the KV cache's
+        positions that are exact for this prompt (the foundation's, before every active adapter's
+        activation start: a shared system prompt before an activated LoRA's invocation tokens) and
+        prefills only the rest; `Generation.reused_tokens` says how many were kept.
         """
         tokenizer = self.tokenizer
         prompt_ids = tokenizer.encode_prompt(prompt, chat)  # one rule, shared with etlora_runner
@@ -248,6 +256,7 @@ class Session:
             ids, stats = self._runtime.generate(
                 prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                 on_token=on_token, eos_ids=list(tokenizer.eos_ids) if stop_at_eos else [],
+                reuse_prefix=keep_prefix,
             )
         except ValueError as error:
             raise EtloraError(str(error)) from None
@@ -260,6 +269,7 @@ class Session:
             prefill_tokens_per_second=stats["prefill_tokens_per_second"],
             decode_tokens_per_second=stats["decode_tokens_per_second"],
             stop_reason=stats["stop_reason"],
+            reused_tokens=stats["reused_tokens"],
         )
 
 

@@ -82,9 +82,9 @@ py::array_t<float> to_array(std::vector<float>&& values) {
 template <class AnySession>
 py::tuple run_generate(AnySession& session, std::mutex& mutex, const py::object& prompt, int64_t max_new_tokens,
                        float temperature, float top_p, uint64_t seed, const py::object& on_token,
-                       const std::vector<int64_t>& eos_ids) {
+                       const std::vector<int64_t>& eos_ids, bool reuse_prefix) {
   std::vector<int64_t> ids = to_tokens(prompt);
-  etlora::GenerationOptions options{max_new_tokens, temperature, top_p, seed, eos_ids};
+  etlora::GenerationOptions options{max_new_tokens, temperature, top_p, seed, eos_ids, reuse_prefix};
   std::optional<py::error_already_set> callback_error;
   etlora::TokenCallback callback;
   if (!on_token.is_none()) {
@@ -108,7 +108,8 @@ py::tuple run_generate(AnySession& session, std::mutex& mutex, const py::object&
   if (callback_error) throw std::move(*callback_error);
   if (!result.ok()) raise_status(result.status());
   const etlora::GenerationStats& stats = result->stats;
-  py::dict info("prompt_tokens"_a = stats.prompt_tokens, "generated_tokens"_a = stats.generated_tokens,
+  py::dict info("prompt_tokens"_a = stats.prompt_tokens, "reused_tokens"_a = stats.reused_tokens,
+                "generated_tokens"_a = stats.generated_tokens,
                 "decode_steps"_a = stats.decode_steps, "prefill_seconds"_a = stats.prefill_seconds,
                 "decode_seconds"_a = stats.decode_seconds,
                 "prefill_tokens_per_second"_a = stats.prefill_tokens_per_second(),
@@ -169,8 +170,10 @@ class PySession {
   }
 
   py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
-                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids) {
-    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids);
+                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids,
+                     bool reuse_prefix) {
+    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids,
+                        reuse_prefix);
   }
 
   const etlora::Session& session() const { return *session_; }
@@ -225,8 +228,10 @@ class PyHtpSession {
   }
 
   py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
-                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids) {
-    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids);
+                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids,
+                     bool reuse_prefix) {
+    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids,
+                        reuse_prefix);
   }
 
   const etlora::HtpSession& session() const { return *session_; }
@@ -480,6 +485,7 @@ PYBIND11_MODULE(_runtime, m) {
       .def("generate", &PySession::generate, py::arg("prompt_ids"), py::arg("max_new_tokens"),
            py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
            py::arg("on_token") = py::none(), py::arg("eos_ids") = std::vector<int64_t>(),
+           py::arg("reuse_prefix") = false,
            "Generate after prompt_ids (prefill from position 0): greedy at temperature 0, else\n"
            "top-p sampling seeded by seed. Stops at an eos_ids token (not returned), max_new_tokens\n"
            "or max_seq_len; on_token(id) is called per token and may return False to stop.\n"
@@ -542,6 +548,7 @@ PYBIND11_MODULE(_runtime, m) {
       .def("generate", &PyHtpSession::generate, py::arg("prompt_ids"), py::arg("max_new_tokens"),
            py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
            py::arg("on_token") = py::none(), py::arg("eos_ids") = std::vector<int64_t>(),
+           py::arg("reuse_prefix") = false,
            "Session.generate's loop (etlora::generate) over the HTP-shaped program.")
       .def_property_readonly("max_seq_len", [](const PyHtpSession& s) { return s.session().info().max_seq_len; })
       .def_property_readonly("chunk_len", [](const PyHtpSession& s) { return s.session().htp_info().chunk_len; })

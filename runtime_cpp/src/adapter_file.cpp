@@ -49,6 +49,8 @@ namespace {
 constexpr const char* kVersionKey = "etlora.format_version";
 constexpr const char* kFingerprintKey = "etlora.foundation_fingerprint";
 constexpr const char* kScalingKey = "etlora.scaling";
+constexpr const char* kAloraTokensKey = "etlora.alora_invocation_tokens";
+constexpr int32_t kMaxAloraTokens = 64;
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
@@ -191,6 +193,27 @@ StatusOr<std::shared_ptr<const AdapterFile>> AdapterFile::open_checked(const std
       } else {
         has_fingerprint = true;
         file->fingerprint_ = text;
+      }
+    } else if (name == kAloraTokensKey) {
+      // Activated LoRA (PEFT's alora_invocation_tokens): the session gates the adapter by position.
+      const int64_t count = sizes.size() == 1 ? sizes[0] : -1;
+      if (dtype != ScalarType::Long || count < 1 || count > kMaxAloraTokens ||
+          nbytes < static_cast<size_t>(count) * sizeof(int64_t)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "adapter file " + path + ": " + name + " is expected to be int64 [n], 1 <= n <= " +
+                          std::to_string(kMaxAloraTokens) + ", got " + dtype_name(dtype) + " " +
+                          shape_text(sizes) + "; hint: the file is damaged, re-export it");
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        int64_t token = 0;
+        std::memcpy(&token, bytes + i * sizeof(int64_t), sizeof(int64_t));
+        if (token < 0 || token >= (int64_t{1} << 31)) {
+          return Status(StatusCode::kInvalidArgument,
+                        "adapter file " + path + ": " + name + "[" + std::to_string(i) +
+                            "] is expected to be a token id >= 0 and < 2^31, got " + std::to_string(token) +
+                            "; hint: the file is damaged, re-export it");
+        }
+        file->alora_tokens_.push_back(token);
       }
     } else if (name == kScalingKey) {
       if (dtype != ScalarType::Float || sizes != std::vector<int32_t>{1} || nbytes < sizeof(float)) {

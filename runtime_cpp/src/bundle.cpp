@@ -24,7 +24,9 @@ namespace {
 using Kind = JsonValue::Kind;
 
 // 4 added htp_program; versions 1-3 have none.
-constexpr int kReadableVersions[] = {1, 2, 3, 4};
+constexpr int kReadableVersions[] = {1, 2, 3, 4, 5};
+constexpr size_t kMaxAloraTokens = 64;  // adapter_format.py's limit
+constexpr double kAloraTokenLimit = 2147483648.0;  // 2^31
 constexpr const char* kKnownSchemes[] = {"fp32", "8da4w", "8da8w"};
 
 struct RecordShape {
@@ -48,7 +50,7 @@ const RecordShape kQuantization{"foundation.quantization", {},
 const RecordShape kAdapter{"adapter",
                            {"file", "rank", "alpha", "scaling", "use_rslora", "target_modules", "base_model",
                             "source"},
-                           {"dtype"}};
+                           {"dtype", "alora_invocation_tokens"}};
 const RecordShape kFile{"files entry", {"size", "sha256"}, {}};
 const RecordShape kTokenizer{"tokenizer", {"directory", "runtime_file"}, {}};
 const RecordShape kHtpProgram{"htp_program",
@@ -228,6 +230,28 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
     adapter.dtype = "fp32";
     if (Status s = reader.string_member(record, "file", where, adapter.file); !s.ok()) return s;
     if (Status s = reader.string_member(record, "dtype", where, adapter.dtype); !s.ok()) return s;
+    // Version 5: an activated LoRA's invocation tokens (the adapter file is what the runtime uses).
+    const JsonValue* tokens = record.find("alora_invocation_tokens");
+    if (tokens != nullptr && !tokens->is(Kind::kNull)) {
+      const std::string at = where + ".alora_invocation_tokens";
+      if (!tokens->is(Kind::kArray) || tokens->array().empty() || tokens->array().size() > kMaxAloraTokens) {
+        const std::string got = tokens->is(Kind::kArray) ? std::to_string(tokens->array().size()) + " entries"
+                                                         : JsonValue::kind_name(tokens->kind());
+        return reader.fail(at + ": expected null or an array of 1 to " + std::to_string(kMaxAloraTokens) +
+                           " token ids, got " + got);
+      }
+      for (size_t i = 0; i < tokens->array().size(); ++i) {
+        const JsonValue& token = tokens->array()[i];
+        const std::string prefix = at + "[" + std::to_string(i) + "]: expected an integer >= 0 and < 2^31, got ";
+        if (!token.is(Kind::kNumber)) return reader.fail(prefix + JsonValue::kind_name(token.kind()));
+        const double value = token.number();
+        if (!std::isfinite(value) || std::floor(value) != value || std::fabs(value) > kJsonIntegerLimit) {
+          return reader.fail(prefix + "a number that is not a whole number within 2^53");
+        }
+        if (value < 0 || value >= kAloraTokenLimit) return reader.fail(prefix + std::to_string(int64_t(value)));
+        adapter.alora_invocation_tokens.push_back(static_cast<int64_t>(value));
+      }
+    }
     const JsonValue* rank = record.find("rank");
     if (!rank->is(Kind::kNumber)) return reader.fail(where + ".rank: expected a number");
     adapter.rank = static_cast<int64_t>(rank->number());

@@ -59,6 +59,17 @@ class Walker {
         table_size < 4 || !fits(at, table_size)) {
       return fail(std::string(what) + ": vtable or table size out of bounds");
     }
+    // Every field a vtable declares must lie inside its table, read or not:
+    // ExecuTorch's generated accessors read fields this walk does not need
+    // (FlatTensor.version) without a verifier.
+    for (size_t slot = 4; slot + 2 <= vtable_size; slot += 2) {
+      const uint16_t offset = read_at<uint16_t>(data_, static_cast<size_t>(vtable) + slot);
+      if (offset != 0 && (offset < 4 || offset >= table_size)) {
+        return fail(std::string(what) + ": field " + std::to_string((slot - 4) / 2) + " at offset " +
+                    std::to_string(offset) + " lies outside its table of " + std::to_string(table_size) +
+                    " bytes");
+      }
+    }
     table_ = at;
     vtable_ = static_cast<size_t>(vtable);
     vtable_size_ = vtable_size;
@@ -170,8 +181,11 @@ Status check_flat_tensor(const void* bytes, size_t size, const std::string& path
   Walker walk(data, static_cast<size_t>(flatbuffer_offset + flatbuffer_size), &error);
   size_t root = 0;
   if (!walk.follow(0, 4, root, "root") || !walk.table(root, "FlatTensor")) return refuse(error);
+  const int64_t version_field = walk.field(0, 4);
   const int64_t segments_field = walk.field(1, 4), named_field = walk.field(2, 4);
-  if (segments_field < 0 || named_field < 0) return refuse("FlatTensor fields run past their table");
+  if (version_field < 0 || segments_field < 0 || named_field < 0) {
+    return refuse("FlatTensor fields run past their table");
+  }
   // ExecuTorch's reader dereferences these without a null check: absent is refused, not defaulted.
   if (segments_field == 0 || named_field == 0) return refuse("FlatTensor has no segments or no named_data");
 

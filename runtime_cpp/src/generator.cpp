@@ -63,7 +63,8 @@ StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>
   const ForwardModel model{[&](const std::vector<int64_t>& tokens, int64_t start) {
                              return session.forward(tokens, start);
                            },
-                           session.info().max_seq_len};
+                           session.info().max_seq_len,
+                           [&](const std::vector<int64_t>& tokens) { return session.reusable_prefix(tokens); }};
   return generate(model, prompt, options, on_token);
 }
 
@@ -91,7 +92,10 @@ StatusOr<GenerationResult> generate(const ForwardModel& model, const std::vector
 
   std::mt19937_64 random(options.seed);
   auto start = std::chrono::steady_clock::now();
-  auto logits = model.forward(prompt, 0);
+  const int64_t reused = options.reuse_prefix && model.reusable_prefix ? model.reusable_prefix(prompt) : 0;
+  stats.reused_tokens = reused;
+  auto logits = reused > 0 ? model.forward(std::vector<int64_t>(prompt.begin() + reused, prompt.end()), reused)
+                           : model.forward(prompt, 0);
   if (!logits.ok()) return logits.status();
   int64_t token = pick_token(*logits, options.temperature, options.top_p, random);
   stats.prefill_seconds = seconds_since(start);

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <unordered_map>
 
 #include <executorch/extension/module/module.h>
@@ -235,6 +236,10 @@ struct Session::Impl {
   std::unordered_map<std::string, OpenAdapter> open_adapters;
   std::vector<const OpenAdapter*> bound;  // per slot; nullptr = empty slot
   uint64_t use_clock = 0;
+  std::vector<float> base_scales;         // strength * scaling per slot (scales: per segment)
+  std::vector<int64_t> history;           // the token at each cache position
+  int64_t cache_end = 0;                  // positions [0, cache_end) hold history's K/V
+  int64_t adapter_from = std::numeric_limits<int64_t>::max();  // first cached position an adapter touched
   size_t max_resident_adapters = 0;           // 0 = no limit
   size_t memory_planned_inputs = 0;
 };
@@ -404,6 +409,8 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   impl.tokens.assign(info.max_seq_len, 0);
   impl.positions.assign(info.max_seq_len, 0);
   impl.scales.assign(std::max<int64_t>(info.adapter_slots, 1), 0.0f);
+  impl.base_scales.assign(impl.scales.size(), 0.0f);
+  impl.history.assign(info.max_seq_len, 0);
   // Absent sites read the process-wide zero region, which the attention kernel skips.
   impl.absent_rows = absent_adapter_rows(largest_site * info.max_rank);
   if (impl.absent_rows == nullptr) {
@@ -498,7 +505,8 @@ Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
   std::vector<const OpenAdapter*> previous = impl.bound;
   for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
     const OpenAdapter* adapter = slot < static_cast<int64_t>(chosen.size()) ? chosen[slot] : nullptr;
-    impl.scales[slot] = adapter ? adapters[slot].strength * adapter->file->scaling() : 0.0f;
+    impl.base_scales[slot] = adapter ? adapters[slot].strength * adapter->file->scaling() : 0.0f;
+    impl.scales[slot] = impl.base_scales[slot];
     impl.bound[slot] = adapter;
     if (adapter) chosen[slot]->last_used = ++impl.use_clock;
   }
@@ -592,6 +600,46 @@ std::vector<std::string> Session::resident_adapter_paths() const {
   return paths;
 }
 
+namespace {
+
+constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+
+// Where an activated LoRA starts among `tokens`: the start of the last
+// occurrence of its invocation sequence (PEFT's calculate_alora_offsets), or
+// kNever when the sequence is absent. An ordinary adapter starts at 0.
+int64_t activation_start(const AdapterFile& file, const int64_t* tokens, int64_t count) {
+  const std::vector<int64_t>& invocation = file.alora_invocation_tokens();
+  if (invocation.empty()) return 0;
+  const int64_t length = static_cast<int64_t>(invocation.size());
+  for (int64_t start = count - length; start >= 0; --start) {
+    if (std::equal(invocation.begin(), invocation.end(), tokens + start)) return start;
+  }
+  return kNever;
+}
+
+}  // namespace
+
+std::vector<int64_t> Session::activation_starts(const int64_t* tokens, int64_t count) const {
+  std::vector<int64_t> starts(info_.adapter_slots, kNever);
+  for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
+    const OpenAdapter* adapter = impl_->bound[slot];
+    if (adapter != nullptr && impl_->base_scales[slot] != 0.0f) {
+      starts[slot] = activation_start(*adapter->file, tokens, count);
+    }
+  }
+  return starts;
+}
+
+int64_t Session::reusable_prefix(const std::vector<int64_t>& prompt) const {
+  const Impl& impl = *impl_;
+  const int64_t count = static_cast<int64_t>(prompt.size());
+  int64_t common = 0;
+  while (common < std::min(count, impl.cache_end) && impl.history[common] == prompt[common]) ++common;
+  int64_t reusable = std::min({common, impl.adapter_from, count - 1});
+  for (int64_t start : activation_starts(prompt.data(), count)) reusable = std::min(reusable, start);
+  return std::max<int64_t>(reusable, 0);
+}
+
 StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens,
                                               int64_t start_pos) {
   Impl& impl = *impl_;
@@ -614,6 +662,43 @@ StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens
                     "tokens[" + std::to_string(i) + "]: expected an id in [0, " +
                         std::to_string(info_.vocab_size) + "), got " + std::to_string(tokens[i]));
     }
+  }
+  // The cache now holds what this call writes: positions from end on are stale.
+  const int64_t end = start_pos + count;
+  std::copy(tokens.begin(), tokens.end(), impl.history.begin() + start_pos);
+  impl.cache_end = end;
+  if (impl.adapter_from >= start_pos) impl.adapter_from = kNever;
+
+  // Activated LoRA: a slot's adapter applies from its activation start on, so
+  // the call runs in segments cut at those starts, each slot's scale 0 before.
+  const std::vector<int64_t> starts = activation_starts(impl.history.data(), end);
+  std::vector<int64_t> cuts = {start_pos, end};
+  for (int64_t start : starts) {
+    if (start > start_pos && start < end) cuts.push_back(start);
+  }
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  StatusOr<std::vector<float>> logits = std::vector<float>();
+  for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+    bool any_active = false;
+    for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
+      const bool active = starts[slot] <= cuts[c];
+      impl.scales[slot] = active ? impl.base_scales[slot] : 0.0f;
+      any_active = any_active || active;
+    }
+    if (any_active) impl.adapter_from = std::min(impl.adapter_from, cuts[c]);
+    logits = run_segment(tokens.data() + (cuts[c] - start_pos), cuts[c + 1] - cuts[c], cuts[c]);
+    if (!logits.ok()) {
+      impl.cache_end = std::min(impl.cache_end, cuts[c]);  // what follows was not written
+      return logits;
+    }
+  }
+  return logits;
+}
+
+StatusOr<std::vector<float>> Session::run_segment(const int64_t* tokens, int64_t count, int64_t start_pos) {
+  Impl& impl = *impl_;
+  for (int64_t i = 0; i < count; ++i) {
     impl.tokens[i] = tokens[i];
     impl.positions[i] = start_pos + i;
   }

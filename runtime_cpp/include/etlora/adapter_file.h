@@ -32,6 +32,10 @@ class AdapterFile {
   const std::string& path() const { return path_; }
   const std::string& foundation_fingerprint() const { return fingerprint_; }
   float scaling() const { return scaling_; }
+  // Activated LoRA (PEFT's alora_invocation_tokens): the adapter applies only
+  // from the start of the last occurrence of these tokens on; empty for an
+  // ordinary adapter, which applies to every position.
+  const std::vector<int64_t>& alora_invocation_tokens() const { return alora_tokens_; }
   // True when the file stores float16 and tensors() are float32 copies.
   bool widened_from_fp16() const { return !widened_.empty(); }
 
@@ -61,6 +65,7 @@ class AdapterFile {
   std::string path_;
   std::string fingerprint_;
   float scaling_ = 1.0f;
+  std::vector<int64_t> alora_tokens_;
   std::map<std::string, AdapterTensor> tensors_;
   std::vector<std::unique_ptr<float[]>> widened_;  // float32 copies of float16 tensors
   std::unique_ptr<Mapping> mapping_;

@@ -19,6 +19,7 @@ struct BundleAdapter {
   std::string file;   // relative to the bundle
   std::string dtype;  // "fp32" or "fp16"
   int64_t rank = 0;
+  std::vector<int64_t> alora_invocation_tokens;  // empty: an ordinary adapter (version 5)
 };
 
 // The HTP program beside model.pte (manifest "htp_program", bundle format 4):

@@ -20,10 +20,15 @@ struct GenerationOptions {
   float top_p = 1.0f;        // nucleus sampling when temperature > 0
   uint64_t seed = 0;         // std::mt19937_64 seed: same seed, same tokens
   std::vector<int64_t> eos_ids;  // stop (without emitting) when one of these is picked
+  // Keep the KV cache's leading positions that are exact for this prompt
+  // (Session::reusable_prefix: the foundation's K/V before every active
+  // adapter's activation start) and prefill only the rest.
+  bool reuse_prefix = false;
 };
 
 struct GenerationStats {
   int64_t prompt_tokens = 0;
+  int64_t reused_tokens = 0;     // prompt positions kept from the KV cache (not prefilled)
   int64_t generated_tokens = 0;  // tokens handed to on_token (eos not counted)
   int64_t decode_steps = 0;      // forward calls after the prefill
   double prefill_seconds = 0;    // the prompt's forward + first pick
@@ -56,6 +61,8 @@ StatusOr<GenerationResult> generate(HtpSession& session, const std::vector<int64
 struct ForwardModel {
   std::function<StatusOr<std::vector<float>>(const std::vector<int64_t>&, int64_t)> forward;
   int64_t max_seq_len = 0;
+  // Leading prompt positions the cache already holds exactly; none when unset.
+  std::function<int64_t(const std::vector<int64_t>&)> reusable_prefix;
 };
 StatusOr<GenerationResult> generate(const ForwardModel& model, const std::vector<int64_t>& prompt,
                                     const GenerationOptions& options, const TokenCallback& on_token = nullptr);

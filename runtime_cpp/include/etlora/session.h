@@ -102,8 +102,19 @@ class Session {
   size_t release_unbound_adapters();
 
   // Runs `tokens` at positions start_pos.. and returns the logits of the last
-  // one (vocab_size floats). The KV cache keeps what earlier calls wrote.
+  // one (vocab_size floats). The KV cache keeps what earlier calls wrote. An
+  // activated LoRA applies only from its activation start on (the last
+  // occurrence of its invocation tokens among positions 0..start_pos+tokens):
+  // the call runs in segments cut there, the slot's scale 0 before the cut.
   StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
+
+  // How many leading positions of the KV cache a prefill of `prompt` can keep:
+  // positions whose tokens equal the prompt's and whose K/V no adapter touched,
+  // before every currently bound adapter's activation start for this prompt
+  // (0 for an ordinary adapter; the invocation sequence's start for an
+  // activated LoRA), and at most prompt.size() - 1. Exact: such positions hold
+  // the foundation's K/V either way.
+  int64_t reusable_prefix(const std::vector<int64_t>& prompt) const;
 
   // forward() from position 0: a fresh prefill.
   StatusOr<std::vector<float>> logits(const std::vector<int64_t>& tokens) {
@@ -133,6 +144,8 @@ class Session {
   Session();
   StatusOr<OpenAdapter*> open_adapter(const std::string& path);
   Status bind_all();
+  std::vector<int64_t> activation_starts(const int64_t* tokens, int64_t count) const;
+  StatusOr<std::vector<float>> run_segment(const int64_t* tokens, int64_t count, int64_t start_pos);
   Status bind_slots(const std::vector<const OpenAdapter*>& previous);
   void close_unused_adapters();
 
