@@ -13,7 +13,13 @@
 //
 //   Either form: [--backend auto|xnnpack|htp] decides the program before anything
 //     is loaded (etlora/htp_probe.h) and prints "backend: xnnpack (reason)" on
-//     stderr; htp that cannot run is an error, never a silent fallback.
+//     stderr; htp that cannot run is an error, never a silent fallback. When the
+//     answer is htp, the bundle's model_htp.pte runs in an HtpSession (KV cache on
+//     the host), through the same adapter, generation and logits code as model.pte.
+//
+//   Test hook, not in --help (runtime_cpp/README.md): ETLORA_TEST_HTP_FACTS=FILE.json
+//     replaces the device probe with the seven facts in FILE (nothing is dlopened),
+//     and then a program that uses QnnBackend is refused before it is loaded.
 //
 //   Either form: [--packed-cache DIR | --no-packed-cache] keeps XNNPACK's
 //     packed foundation weights in DIR (default: .etlora-cache/ beside
@@ -28,6 +34,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,11 +43,15 @@
 #include <etlora/bundle.h>
 #include <etlora/generator.h>
 #include <etlora/htp_probe.h>
+#include <etlora/htp_session.h>
 #include <etlora/session.h>
 #include <etlora/kernel_path.h>
 #include <etlora/logging.h>
 #include <etlora/thread_pool.h>
 #include <etlora/tokenizer.h>
+#include <executorch/extension/module/module.h>
+
+#include "json.h"
 
 namespace {
 
@@ -65,7 +77,7 @@ struct Options {
   double pool_spin_us = etlora::ThreadPoolOptions{}.worker_spin_us;
   std::string kernel_path;  // empty: ETLORA_KERNEL_PATH or auto
   etlora::BackendRequest backend = etlora::BackendRequest::kAuto;
-  std::optional<etlora::HtpProgramFacts> htp_program;  // the bundle's HTP program (--bundle only)
+  std::optional<etlora::HtpProgram> htp_program;  // the bundle's HTP program (--bundle only)
   etlora::GenerationOptions generation;
 };
 
@@ -114,7 +126,7 @@ bool resolve_bundle_paths(Options& options) {
   if (options.model.empty()) options.model = bundle->program_path();
   if (options.data.empty()) options.data = bundle->foundation_path();
   if (options.tokenizer.empty()) options.tokenizer = bundle->tokenizer_path();
-  if (const auto& htp = bundle->htp_program()) options.htp_program = etlora::HtpProgramFacts{htp->soc, htp->path};
+  options.htp_program = bundle->htp_program();
   for (auto& adapter : options.adapters) {
     const bool is_path = adapter.path.find('/') != std::string::npos ||
                          (adapter.path.size() > 4 && adapter.path.substr(adapter.path.size() - 4) == ".ptd");
@@ -254,8 +266,10 @@ bool parse_args(int argc, char** argv, Options& options) {
   return true;
 }
 
-// Text in, streamed text out, speed on stderr.
-int run_prompt(etlora::Session& session, const Options& options) {
+// Text in, streamed text out, speed on stderr. Session or HtpSession: the same
+// etlora::generate loop (generator.h) over either.
+template <typename AnySession>
+int run_prompt(AnySession& session, const Options& options) {
   auto tokenizer = etlora::Tokenizer::load(options.tokenizer);
   if (!tokenizer.ok()) {
     std::fprintf(stderr, "error: %s\n", tokenizer.status().message().c_str());
@@ -358,6 +372,205 @@ void show_cache(const etlora::Session& session) {
                packed.note.c_str());
 }
 
+// What the HTP session adds to the run line (the chunks of T the call took).
+std::string run_detail(const etlora::Session&) { return ""; }
+std::string run_detail(const etlora::HtpSession& session) {
+  return ", " + std::to_string(session.last_chunks()) + " chunk(s) of " +
+         std::to_string(session.htp_info().chunk_len);
+}
+
+// After the session is open, Session or HtpSession alike: the adapters, then
+// --prompt (generation) or --tokens (the last token's logits).
+template <typename AnySession>
+int run_session(AnySession& session, const Options& options, double load_ms) {
+  auto adapter_start = std::chrono::steady_clock::now();
+  if (auto status = session.set_adapters(options.adapters); !status.ok()) {
+    std::fprintf(stderr, "error: %s\n", status.message().c_str());
+    return 1;
+  }
+  const double adapter_ms = ms_since(adapter_start);
+  if (options.has_prompt) return run_prompt(session, options);
+
+  auto run_start = std::chrono::steady_clock::now();
+  auto logits = session.logits(options.tokens);
+  if (!logits.ok()) {
+    std::fprintf(stderr, "error: %s\n", logits.status().message().c_str());
+    return 1;
+  }
+  const double run_ms = ms_since(run_start);
+
+  const std::vector<float>& values = *logits;
+  const size_t argmax = std::max_element(values.begin(), values.end()) - values.begin();
+  std::printf("argmax: %zu\n", argmax);
+  std::printf("logits[:%d]:", options.shown_logits);
+  for (int i = 0; i < options.shown_logits && i < static_cast<int>(values.size()); ++i) {
+    std::printf(" %.6f", values[i]);
+  }
+  std::printf("\n");
+  std::printf("load: %.1f ms, set_adapters: %.1f ms, run (%zu tokens%s): %.1f ms\n", load_ms,
+              adapter_ms, options.tokens.size(), run_detail(session).c_str(), run_ms);
+  std::printf("kernel path: %s\n", etlora::kernel_path().value().c_str());
+  return 0;
+}
+
+// The device facts choose_backend decides on: the probe of this device, or the
+// test hook's file. The hook (ETLORA_TEST_HTP_FACTS, runtime_cpp/README.md) lets
+// tests on a machine without an NPU take the htp branch with an XNNPACK stand-in
+// as model_htp.pte. It replaces the probe (no QNN library is dlopened, ETLORA_SOC
+// is not read) and nothing else: choose_backend still decides, and
+// open_htp_session refuses a program that uses QnnBackend while it is in effect,
+// so faked facts can never hand a QNN payload to a device that may not run it.
+constexpr const char* kTestFactsVariable = "ETLORA_TEST_HTP_FACTS";
+constexpr const char* kQnnBackendName = "QnnBackend";  // ExecuTorch's Qualcomm backend id
+constexpr size_t kMaxTestFactsBytes = 64 * 1024;
+
+struct DeviceFacts {
+  etlora::HtpFacts facts;
+  std::string test_file;  // the hook's file when the facts came from it, else ""
+};
+
+etlora::StatusOr<etlora::HtpFacts> read_test_facts(const std::string& path) {
+  using etlora::JsonValue;
+  using etlora::Status;
+  using etlora::StatusCode;
+  const std::string where = std::string(kTestFactsVariable) + "=" + path;
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return Status(StatusCode::kNotFound, where + ": cannot be read (expected a JSON file with the seven "
+                                                 "device facts; unset the variable to probe the device)");
+  }
+  std::string text;
+  text.resize(kMaxTestFactsBytes + 1);
+  file.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(file.gcount()));
+  if (text.size() > kMaxTestFactsBytes) {
+    return Status(StatusCode::kInvalidArgument,
+                  where + ": expected at most " + std::to_string(kMaxTestFactsBytes) + " bytes, received more");
+  }
+  auto json = etlora::parse_json(text, where);
+  if (!json.ok()) return json.status();
+  if (!json->is(JsonValue::Kind::kObject)) {
+    return Status(StatusCode::kInvalidArgument, where + ": expected a JSON object, received " +
+                                                    JsonValue::kind_name(json->kind()));
+  }
+  static const char* const kKeys[] = {"htp_library_loadable", "htp_library_error", "system_library_loadable",
+                                      "system_library_error", "dsp_device", "soc", "soc_source"};
+  std::string key_list;
+  for (const char* key : kKeys) key_list += (key_list.empty() ? "" : ", ") + std::string(key);
+  for (const auto& [key, value] : json->object()) {
+    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) ==
+        std::end(kKeys)) {
+      return Status(StatusCode::kInvalidArgument,
+                    where + ": expected only the keys " + key_list + ", received '" + key + "'");
+    }
+  }
+  Status problem;
+  auto member = [&](const char* key, JsonValue::Kind kind) -> const JsonValue* {
+    const JsonValue* value = json->find(key);
+    if (value == nullptr && problem.ok()) {
+      problem = Status(StatusCode::kInvalidArgument, where + ": expected a '" + key + "' key, received none");
+    } else if (value != nullptr && !value->is(kind) && problem.ok()) {
+      problem = Status(StatusCode::kInvalidArgument, where + ": '" + key + "' expected " +
+                                                         JsonValue::kind_name(kind) + ", received " +
+                                                         JsonValue::kind_name(value->kind()));
+    }
+    return problem.ok() ? value : nullptr;
+  };
+  etlora::HtpFacts facts;
+  auto read_bool = [&](const char* key, bool& out) {
+    if (const JsonValue* value = member(key, JsonValue::Kind::kBool)) out = value->boolean();
+  };
+  auto read_string = [&](const char* key, std::string& out) {
+    if (const JsonValue* value = member(key, JsonValue::Kind::kString)) out = value->string();
+  };
+  read_bool("htp_library_loadable", facts.htp_library.loadable);
+  read_string("htp_library_error", facts.htp_library.error);
+  read_bool("system_library_loadable", facts.system_library.loadable);
+  read_string("system_library_error", facts.system_library.error);
+  read_string("dsp_device", facts.dsp_device);
+  read_string("soc", facts.soc);
+  read_string("soc_source", facts.soc_source);
+  if (!problem.ok()) return problem;
+  return facts;
+}
+
+etlora::StatusOr<DeviceFacts> device_facts() {
+  const char* test_file = std::getenv(kTestFactsVariable);
+  if (test_file == nullptr || *test_file == '\0') return DeviceFacts{etlora::gather_htp_facts(), ""};
+  auto facts = read_test_facts(test_file);
+  if (!facts.ok()) return facts.status();
+  std::fprintf(stderr,
+               "warning: device facts from %s=%s (test hook: the device was not probed; a program that "
+               "uses %s is refused)\n",
+               kTestFactsVariable, test_file, kQnnBackendName);
+  return DeviceFacts{*facts, test_file};
+}
+
+// The backends forward delegates to, read from the program's header alone
+// (ExecuTorch's Program::load and MethodMeta: no method is loaded, no backend
+// initialised).
+etlora::StatusOr<std::vector<std::string>> program_backends(const std::string& path) {
+  using executorch::extension::module::Module;
+  Module module(path, Module::LoadMode::Mmap);
+  auto meta = module.method_meta("forward");
+  if (!meta.ok()) {
+    return etlora::Status(etlora::StatusCode::kIncompatible,
+                          "HTP program " + path + ": forward's metadata cannot be read (ExecuTorch error " +
+                              std::to_string(static_cast<int>(meta.error())) + ")");
+  }
+  std::vector<std::string> names;
+  for (size_t i = 0; i < meta->num_backends(); ++i) {
+    auto name = meta->get_backend_name(i);
+    if (name.ok()) names.emplace_back(*name);
+  }
+  return names;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& name : names) out += (out.empty() ? "" : ", ") + name;
+  return out.empty() ? "none" : out;
+}
+
+// The bundle's model_htp.pte in an HtpSession: foundation.ptd unless the program
+// carries its own weights, chunk and cache lengths as the manifest says (the
+// Python session's _open_htp does the same). Only after choose_backend said htp.
+etlora::StatusOr<std::unique_ptr<etlora::HtpSession>> open_htp_session(const Options& options,
+                                                                      const DeviceFacts& facts) {
+  const etlora::HtpProgram& htp = *options.htp_program;
+  if (!facts.test_file.empty()) {
+    auto backends = program_backends(htp.path);
+    if (!backends.ok()) return backends.status();
+    if (std::find(backends->begin(), backends->end(), kQnnBackendName) != backends->end()) {
+      return etlora::Status(
+          etlora::StatusCode::kIncompatible,
+          std::string(kTestFactsVariable) + ": expected a stand-in HTP program with faked device facts, received " +
+              htp.path + ", which delegates to " + joined(*backends) + " (hint: the facts were not probed, so a "
+              "QNN program is never run under them; unset " + kTestFactsVariable + " on a device)");
+    }
+  }
+  const std::string foundation = htp.foundation_in_context_bytes == 0 ? options.data : "";
+  auto session = etlora::HtpSession::open(htp.path, foundation);
+  if (!session.ok()) return session.status();
+  const etlora::HtpProgramInfo& info = (*session)->htp_info();
+  if (info.chunk_len != htp.chunk_len || info.cache_len != htp.cache_len) {
+    return etlora::Status(etlora::StatusCode::kIncompatible,
+                          htp.path + ": chunk_len " + std::to_string(info.chunk_len) + ", cache_len " +
+                              std::to_string(info.cache_len) + "; manifest htp_program says " +
+                              std::to_string(htp.chunk_len) + ", " + std::to_string(htp.cache_len) +
+                              " (hint: files from different exports)");
+  }
+  std::fprintf(stderr, "htp program: %s (chunk_len %lld, cache_len %lld, foundation %s)\n", htp.path.c_str(),
+               static_cast<long long>(info.chunk_len), static_cast<long long>(info.cache_len),
+               foundation.empty() ? "inside the program" : foundation.c_str());
+  return session;
+}
+
+// --show-cache for the HTP session: XNNPACK's weight cache and the packed file are model.pte's.
+void show_cache(const etlora::HtpSession&) {
+  std::fprintf(stderr, "weight cache: not used by the HTP session | packed cache: off (model.pte only)\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -383,16 +596,32 @@ int main(int argc, char** argv) {
     }
   }
   // Decided before anything is loaded: QnnBackend crashes on a program it cannot
-  // run, so only a program the probe cleared may ever reach it. No HTP session
-  // exists yet (issue 14), so the answer is xnnpack (or an error for --backend htp)
-  // and model.pte is what Session::open loads below.
-  auto backend = etlora::choose_backend(options.backend, etlora::gather_htp_facts(), options.htp_program,
-                                        /*htp_session_available=*/false);
+  // run, so only a program the probe cleared may ever reach it. This runner has
+  // an HTP session, so a bundle's model_htp.pte runs when the device clears it.
+  auto facts = device_facts();
+  if (!facts.ok()) {
+    std::fprintf(stderr, "error: %s\n", facts.status().message().c_str());
+    return 2;
+  }
+  std::optional<etlora::HtpProgramFacts> htp_program;
+  if (options.htp_program) htp_program = etlora::HtpProgramFacts{options.htp_program->soc, options.htp_program->path};
+  auto backend = etlora::choose_backend(options.backend, facts->facts, htp_program,
+                                        /*htp_session_available=*/true);
   if (!backend.ok()) {
     std::fprintf(stderr, "error: %s\n", backend.status().message().c_str());
     return 1;
   }
   std::fprintf(stderr, "%s\n", backend->line().c_str());
+  if (backend->backend == etlora::Backend::kHtp) {
+    auto session = open_htp_session(options, *facts);
+    if (!session.ok()) {
+      std::fprintf(stderr, "error: %s\n", session.status().message().c_str());
+      return 1;
+    }
+    const double load_ms = ms_since(load_start);
+    if (options.show_cache) show_cache(**session);
+    return run_session(**session, options, load_ms);
+  }
   etlora::SessionOptions session_options;
   session_options.weight_cache = options.weight_cache;
   session_options.packed_cache_path = packed_cache_path(options);
@@ -404,33 +633,5 @@ int main(int argc, char** argv) {
   }
   const double load_ms = ms_since(load_start);
   if (options.show_cache) show_cache(**session);
-
-  auto adapter_start = std::chrono::steady_clock::now();
-  if (auto status = (*session)->set_adapters(options.adapters); !status.ok()) {
-    std::fprintf(stderr, "error: %s\n", status.message().c_str());
-    return 1;
-  }
-  const double adapter_ms = ms_since(adapter_start);
-  if (options.has_prompt) return run_prompt(**session, options);
-
-  auto run_start = std::chrono::steady_clock::now();
-  auto logits = (*session)->logits(options.tokens);
-  if (!logits.ok()) {
-    std::fprintf(stderr, "error: %s\n", logits.status().message().c_str());
-    return 1;
-  }
-  const double run_ms = ms_since(run_start);
-
-  const std::vector<float>& values = *logits;
-  const size_t argmax = std::max_element(values.begin(), values.end()) - values.begin();
-  std::printf("argmax: %zu\n", argmax);
-  std::printf("logits[:%d]:", options.shown_logits);
-  for (int i = 0; i < options.shown_logits && i < static_cast<int>(values.size()); ++i) {
-    std::printf(" %.6f", values[i]);
-  }
-  std::printf("\n");
-  std::printf("load: %.1f ms, set_adapters: %.1f ms, run (%zu tokens): %.1f ms\n", load_ms,
-              adapter_ms, options.tokens.size(), run_ms);
-  std::printf("kernel path: %s\n", etlora::kernel_path().value().c_str());
-  return 0;
+  return run_session(**session, options, load_ms);
 }
