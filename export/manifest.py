@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -292,6 +294,7 @@ def _listed_paths(manifest: Manifest) -> list[tuple[str, str]]:
 def check_paths_inside(bundle_dir: Path, manifest: Manifest, path: Path) -> None:
     """Every listed path stays inside the bundle: relative, no '..', no symlink leading out."""
     root = Path(bundle_dir).resolve()
+    parents: dict[PurePosixPath, Path] = {}  # resolved once per folder: 100 adapters share adapters/
     for where, text in _listed_paths(manifest):
         relative = PurePosixPath(text) if isinstance(text, str) else None
         if (
@@ -306,10 +309,19 @@ def check_paths_inside(bundle_dir: Path, manifest: Manifest, path: Path) -> None
                 f"{path}: {where} is {text!r}, expected a relative path inside the bundle "
                 "(no '..', not absolute); hint: the manifest was edited or is hostile"
             )
-        target = root / relative
-        if target.exists() and not target.resolve().is_relative_to(root):
+        if relative.parent not in parents:
+            parents[relative.parent] = (root / relative.parent).resolve()
+        target = parents[relative.parent] / relative.name
+        try:
+            is_link = stat.S_ISLNK(os.lstat(target).st_mode)
+        except OSError:
+            continue  # absent: reported by whoever opens it
+        resolved = target.resolve() if is_link else target
+        if not resolved.is_relative_to(root) or not resolved.exists():
+            if not resolved.exists():
+                continue  # a dangling link: reported as missing by whoever opens it
             raise BundleError(
-                f"{path}: {where} {text!r} resolves to {target.resolve()}, outside the bundle "
+                f"{path}: {where} {text!r} resolves to {resolved}, outside the bundle "
                 f"{root} (a symlink leading out); hint: copy the file into the bundle"
             )
 

@@ -34,7 +34,7 @@ LIBRARY_MISSING = {
 }
 NO_SOC0 = "no /sys/devices/soc0/machine or soc_id: not a Qualcomm SoC, or hidden by the kernel"
 NODES = "/dev/fastrpc-cdsp, /dev/fastrpc-cdsp-secure, /dev/adsprpc-smd"
-NO_SESSION = "HTP program present and device usable, but this runtime has no HTP session yet (issue 14)"
+NO_SESSION = "HTP program present and device usable, but this caller has no HTP session to run it"
 # A device that could run an HTP program for SM8650 (faked).
 USABLE = {"htp_library_loadable": True, "htp_library_error": "", "system_library_loadable": True,
           "system_library_error": "", "dsp_device": "/dev/fastrpc-cdsp", "soc": "SM8650", "soc_source": "ETLORA_SOC"}

@@ -6,10 +6,9 @@ of refusing it, so the choice is never made by trying: the device is probed (QNN
 Hexagon DSP device node, the SoC) and one rule in C++ decides (etlora::choose_backend, the table in
 runtime_cpp/include/etlora/htp_probe.h), the same rule etlora_runner applies.
 
-When the answer is HTP, etlora.load opens the HTP program in an HtpSession (the static-shape
-session with the KV cache on the host, runtime_cpp/src/htp_session.cpp); `htp` requested where it
-cannot run is an error, never a silent fallback. etlora_runner has no HTP session yet and keeps to
-XNNPACK with that reason.
+When the answer is HTP, etlora.load (and etlora_runner) open the HTP program in an HtpSession
+(the static-shape session with the KV cache on the host, runtime_cpp/src/htp_session.cpp); `htp`
+requested where it cannot run is an error, never a silent fallback.
 """
 
 from __future__ import annotations

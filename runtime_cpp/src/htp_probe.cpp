@@ -209,7 +209,7 @@ StatusOr<BackendChoice> choose_backend(BackendRequest requested, const HtpFacts&
   }
   if (problems.empty() && !htp_session_available) {
     problems.push_back(
-        "HTP program present and device usable, but this runtime has no HTP session yet (issue 14)");
+        "HTP program present and device usable, but this caller has no HTP session to run it");
     hints.push_back("wait for the HTP session (issue 14)");
   }
   if (problems.empty()) {

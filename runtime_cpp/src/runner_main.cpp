@@ -457,7 +457,8 @@ etlora::StatusOr<etlora::HtpFacts> read_test_facts(const std::string& path) {
                                       "system_library_error", "dsp_device", "soc", "soc_source"};
   std::string key_list;
   for (const char* key : kKeys) key_list += (key_list.empty() ? "" : ", ") + std::string(key);
-  for (const auto& [key, value] : json->object()) {
+  for (const auto& entry : json->object()) {
+    const std::string& key = entry.first;  // a plain name: C++17 lambdas cannot capture bindings
     if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) ==
         std::end(kKeys)) {
       return Status(StatusCode::kInvalidArgument,

@@ -89,7 +89,7 @@ int main() {
                 "device SoC unknown (no soc0), program compiled for SM8650", "unknown soc");
   // Everything present, no HTP session in this runtime.
   const std::string no_session =
-      "HTP program present and device usable, but this runtime has no HTP session yet (issue 14)";
+      "HTP program present and device usable, but this caller has no HTP session to run it";
   expect_choice(etlora::choose_backend(auto_, usable_device("SM8650"), program, false), Backend::kXnnpack,
                 no_session, "no session");
   expect_error(etlora::choose_backend(htp, usable_device("SM8650"), program, false), no_session, "htp, no session");

@@ -22,18 +22,18 @@
 //   auto      |    none     |       any       |     any     | xnnpack ("no HTP program in the bundle")
 //   auto      |   present   |     some        |     any     | xnnpack (the problems)
 //   auto      |   present   |     none        |     no      | xnnpack ("HTP program present and device
-//             |             |                 |             |   usable, but this runtime has no HTP session
-//             |             |                 |             |   yet (issue 14)")
+//             |             |                 |             |   usable, but this caller has no HTP session
+//             |             |                 |             |   to run it")
 //   auto      |   present   |     none        |     yes     | htp
 //   htp       |   any row that would not give htp under auto  | error Status, never a fallback
 //   htp       |   present   |     none        |     yes     | htp
 //
 // "HTP session": running the HTP program needs a static-shape session that owns
 // the KV cache on the host (the HTP graph takes the cache as inputs and returns
-// the new rows). This runtime has none yet, so every caller passes
-// htp_session_available = false and the answer is xnnpack (or an error for an
-// explicit htp) even on a device that could run the program. When the HTP session
-// lands, its caller passes true; nothing else in the rule changes.
+// the new rows). etlora::HtpSession (htp_session.h) is that session: etlora.load
+// and etlora_runner pass htp_session_available = true and open the HTP program
+// in it when the answer is htp. A caller without one passes false and gets
+// xnnpack (or an error for an explicit htp) even on a device that could run it.
 #pragma once
 
 #include <optional>
