@@ -184,6 +184,12 @@ def _parse_adapter(name: str, data: dict, path: Path) -> AdapterRecord:
     """One adapters[] entry; alora_invocation_tokens, when not null, is 1 to MAX_ALORA_TOKENS token ids
     (whole numbers in 0 .. 2^31-1), checked in the C++ reader's words."""
     record = AdapterRecord(**data)
+    rank = _json_integer(record.rank)
+    if rank is None or rank < 0:
+        got = rank if rank is not None else (
+            "a number that is not a whole number within 2^53" if _json_kind(record.rank) == "a number"
+            else _json_kind(record.rank))
+        raise BundleError(f"{path}: adapters['{name}'].rank: expected an integer >= 0, got {got}")
     tokens = record.alora_invocation_tokens
     if tokens is None:
         return record

@@ -154,7 +154,7 @@ def many_adapters_figures(bundle: Path, count: int, rounds: int) -> dict:
              "def rss():\n"
              "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) * 1024\n"
              "before = rss(); start = time.perf_counter()\n"
-             "etlora.load(sys.argv[1], cache_dir=sys.argv[2])\n"
+             "session = etlora.load(sys.argv[1], cache_dir=sys.argv[2])  # alive when measured\n"
              "print(time.perf_counter() - start, rss() - before)\n")
     cache = work / "cache"
 

@@ -74,6 +74,10 @@ MUTATIONS = [
     ("no program", _drop(["program"]), True),
     ("an unknown program member", _set(["program", "speed"], 1), True),
     ("an adapter without rank", _drop(["adapters", "legal", "rank"]), True),
+    # found by the fuzzer (UBSan): a rank far beyond int64 was cast unchecked
+    ("a rank of 8.7e90", _set(["adapters", "legal", "rank"], 8.67e90), True),
+    ("a negative rank", _set(["adapters", "legal", "rank"], -1), True),
+    ("a rank as text", _set(["adapters", "legal", "rank"], "8"), True),
     ("an unknown adapter member", _set(["adapters", "legal", "color"], "red"), True),
     ("an adapter file with ..", _set(["adapters", "legal", "file"], "../legal.ptd"), True),
     ("an absolute adapter file", _set(["adapters", "legal", "file"], "/etc/passwd"), True),

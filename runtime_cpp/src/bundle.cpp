@@ -252,9 +252,7 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
         adapter.alora_invocation_tokens.push_back(static_cast<int64_t>(value));
       }
     }
-    const JsonValue* rank = record.find("rank");
-    if (!rank->is(Kind::kNumber)) return reader.fail(where + ".rank: expected a number");
-    adapter.rank = static_cast<int64_t>(rank->number());
+    if (Status s = reader.integer_member(record, "rank", where, 0, adapter.rank); !s.ok()) return s;
     bundle.adapters_.push_back(std::move(adapter));
   }
   const JsonValue* tokenizer = root.find("tokenizer");
