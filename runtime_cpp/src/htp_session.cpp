@@ -23,6 +23,7 @@
 #include "etlora/thread_pool.h"
 #include "flat_tensor_check.h"
 #include "format_util.h"
+#include "program_constants.h"
 
 namespace etlora {
 
@@ -48,80 +49,6 @@ constexpr size_t kOutputs = 3;  // logits, new_k, new_v
 // A buffer larger than this many elements is refused as an impossible layout
 // (and so is any product that would overflow on the way).
 constexpr int64_t kMaxElements = int64_t{1} << 34;
-
-bool is_file(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-// The values a constant method returns (a list comes back as several outputs).
-StatusOr<std::vector<EValue>> constant_values(Module& module, const std::string& program,
-                                              const std::string& name) {
-  auto outputs = module.execute(name);
-  if (!outputs.ok()) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program + " has no readable constant method " + name + " (" +
-                      error_name(outputs.error()) +
-                      "); hint: the HTP program must be exported by etlora (bundle-format.md, "
-                      "model_htp.pte)");
-  }
-  std::vector<EValue> values = std::move(*outputs);
-  module.unload_method(name);
-  return values;
-}
-
-StatusOr<std::vector<int64_t>> constant_ints(Module& module, const std::string& program,
-                                             const std::string& name) {
-  auto values = constant_values(module, program, name);
-  if (!values.ok()) return values.status();
-  std::vector<int64_t> ints;
-  for (const EValue& v : *values) {
-    if (!v.isInt()) {
-      return Status(StatusCode::kIncompatible, "program " + program + ": constant method " + name +
-                                                   " is expected to return ints, got another type");
-    }
-    ints.push_back(v.toInt());
-  }
-  return ints;
-}
-
-StatusOr<int64_t> constant_int(Module& module, const std::string& program, const std::string& name) {
-  auto ints = constant_ints(module, program, name);
-  if (!ints.ok()) return ints.status();
-  if (ints->size() != 1) {
-    return Status(StatusCode::kIncompatible, "program " + program + ": constant method " + name +
-                                                 " is expected to return one int, got " +
-                                                 std::to_string(ints->size()) + " values");
-  }
-  return (*ints)[0];
-}
-
-StatusOr<std::vector<std::string>> constant_strings(Module& module, const std::string& program,
-                                                    const std::string& name) {
-  auto values = constant_values(module, program, name);
-  if (!values.ok()) return values.status();
-  std::vector<std::string> strings;
-  for (const EValue& v : *values) {
-    if (!v.isString()) {
-      return Status(StatusCode::kIncompatible, "program " + program + ": constant method " + name +
-                                                   " is expected to return strings, got another type");
-    }
-    strings.emplace_back(v.toString());
-  }
-  return strings;
-}
-
-StatusOr<std::string> constant_string(Module& module, const std::string& program,
-                                      const std::string& name) {
-  auto strings = constant_strings(module, program, name);
-  if (!strings.ok()) return strings.status();
-  if (strings->size() != 1) {
-    return Status(StatusCode::kIncompatible, "program " + program + ": constant method " + name +
-                                                 " is expected to return one string, got " +
-                                                 std::to_string(strings->size()) + " values");
-  }
-  return (*strings)[0];
-}
 
 // a * b * ..., or -1 when a factor is negative or the product passes kMaxElements.
 int64_t checked_elements(std::initializer_list<int64_t> factors) {
@@ -190,13 +117,13 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open(const std::string& progra
 
 StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
     const std::string& program_path, const std::string& foundation_path) {
-  if (!is_file(program_path)) {
+  if (!is_regular_file(program_path)) {
     return Status(StatusCode::kNotFound,
                   "HTP program file " + program_path +
                       " not found (expected model_htp.pte of an etlora bundle)");
   }
   if (!foundation_path.empty()) {
-    if (!is_file(foundation_path)) {
+    if (!is_regular_file(foundation_path)) {
       return Status(StatusCode::kNotFound,
                     "foundation file " + foundation_path +
                         " not found (expected foundation.ptd beside the program)");

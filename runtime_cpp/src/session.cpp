@@ -25,6 +25,7 @@
 #include "etlora/logging.h"
 #include "etlora/thread_pool.h"
 #include "flat_tensor_check.h"
+#include "program_constants.h"
 #include "format_util.h"
 #include "packed_file_use.h"
 
@@ -43,69 +44,6 @@ constexpr size_t kTokensInput = 0;
 constexpr size_t kPositionsInput = 1;
 constexpr size_t kScalesInput = 2;
 constexpr size_t kFirstAdapterInput = 3;
-
-bool is_file(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-// The values a constant method returns (a list is flattened into outputs).
-StatusOr<std::vector<EValue>> run_constant_method(Module& module, const std::string& program,
-                                                  const std::string& name) {
-  auto outputs = module.execute(name);
-  if (!outputs.ok()) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program + " has no readable constant method " + name + " (" +
-                      error_name(outputs.error()) +
-                      "); hint: model.pte must be exported by etlora (bundle-format.md)");
-  }
-  std::vector<EValue> values = std::move(*outputs);
-  module.unload_method(name);
-  return values;
-}
-
-StatusOr<std::vector<int64_t>> read_ints(Module& module, const std::string& program,
-                                         const std::string& name) {
-  auto values = run_constant_method(module, program, name);
-  if (!values.ok()) return values.status();
-  std::vector<int64_t> ints;
-  for (const EValue& v : *values) {
-    if (!v.isInt()) {
-      return Status(StatusCode::kIncompatible,
-                    "program " + program + ": constant method " + name +
-                        " is expected to return ints, got another type");
-    }
-    ints.push_back(v.toInt());
-  }
-  return ints;
-}
-
-StatusOr<int64_t> read_int(Module& module, const std::string& program, const std::string& name) {
-  auto ints = read_ints(module, program, name);
-  if (!ints.ok()) return ints.status();
-  if (ints->size() != 1) {
-    return Status(StatusCode::kIncompatible, "program " + program + ": constant method " + name +
-                                                 " is expected to return one int, got " +
-                                                 std::to_string(ints->size()) + " values");
-  }
-  return (*ints)[0];
-}
-
-StatusOr<std::vector<std::string>> read_strings(Module& module, const std::string& program,
-                                                const std::string& name) {
-  auto values = run_constant_method(module, program, name);
-  if (!values.ok()) return values.status();
-  std::vector<std::string> strings;
-  for (const EValue& v : *values) {
-    if (!v.isString()) {
-      return Status(StatusCode::kIncompatible,
-                    "program " + program + ": constant method " + name +
-                        " is expected to return strings, got another type");
-    }
-    strings.emplace_back(v.toString());
-  }
-  return strings;
-}
 
 constexpr char kXnnpackBackend[] = "XnnpackBackend";
 std::atomic<int64_t> g_open_sessions{0};
@@ -157,36 +95,24 @@ StatusOr<WeightCacheStats> weight_cache_stats() {
 
 namespace {
 
-// One string from a constant method.
-StatusOr<std::string> read_string(Module& module, const std::string& program, const std::string& name) {
-  auto strings = read_strings(module, program, name);
-  if (!strings.ok()) return strings.status();
-  if (strings->size() != 1) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program + ": " + name + " is expected to return one string, got " +
-                      std::to_string(strings->size()));
-  }
-  return (*strings)[0];
-}
-
 // etlora_foundation_weights_id (the foundation as stored: fp32 or quantized), or the
 // fingerprint for programs exported before it existed (always fp32).
 StatusOr<std::string> read_weights_id(Module& module, const std::string& program,
                                       const std::string& fingerprint) {
   auto names = module.method_names();
   if (names.ok() && names->count("etlora_foundation_weights_id") == 0) return fingerprint;
-  return read_string(module, program, "etlora_foundation_weights_id");
+  return constant_string(module, program, "etlora_foundation_weights_id");
 }
 
 }  // namespace
 
 StatusOr<std::string> read_foundation_weights_id(const std::string& program_path) {
-  if (!is_file(program_path)) {
+  if (!is_regular_file(program_path)) {
     return Status(StatusCode::kNotFound, "program file " + program_path +
                                              " not found (expected model.pte of an etlora bundle)");
   }
   Module module(program_path, Module::LoadMode::Mmap);
-  auto fingerprint = read_string(module, program_path, "etlora_foundation_fingerprint");
+  auto fingerprint = constant_string(module, program_path, "etlora_foundation_fingerprint");
   if (!fingerprint.ok()) return fingerprint.status();
   return read_weights_id(module, program_path, *fingerprint);
 }
@@ -255,11 +181,11 @@ size_t Session::memory_planned_inputs() const { return impl_->memory_planned_inp
 StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path,
                                                  const std::string& foundation_path,
                                                  const SessionOptions& options) {
-  if (!is_file(program_path)) {
+  if (!is_regular_file(program_path)) {
     return Status(StatusCode::kNotFound, "program file " + program_path +
                                              " not found (expected model.pte of an etlora bundle)");
   }
-  if (!is_file(foundation_path)) {
+  if (!is_regular_file(foundation_path)) {
     return Status(StatusCode::kNotFound,
                   "foundation file " + foundation_path +
                       " not found (expected foundation.ptd beside model.pte)");
@@ -329,7 +255,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       "found none; hint: export it with etlora, not with another ExecuTorch tool");
   }
   ProgramInfo& info = session->info_;
-  auto version = read_int(module, program_path, "etlora_format_version");
+  auto version = constant_int(module, program_path, "etlora_format_version");
   if (!version.ok()) return version.status();
   info.format_version = *version;
   if (info.format_version != kFormatVersion) {
@@ -339,13 +265,13 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       std::to_string(info.format_version) +
                       "; hint: use the etlora runtime that matches the exporter");
   }
-  auto fingerprint = read_string(module, program_path, "etlora_foundation_fingerprint");
-  auto sites = read_strings(module, program_path, "etlora_sites");
-  auto shapes = read_ints(module, program_path, "etlora_site_shapes");
-  auto rank = read_int(module, program_path, "etlora_max_rank");
-  auto slots = read_int(module, program_path, "etlora_adapter_slots");
-  auto seq_len = read_int(module, program_path, "etlora_max_seq_len");
-  auto vocab = read_int(module, program_path, "etlora_vocab_size");
+  auto fingerprint = constant_string(module, program_path, "etlora_foundation_fingerprint");
+  auto sites = constant_strings(module, program_path, "etlora_sites");
+  auto shapes = constant_ints(module, program_path, "etlora_site_shapes");
+  auto rank = constant_int(module, program_path, "etlora_max_rank");
+  auto slots = constant_int(module, program_path, "etlora_adapter_slots");
+  auto seq_len = constant_int(module, program_path, "etlora_max_seq_len");
+  auto vocab = constant_int(module, program_path, "etlora_vocab_size");
   for (const Status* s : {&fingerprint.status(), &sites.status(), &shapes.status(),
                           &rank.status(), &slots.status(), &seq_len.status(), &vocab.status()}) {
     if (!s->ok()) return *s;

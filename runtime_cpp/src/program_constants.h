@@ -1,0 +1,33 @@
+// Reading an etlora program's constant methods (bundle-format.md: etlora_sites,
+// etlora_max_rank, ...): what a program says about its inputs, read the same
+// way by Session (model.pte) and HtpSession (model_htp.pte).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <executorch/extension/module/module.h>
+
+#include "etlora/status.h"
+
+namespace etlora {
+
+// The values constant method `name` returns (a list comes back as several
+// outputs); the method is unloaded again. `program` names the file in errors.
+StatusOr<std::vector<executorch::runtime::EValue>> constant_values(
+    executorch::extension::module::Module& module, const std::string& program, const std::string& name);
+
+StatusOr<std::vector<int64_t>> constant_ints(executorch::extension::module::Module& module,
+                                             const std::string& program, const std::string& name);
+StatusOr<int64_t> constant_int(executorch::extension::module::Module& module, const std::string& program,
+                               const std::string& name);
+StatusOr<std::vector<std::string>> constant_strings(executorch::extension::module::Module& module,
+                                                    const std::string& program, const std::string& name);
+StatusOr<std::string> constant_string(executorch::extension::module::Module& module, const std::string& program,
+                                      const std::string& name);
+
+// A regular file at `path`.
+bool is_regular_file(const std::string& path);
+
+}  // namespace etlora
