@@ -193,65 +193,31 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
                       std::to_string(info.format_version) +
                       "; hint: use the etlora runtime that matches the exporter");
   }
-  auto fingerprint = constant_string(module, program_path, "etlora_foundation_fingerprint");
-  auto sites = constant_strings(module, program_path, "etlora_sites");
-  auto shapes = constant_ints(module, program_path, "etlora_site_shapes");
-  auto rank = constant_int(module, program_path, "etlora_max_rank");
-  auto slots = constant_int(module, program_path, "etlora_adapter_slots");
-  auto vocab = constant_int(module, program_path, "etlora_vocab_size");
+  auto largest = read_adapter_layout(module, program_path, info);
+  if (!largest.ok()) return largest.status();
+  const int64_t largest_site = *largest;
   auto chunk = constant_int(module, program_path, "etlora_chunk_len");
   auto cache = constant_int(module, program_path, "etlora_cache_len");
-  for (const Status* s : {&fingerprint.status(), &sites.status(), &shapes.status(), &rank.status(),
-                          &slots.status(), &vocab.status(), &chunk.status(), &cache.status()}) {
+  for (const Status* s : {&chunk.status(), &cache.status()}) {
     if (!s->ok()) return *s;
   }
-  info.foundation_fingerprint = *fingerprint;
-  info.foundation_weights_id = *fingerprint;  // an HTP program is always built from the float foundation
+  info.foundation_weights_id = info.foundation_fingerprint;  // an HTP program is built from the float foundation
   if (names->count("etlora_foundation_weights_id")) {
     auto weights_id = constant_string(module, program_path, "etlora_foundation_weights_id");
     if (!weights_id.ok()) return weights_id.status();
     info.foundation_weights_id = *weights_id;
   }
-  info.sites = *sites;
-  info.max_rank = *rank;
-  info.adapter_slots = *slots;
-  info.vocab_size = *vocab;
   htp.chunk_len = *chunk;
   htp.cache_len = *cache;
   info.max_seq_len = htp.cache_len;  // the cache bounds every position
-  if (shapes->size() != 2 * info.sites.size()) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path + ": etlora_site_shapes expected " +
-                      std::to_string(2 * info.sites.size()) + " ints (in, out per site), got " +
-                      std::to_string(shapes->size()));
-  }
-  int64_t largest_site = 0;
-  for (size_t i = 0; i < info.sites.size(); ++i) {
-    const int64_t in = (*shapes)[2 * i], out = (*shapes)[2 * i + 1];
-    if (in < 1 || out < 1 || in > std::numeric_limits<int32_t>::max() ||
-        out > std::numeric_limits<int32_t>::max()) {
-      return Status(StatusCode::kIncompatible,
-                    "program " + program_path + ": etlora_site_shapes gives site " + info.sites[i] +
-                        " the impossible shape (" + std::to_string(in) + ", " + std::to_string(out) + ")");
-    }
-    info.site_shapes.emplace_back(in, out);
-    largest_site = std::max({largest_site, in, out});
-  }
-  // A foundation-only program (no sites) has rank 0; any program with sites needs a rank.
-  const bool rank_ok = info.sites.empty() ? info.max_rank >= 0 : info.max_rank >= 1;
   const int64_t int32_max = std::numeric_limits<int32_t>::max();
-  if (!rank_ok || info.max_rank > int32_max || info.adapter_slots < 0 || info.adapter_slots > 1024 ||
-      info.vocab_size < 1 || info.vocab_size > int32_max || htp.chunk_len < 1 ||
-      htp.chunk_len > int32_max || htp.cache_len < 1 || htp.cache_len > int32_max ||
+  if (htp.chunk_len < 1 || htp.chunk_len > int32_max || htp.cache_len < 1 || htp.cache_len > int32_max ||
       checked_elements({htp.chunk_len, htp.cache_len + htp.chunk_len}) < 0 ||
-      checked_elements({htp.chunk_len, info.vocab_size}) < 0 ||
-      checked_elements({largest_site, info.max_rank}) < 0) {
+      checked_elements({htp.chunk_len, info.vocab_size}) < 0) {
     return Status(StatusCode::kIncompatible,
-                  "program " + program_path + ": constant methods give an impossible layout (max_rank " +
-                      std::to_string(info.max_rank) + ", adapter_slots " +
-                      std::to_string(info.adapter_slots) + ", vocab_size " +
-                      std::to_string(info.vocab_size) + ", chunk_len " + std::to_string(htp.chunk_len) +
-                      ", cache_len " + std::to_string(htp.cache_len) + ")");
+                  "program " + program_path + ": constant methods give an impossible layout (chunk_len " +
+                      std::to_string(htp.chunk_len) + ", cache_len " + std::to_string(htp.cache_len) +
+                      ", vocab_size " + std::to_string(info.vocab_size) + ")");
   }
 
   // forward: loaded once, for the session's lifetime; its signature checked against the above.

@@ -3,6 +3,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "format_util.h"
 
 namespace etlora {
@@ -72,6 +75,53 @@ StatusOr<std::string> constant_string(Module& module, const std::string& program
                                                  std::to_string(strings->size()) + " values");
   }
   return (*strings)[0];
+}
+
+StatusOr<int64_t> read_adapter_layout(Module& module, const std::string& program, ProgramInfo& info) {
+  auto fingerprint = constant_string(module, program, "etlora_foundation_fingerprint");
+  auto sites = constant_strings(module, program, "etlora_sites");
+  auto shapes = constant_ints(module, program, "etlora_site_shapes");
+  auto rank = constant_int(module, program, "etlora_max_rank");
+  auto slots = constant_int(module, program, "etlora_adapter_slots");
+  auto vocab = constant_int(module, program, "etlora_vocab_size");
+  for (const Status* s : {&fingerprint.status(), &sites.status(), &shapes.status(), &rank.status(),
+                          &slots.status(), &vocab.status()}) {
+    if (!s->ok()) return *s;
+  }
+  info.foundation_fingerprint = *fingerprint;
+  info.sites = *sites;
+  info.max_rank = *rank;
+  info.adapter_slots = *slots;
+  info.vocab_size = *vocab;
+  if (shapes->size() != 2 * info.sites.size()) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program + ": etlora_site_shapes expected " + std::to_string(2 * info.sites.size()) +
+                      " ints (in, out per site), got " + std::to_string(shapes->size()));
+  }
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  int64_t largest_site = 0;
+  info.site_shapes.clear();
+  for (size_t i = 0; i < info.sites.size(); ++i) {
+    const int64_t in = (*shapes)[2 * i], out = (*shapes)[2 * i + 1];
+    if (in < 1 || out < 1 || in > kInt32Max || out > kInt32Max) {
+      return Status(StatusCode::kIncompatible,
+                    "program " + program + ": etlora_site_shapes gives site " + info.sites[i] +
+                        " the impossible shape (" + std::to_string(in) + ", " + std::to_string(out) + ")");
+    }
+    info.site_shapes.emplace_back(in, out);
+    largest_site = std::max({largest_site, in, out});
+  }
+  // A foundation-only program (no sites) has rank 0; any program with sites needs a rank.
+  const bool rank_ok = info.sites.empty() ? info.max_rank >= 0 : info.max_rank >= 1;
+  if (!rank_ok || info.max_rank > kInt32Max || info.adapter_slots < 0 || info.adapter_slots > 1024 ||
+      info.vocab_size < 1 || info.vocab_size > kInt32Max || largest_site * info.max_rank > (int64_t{1} << 34)) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program + ": constant methods give an impossible layout (max_rank " +
+                      std::to_string(info.max_rank) + ", adapter_slots " + std::to_string(info.adapter_slots) +
+                      ", vocab_size " + std::to_string(info.vocab_size) + ", largest site " +
+                      std::to_string(largest_site) + ")");
+  }
+  return largest_site;
 }
 
 bool is_regular_file(const std::string& path) {

@@ -9,6 +9,7 @@
 
 #include <executorch/extension/module/module.h>
 
+#include "etlora/program_info.h"
 #include "etlora/status.h"
 
 namespace etlora {
@@ -26,6 +27,14 @@ StatusOr<std::vector<std::string>> constant_strings(executorch::extension::modul
                                                     const std::string& program, const std::string& name);
 StatusOr<std::string> constant_string(executorch::extension::module::Module& module, const std::string& program,
                                       const std::string& name);
+
+// The adapter side of a program's layout, read and checked the same way for
+// Session and HtpSession: etlora_foundation_fingerprint, etlora_sites,
+// etlora_site_shapes (each in, out in 1 .. 2^31-1), etlora_max_rank (0 only
+// without sites), etlora_adapter_slots (0 .. 1024), etlora_vocab_size. Fills
+// those fields of `info`; returns the largest site dimension.
+StatusOr<int64_t> read_adapter_layout(executorch::extension::module::Module& module, const std::string& program,
+                                      ProgramInfo& info);
 
 // A regular file at `path`.
 bool is_regular_file(const std::string& path);

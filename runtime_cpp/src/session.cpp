@@ -265,50 +265,23 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                       std::to_string(info.format_version) +
                       "; hint: use the etlora runtime that matches the exporter");
   }
-  auto fingerprint = constant_string(module, program_path, "etlora_foundation_fingerprint");
-  auto sites = constant_strings(module, program_path, "etlora_sites");
-  auto shapes = constant_ints(module, program_path, "etlora_site_shapes");
-  auto rank = constant_int(module, program_path, "etlora_max_rank");
-  auto slots = constant_int(module, program_path, "etlora_adapter_slots");
+  auto largest = read_adapter_layout(module, program_path, info);
+  if (!largest.ok()) return largest.status();
+  const size_t largest_site = static_cast<size_t>(*largest);
   auto seq_len = constant_int(module, program_path, "etlora_max_seq_len");
-  auto vocab = constant_int(module, program_path, "etlora_vocab_size");
-  for (const Status* s : {&fingerprint.status(), &sites.status(), &shapes.status(),
-                          &rank.status(), &slots.status(), &seq_len.status(), &vocab.status()}) {
-    if (!s->ok()) return *s;
+  if (!seq_len.ok()) return seq_len.status();
+  info.max_seq_len = *seq_len;
+  if (info.max_seq_len < 1 || info.max_seq_len > std::numeric_limits<int32_t>::max()) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path + ": etlora_max_seq_len expected 1 .. 2^31-1, got " +
+                      std::to_string(info.max_seq_len));
   }
-  info.foundation_fingerprint = *fingerprint;
   auto weights_id = read_weights_id(module, program_path, info.foundation_fingerprint);
   if (!weights_id.ok()) return weights_id.status();
   info.foundation_weights_id = *weights_id;
   if (impl.packed_file) {  // before forward loads: nothing is packed or mapped yet
     Status named = impl.packed_file->check_name(info.foundation_weights_id);
     if (!named.ok()) return named;
-  }
-  info.sites = *sites;
-  info.max_rank = *rank;
-  info.adapter_slots = *slots;
-  info.max_seq_len = *seq_len;
-  info.vocab_size = *vocab;
-  if (shapes->size() != 2 * info.sites.size()) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path + ": etlora_site_shapes expected " +
-                      std::to_string(2 * info.sites.size()) + " ints (in, out per site), got " +
-                      std::to_string(shapes->size()));
-  }
-  size_t largest_site = 0;
-  for (size_t i = 0; i < info.sites.size(); ++i) {
-    info.site_shapes.emplace_back((*shapes)[2 * i], (*shapes)[2 * i + 1]);
-    largest_site = std::max<size_t>(largest_site, std::max((*shapes)[2 * i], (*shapes)[2 * i + 1]));
-  }
-  // A foundation-only program (no sites) has rank 0; any program with sites needs a rank.
-  const bool rank_ok = info.sites.empty() ? info.max_rank >= 0 : info.max_rank >= 1;
-  if (!rank_ok || info.adapter_slots < 0 || info.max_seq_len < 1 || info.vocab_size < 1) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path + ": constant methods give an impossible layout "
-                  "(max_rank " + std::to_string(info.max_rank) + ", adapter_slots " +
-                      std::to_string(info.adapter_slots) + ", max_seq_len " +
-                      std::to_string(info.max_seq_len) + ", vocab_size " +
-                      std::to_string(info.vocab_size) + ")");
   }
 
   // Load `forward` once; it stays loaded for the Session's lifetime.
