@@ -22,7 +22,7 @@ from etlora.export.adapter_file import padded_adapter_tensors
 from etlora.export.adapters import load_adapter
 from etlora.export.bundle import add_adapter
 from etlora.export.foundation import load_foundation
-from etlora.export.manifest import read_manifest
+from etlora.export.manifest import FORMAT_VERSION, read_manifest
 from etlora.export.program import build_model
 from etlora.export.quantization import FoundationQuantization
 from etlora.packed_cache import CACHE_DIR_NAME
@@ -113,7 +113,7 @@ def test_quantized_bundle_is_smaller_and_says_what_is_float(quantized_bundle, bu
     manifest = read_manifest(quantized_bundle)
     record = manifest.foundation.quantization
     wanted = SCHEMES[quantized_bundle.name]
-    assert manifest.format_version == 4 and record.scheme == wanted.scheme.value
+    assert manifest.format_version == FORMAT_VERSION and record.scheme == wanted.scheme.value
     assert (record.group_size, record.embedding_bits, record.head_bits) == (
         wanted.group_size, wanted.embedding_bits, wanted.head_bits)
     embedding = ["model.embed_tokens"] if wanted.embedding_bits else []

@@ -33,7 +33,8 @@ def test_short_fuzz_campaign_finds_nothing(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(summary.read_text())["rows"]
-    assert {row["reader"] for row in rows} == {"adapter_file", "tokenizer_file", "packed_cache_file", "manifest"}
+    assert {row["reader"] for row in rows} == {"adapter_file", "foundation_file", "tokenizer_file", "packed_cache_file",
+                                               "manifest"}
     for row in rows:
         assert row["findings"] == [] and row["artifacts"] == [], row
         assert row["executions"] > 1000, row  # the target really ran
