@@ -148,6 +148,14 @@ def _alora_tokens(config, vocab_size: int, config_path: Path, name: str) -> tupl
         return None
     where = f"adapter {name!r} ({config_path}): alora_invocation_tokens (activated LoRA)"
     hint = "(hint: the invocation string tokenized with the foundation's tokenizer, as PEFT expects)"
+    task_type = str(getattr(config.task_type, "value", config.task_type))
+    if task_type != "CAUSAL_LM":
+        # PEFT computes the activation offsets only in its causal-LM model: elsewhere it never applies
+        # the adapter, so gating it by position here would not be what PEFT runs.
+        raise AdapterError(
+            f"{where}: expected task_type CAUSAL_LM, received {task_type} (PEFT applies an activated "
+            "LoRA only as a causal LM) (hint: save the adapter with LoraConfig(task_type='CAUSAL_LM'))"
+        )
     if not isinstance(tokens, (list, tuple)) or not tokens:
         raise AdapterError(f"{where}: expected a non-empty list of token ids, received {_shown(tokens)} {hint}")
     if len(tokens) > MAX_ALORA_TOKENS:

@@ -303,3 +303,16 @@ def test_reference_check_catches_an_alora_that_never_applies(model_dir, alora_di
                         lambda self, module, active_adapter, x, result, **kwargs: result)
     with pytest.raises(AssertionError, match=re.escape("aLoRA reference equals the foundation at the last position")):
         peft_reference_logits(model_dir, alora_dir, PROMPT)
+
+
+def test_an_alora_that_is_not_a_causal_lm_is_refused(model_dir, alora_dir, tmp_path):
+    """PEFT gates an activated LoRA only in its causal-LM model (elsewhere it never applies it)."""
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(alora_dir, adapter)
+    edit_config(adapter, task_type=None)
+    with pytest.raises(AdapterError, match=r"alora_invocation_tokens \(activated LoRA\): expected task_type "
+                                           r"CAUSAL_LM, received None"):
+        export_bundle(model_dir, {"x": adapter}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
