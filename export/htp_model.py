@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .model import AdaptableLinear, AdapterInputs, LlamaShape, RMSNorm, site_path
+from .model import MLP, AdaptableLinear, AdapterInputs, LlamaShape, RMSNorm, site_path
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -87,26 +87,13 @@ class HtpAttention(nn.Module):
         return self.o_proj(out, adapters), k, v
 
 
-class HtpMLP(nn.Module):
-    def __init__(self, shape: LlamaShape, layer: int):
-        super().__init__()
-        h, i, bias = shape.hidden_size, shape.intermediate_size, shape.mlp_bias
-        self.gate_proj = AdaptableLinear(h, i, bias, site_path(layer, "gate_proj"))
-        self.up_proj = AdaptableLinear(h, i, bias, site_path(layer, "up_proj"))
-        self.down_proj = AdaptableLinear(i, h, bias, site_path(layer, "down_proj"))
-
-    def forward(self, x, adapters):
-        gated = torch.nn.functional.silu(self.gate_proj(x, adapters)) * self.up_proj(x, adapters)
-        return self.down_proj(gated, adapters)
-
-
 class HtpDecoderLayer(nn.Module):
     def __init__(self, shape: LlamaShape, layer: int):
         super().__init__()
         self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
         self.self_attn = HtpAttention(shape, layer)
         self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
-        self.mlp = HtpMLP(shape, layer)
+        self.mlp = MLP(shape, layer)  # the CPU program's MLP: standard ops already
 
     def forward(self, x, cos, sin, mask, k_cache, v_cache, adapters):
         attended, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache, adapters)

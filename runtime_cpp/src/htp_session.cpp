@@ -324,13 +324,7 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
       make_tensor_ptr(cache_sizes, impl.v_cache.data(), ScalarType::Float),
       make_tensor_ptr({i32(info.adapter_slots)}, impl.scales.data(), ScalarType::Float),
   };
-  for (size_t i = 0; i < site_count; ++i) {
-    const auto [in, out] = info.site_shapes[i];
-    impl.empty_slot.push_back(
-        make_tensor_ptr({1, i32(in), i32(info.max_rank)}, impl.zeros.data(), ScalarType::Float));
-    impl.empty_slot.push_back(
-        make_tensor_ptr({1, i32(info.max_rank), i32(out)}, impl.zeros.data(), ScalarType::Float));
-  }
+  impl.empty_slot = lora_inputs(info, nullptr, impl.zeros.data());
   for (size_t index = 0; index < impl.fixed_inputs.size(); ++index) {
     if (Error err = module.set_input("forward", *impl.fixed_inputs[index], index); err != Error::Ok) {
       return Status(StatusCode::kRuntimeError,
@@ -391,23 +385,7 @@ Status HtpSession::set_adapters_unguarded(const std::vector<AdapterChoice>& adap
     }
     HtpBoundAdapter adapter;
     adapter.file = *opened;
-    for (size_t i = 0; i < site_count; ++i) {
-      for (const char* suffix : {".lora_a", ".lora_b"}) {
-        const bool lora_a = suffix[6] == 'a';
-        auto tensor = adapter.file->tensors().find(info_.sites[i] + suffix);
-        if (tensor == adapter.file->tensors().end()) {
-          adapter.inputs.push_back(impl.empty_slot[2 * i + (lora_a ? 0 : 1)]);
-          continue;
-        }
-        const auto [in, out] = info_.site_shapes[i];
-        const int32_t rank = static_cast<int32_t>(info_.max_rank);
-        std::vector<int32_t> sizes = lora_a ? std::vector<int32_t>{1, int32_t(in), rank}
-                                            : std::vector<int32_t>{1, rank, int32_t(out)};
-        // ExecuTorch never writes an input it is given for reading.
-        adapter.inputs.push_back(make_tensor_ptr(std::move(sizes), const_cast<float*>(tensor->second.data),
-                                                 ScalarType::Float));
-      }
-    }
+    adapter.inputs = lora_inputs(info_, adapter.file.get(), impl.zeros.data());
     chosen.push_back(std::move(adapter));
   }
   chosen.resize(info_.adapter_slots);  // empty slots

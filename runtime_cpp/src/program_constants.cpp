@@ -124,6 +124,28 @@ StatusOr<int64_t> read_adapter_layout(Module& module, const std::string& program
   return largest_site;
 }
 
+std::vector<executorch::extension::TensorPtr> lora_inputs(const ProgramInfo& info, const AdapterFile* file,
+                                                          const float* absent) {
+  using executorch::aten::ScalarType;
+  const int32_t rank = static_cast<int32_t>(info.max_rank);
+  std::vector<executorch::extension::TensorPtr> inputs;
+  for (size_t i = 0; i < info.sites.size(); ++i) {
+    const auto [in, out] = info.site_shapes[i];
+    for (const bool lora_a : {true, false}) {
+      const float* data = absent;
+      if (file != nullptr) {
+        auto tensor = file->tensors().find(info.sites[i] + (lora_a ? ".lora_a" : ".lora_b"));
+        if (tensor != file->tensors().end()) data = tensor->second.data;
+      }
+      std::vector<int32_t> sizes = lora_a ? std::vector<int32_t>{1, int32_t(in), rank}
+                                          : std::vector<int32_t>{1, rank, int32_t(out)};
+      inputs.push_back(executorch::extension::make_tensor_ptr(std::move(sizes), const_cast<float*>(data),
+                                                              ScalarType::Float));
+    }
+  }
+  return inputs;
+}
+
 bool is_regular_file(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);

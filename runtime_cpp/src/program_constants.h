@@ -8,6 +8,9 @@
 #include <vector>
 
 #include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor_ptr.h>
+
+#include "etlora/adapter_file.h"
 
 #include "etlora/program_info.h"
 #include "etlora/status.h"
@@ -35,6 +38,14 @@ StatusOr<std::string> constant_string(executorch::extension::module::Module& mod
 // those fields of `info`; returns the largest site dimension.
 StatusOr<int64_t> read_adapter_layout(executorch::extension::module::Module& module, const std::string& program,
                                       ProgramInfo& info);
+
+// One slot's LoRA inputs of forward, the same layout in model.pte and
+// model_htp.pte: lora_a [1, in, R] and lora_b [1, R, out] per site, in site
+// order, pointing into `file`'s tensors; the sites it lacks (all of them when
+// `file` is null: an empty slot) point at `absent`, zeros of at least
+// largest site * max_rank floats. ExecuTorch never writes inputs it reads.
+std::vector<executorch::extension::TensorPtr> lora_inputs(const ProgramInfo& info, const AdapterFile* file,
+                                                          const float* absent);
 
 // A regular file at `path`.
 bool is_regular_file(const std::string& path);

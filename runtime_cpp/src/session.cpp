@@ -128,15 +128,6 @@ struct OpenAdapter {
 
 namespace {
 
-TensorPtr adapter_input(const ProgramInfo& info, size_t site, bool lora_a, const float* data) {
-  const auto [in, out] = info.site_shapes[site];
-  const int32_t rank = static_cast<int32_t>(info.max_rank);
-  std::vector<int32_t> sizes = lora_a ? std::vector<int32_t>{1, int32_t(in), rank}
-                                      : std::vector<int32_t>{1, rank, int32_t(out)};
-  // ExecuTorch never writes method inputs it is given for reading.
-  return make_tensor_ptr(std::move(sizes), const_cast<float*>(data), ScalarType::Float);
-}
-
 bool same_file(const struct stat& a, const struct stat& b) {
   return a.st_ino == b.st_ino && a.st_dev == b.st_dev && a.st_size == b.st_size &&
          a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec;
@@ -319,10 +310,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   impl.max_resident_adapters = options.max_resident_adapters;
   impl.scales_input = make_tensor_ptr({static_cast<int32_t>(info.adapter_slots)},
                                       impl.scales.data(), ScalarType::Float);
-  for (size_t i = 0; i < info.sites.size(); ++i) {
-    impl.empty_slot.push_back(adapter_input(info, i, /*lora_a=*/true, impl.absent_rows));
-    impl.empty_slot.push_back(adapter_input(info, i, /*lora_a=*/false, impl.absent_rows));
-  }
+  impl.empty_slot = lora_inputs(info, nullptr, impl.absent_rows);
   impl.bound.assign(info.adapter_slots, nullptr);
   Status no_adapters = session->bind_all();
   if (!no_adapters.ok()) return no_adapters;
@@ -350,14 +338,7 @@ StatusOr<OpenAdapter*> Session::open_adapter(const std::string& path) {
   OpenAdapter adapter;
   adapter.file = *opened;
   adapter.identity = identity;
-  for (size_t i = 0; i < info_.sites.size(); ++i) {
-    for (const char* suffix : {".lora_a", ".lora_b"}) {
-      auto tensor = adapter.file->tensors().find(info_.sites[i] + suffix);
-      const float* data = tensor == adapter.file->tensors().end() ? impl.absent_rows
-                                                                   : tensor->second.data;
-      adapter.inputs.push_back(adapter_input(info_, i, suffix[6] == 'a', data));
-    }
-  }
+  adapter.inputs = lora_inputs(info_, adapter.file.get(), impl.absent_rows);
   if (found != impl.open_adapters.end()) {
     // The file at this path changed since it was opened. If a slot still binds
     // the old one, keep it alive under another key until it is unbound.
