@@ -39,6 +39,16 @@ CHILD = textwrap.dedent(
                 fields[key] = int(value.split()[0]) * 1024
         return fields
 
+    def adapter_rss():
+        total, inside = 0, False
+        for line in open("/proc/self/smaps"):
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                inside = len(head) > 5 and "/adapters/" in head[5]
+            elif inside and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+        return total
+
     def mapped_adapter_files():
         return len({line.split()[-1] for line in open("/proc/self/maps") if "/adapters/" in line})
 
@@ -54,7 +64,7 @@ CHILD = textwrap.dedent(
         session.logits([1, 2, 3, 4])
     used = status()
     figures.update({"mapped_after_use": mapped_adapter_files(), "resident": session.resident_adapters,
-                    "adapter_file_rss_growth": used["RssFile"] - opened["RssFile"],
+                    "adapter_file_rss_growth": adapter_rss(),  # adapter files only, not other file pages
                     "anon_growth": used["RssAnon"] - opened["RssAnon"]})
     print(json.dumps(figures))
     """
