@@ -118,6 +118,26 @@ def test_resident_budget_closes_the_least_recently_used(bundle):
         etlora.load(bundle, max_resident_adapters=-1)
 
 
+def test_resident_byte_budget_closes_what_does_not_fit(bundle):
+    """max_resident_adapter_bytes counts the open files' sizes; the active adapters always stay."""
+    sizes = {name: (bundle / "adapters" / f"{name}.ptd").stat().st_size for name in ("support", "legal")}
+    session = etlora.load(bundle, max_resident_adapter_bytes=sum(sizes.values()))
+    session.set_adapters({"support": 1.0})
+    session.set_adapters({"legal": 1.0})
+    assert session.resident_adapters == ["legal", "support"]  # both fit
+    assert session.resident_adapter_bytes == sum(sizes.values())
+    tight = etlora.load(bundle, max_resident_adapter_bytes=sum(sizes.values()) - 1)
+    tight.set_adapters({"support": 1.0})
+    tight.set_adapters({"legal": 1.0})
+    assert tight.resident_adapters == ["legal"] and tight.resident_adapter_bytes == sizes["legal"]
+    tight.set_adapters({"support": 1.0, "legal": 0.5})  # above the budget, but both bound
+    assert sorted(tight.resident_adapters) == ["legal", "support"]
+    tight.set_adapters({})
+    assert len(tight.resident_adapters) == 1  # the most recently bound one that fits
+    with pytest.raises(EtloraError, match="max_resident_adapter_bytes: expected an int >= 0"):
+        etlora.load(bundle, max_resident_adapter_bytes=-5)
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"support": float("nan")}, "strength must be a finite number"),
     ({"support": float("inf")}, "strength must be a finite number"),

@@ -122,3 +122,25 @@ def test_a_resident_budget_bounds_the_adapters_mapped(hundred_bundle):
     adapter_bytes = (hundred_bundle / "adapters" / "customer000.ptd").stat().st_size
     assert bounded["adapter_file_rss_growth"] <= 5 * adapter_bytes
     assert unbounded["adapter_file_rss_growth"] >= 30 * adapter_bytes * 0.5
+
+
+def test_report_on_a_hundred_adapter_bundle_pays_only_for_the_activated(hundred_bundle, tmp_path):
+    """`etlora report --adapters a,b` on the 102-adapter bundle: the bundle opens with no adapter
+    page resident, and with both in use only their pages are (the other 100 cost nothing)."""
+    from etlora.cli import main
+
+    chosen = ["customer007", "customer042"]
+    out = tmp_path / "report"
+    assert main(["report", str(hundred_bundle), "--adapters", ",".join(chosen), "--no-naive", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ptd = {name: (hundred_bundle / "adapters" / f"{name}.ptd").stat().st_size for name in chosen}
+    assert report["disk"]["adapter_bytes"] == ptd
+    assert report["disk"]["bundle_adapters"] == COUNT + 2
+    unused = report["unused_adapters"]
+    assert unused["open_adapter_rss"] == 0
+    assert 0.5 * sum(ptd.values()) <= unused["in_use_adapter_pss"] <= 1.05 * sum(ptd.values()), unused
+    targets = {target["name"].split(" (")[0]: target["passed"] for target in report["targets"]}
+    assert targets["adapters not activated cost no RAM"] is True
+    # the other 100 adapters' files count on disk, not against the measured ones
+    assert targets["disk: bundle within 1% of foundation + adapters"] is True
+    assert f"2 of the bundle's {COUNT + 2} adapters measured" in (out / "report.md").read_text()

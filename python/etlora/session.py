@@ -57,7 +57,8 @@ class Session:
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, packed_cache: bool = True,
                  cache_dir: str | Path | None = None,
                  packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
-                 max_resident_adapters: int = 0, backend: Backend | str | BackendChoice = Backend.AUTO):
+                 max_resident_adapters: int = 0, max_resident_adapter_bytes: int = 0,
+                 backend: Backend | str | BackendChoice = Backend.AUTO):
         from etlora import _runtime
 
         self.bundle_dir = Path(bundle_dir)
@@ -73,6 +74,7 @@ class Session:
         self.backend_reason: str = choice.reason
         self._check_files_present()
         max_resident_adapters = _count("max_resident_adapters", max_resident_adapters)
+        max_resident_adapter_bytes = _count("max_resident_adapter_bytes", max_resident_adapter_bytes)
         if choice.backend is Backend.HTP:
             self._runtime = self._open_htp()
             self.packed_cache = PackedCacheInfo.off()
@@ -87,6 +89,7 @@ class Session:
                     packed_cache_path=str(packed_path) if packed_path else "",
                     packed_cache_residency=_residency(packed_cache_residency).value,
                     max_resident_adapters=max_resident_adapters,
+                    max_resident_adapter_bytes=max_resident_adapter_bytes,
                 )
             except (ValueError, RuntimeError) as error:
                 raise BundleError(str(error)) from None
@@ -195,6 +198,13 @@ class Session:
         by_path = {path: name for name, path in self._adapter_paths.items()}
         return [by_path.get(path, path) for path in self._runtime.resident_adapters]
 
+    @property
+    def resident_adapter_bytes(self) -> int:
+        """The resident adapters' file sizes together (what max_resident_adapter_bytes bounds)."""
+        if self.backend == Backend.HTP.value:
+            return sum(Path(self._adapter_paths[name]).stat().st_size for name in self._active)
+        return self._runtime.resident_adapter_bytes
+
     def forward(self, token_ids: Sequence[int], start_pos: int) -> np.ndarray:
         """Append tokens at `start_pos` to the KV cache; logits of the last one, float32 [vocab]."""
         tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1)
@@ -276,7 +286,8 @@ class Session:
 def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
          packed_cache: bool = True, cache_dir: str | Path | None = None,
          packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
-         max_resident_adapters: int = 0, backend: Backend | str | BackendChoice = Backend.AUTO) -> Session:
+         max_resident_adapters: int = 0, max_resident_adapter_bytes: int = 0,
+         backend: Backend | str | BackendChoice = Backend.AUTO) -> Session:
     """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`.
 
     packed_cache: keep XNNPACK's packed foundation weights in a file so that later starts map them
@@ -286,12 +297,15 @@ def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
     "map" keeps the file mapped (see PackedCacheResidency).
     max_resident_adapters: how many adapter files stay open (mapped, checked) for a fast switch
     back; beyond it the least recently used ones are closed and their pages unmapped. 0 = no limit.
+    max_resident_adapter_bytes: the same budget in bytes of adapter files (the active adapters
+    always stay open, even above it); 0 = no limit. Both budgets apply.
     backend: "auto" (default), "xnnpack" or "htp", decided before loading (etlora.backend);
     `session.backend` says which runs and `session.backend_reason` why. This runtime has no HTP
     session yet, so "auto" runs XNNPACK and "htp" raises EtloraError naming what is missing.
     """
     session = Session(bundle_dir, read_manifest(bundle_dir), packed_cache=packed_cache,
                       cache_dir=cache_dir, packed_cache_residency=packed_cache_residency,
-                      max_resident_adapters=max_resident_adapters, backend=backend)
+                      max_resident_adapters=max_resident_adapters,
+                      max_resident_adapter_bytes=max_resident_adapter_bytes, backend=backend)
     session.set_adapters(adapters)
     return session

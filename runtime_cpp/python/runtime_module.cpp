@@ -179,10 +179,11 @@ class PySession : public PyRunning<etlora::Session> {
  public:
   PySession(const std::string& program_path, const std::string& foundation_path, bool weight_cache,
             const std::string& packed_cache_path, const std::string& packed_cache_residency,
-            size_t max_resident_adapters) {
+            size_t max_resident_adapters, uint64_t max_resident_adapter_bytes) {
     etlora::SessionOptions options;
     options.weight_cache = weight_cache;
     options.max_resident_adapters = max_resident_adapters;
+    options.max_resident_adapter_bytes = max_resident_adapter_bytes;
     options.packed_cache_path = packed_cache_path;
     if (packed_cache_residency == "map") {
       options.packed_cache_residency = etlora::PackedCacheResidency::kMap;
@@ -430,17 +431,19 @@ PYBIND11_MODULE(_runtime, m) {
       "(backend, reason); ValueError when 'htp' was requested and cannot run.");
   py::class_<PySession>(m, "Session")
       .def(py::init<const std::string&, const std::string&, bool, const std::string&,
-                    const std::string&, size_t>(),
+                    const std::string&, size_t, uint64_t>(),
            py::arg("program_path"), py::arg("foundation_path"), py::kw_only(),
            py::arg("weight_cache") = true, py::arg("packed_cache_path") = "",
            py::arg("packed_cache_residency") = "copy", py::arg("max_resident_adapters") = 0,
+           py::arg("max_resident_adapter_bytes") = 0,
            "Load model.pte with foundation.ptd (memory-mapped); no adapter active. weight_cache: "
            "share packed foundation weights with other Sessions (XNNPACK weight cache). "
            "packed_cache_path: the packed foundation file (name from packed_cache_file_name), "
            "written at the first start and mapped at later ones; '' = off. packed_cache_residency: "
            "'copy' moves the packed weights into private memory after the load, 'map' keeps the "
            "file mapped. max_resident_adapters: adapter files kept open for a fast switch back "
-           "(least recently bound closed first); 0 = no limit.")
+           "(least recently bound closed first); 0 = no limit. max_resident_adapter_bytes: the "
+           "same for their file sizes together (bound adapters always stay); 0 = no limit.")
       .def("set_adapters", &PySession::set_adapters, py::arg("adapters"),
            "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.")
       .def("forward", &PySession::forward, py::arg("tokens"), py::arg("start_pos"),
@@ -492,6 +495,9 @@ PYBIND11_MODULE(_runtime, m) {
       .def_property_readonly(
           "resident_adapters", [](const PySession& s) { return s.session().resident_adapter_paths(); },
           "Adapter files held open (checked, mapped), most recently bound first.")
+      .def_property_readonly(
+          "resident_adapter_bytes", [](const PySession& s) { return s.session().resident_adapter_bytes(); },
+          "The open adapter files' sizes together (what max_resident_adapter_bytes bounds).")
       .def_property_readonly("active_adapters", [](const PySession& s) {
         std::vector<std::tuple<std::string, float>> active;
         for (const auto& a : s.session().active_adapters()) active.emplace_back(a.path, a.strength);

@@ -158,6 +158,7 @@ struct Session::Impl {
   int64_t cache_end = 0;                  // positions [0, cache_end) hold history's K/V
   int64_t adapter_from = std::numeric_limits<int64_t>::max();  // first cached position an adapter touched
   size_t max_resident_adapters = 0;           // 0 = no limit
+  uint64_t max_resident_adapter_bytes = 0;    // 0 = no limit
   size_t memory_planned_inputs = 0;
 };
 
@@ -308,6 +309,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
     impl.absent_rows = impl.zeros.data();
   }
   impl.max_resident_adapters = options.max_resident_adapters;
+  impl.max_resident_adapter_bytes = options.max_resident_adapter_bytes;
   impl.scales_input = make_tensor_ptr({static_cast<int32_t>(info.adapter_slots)},
                                       impl.scales.data(), ScalarType::Float);
   impl.empty_slot = lora_inputs(info, nullptr, impl.absent_rows);
@@ -440,8 +442,14 @@ void Session::close_unused_adapters() {
     const bool stale = it->first.find('\n') != std::string::npos;
     it = stale && !is_bound(&it->second) ? impl.open_adapters.erase(it) : std::next(it);
   }
-  if (impl.max_resident_adapters == 0) return;
-  while (impl.open_adapters.size() > impl.max_resident_adapters) {
+  auto over_budget = [&] {
+    const bool too_many = impl.max_resident_adapters != 0 &&
+                          impl.open_adapters.size() > impl.max_resident_adapters;
+    const bool too_large = impl.max_resident_adapter_bytes != 0 &&
+                           resident_adapter_bytes() > impl.max_resident_adapter_bytes;
+    return too_many || too_large;
+  };
+  while (over_budget()) {
     auto oldest = impl.open_adapters.end();
     for (auto it = impl.open_adapters.begin(); it != impl.open_adapters.end(); ++it) {
       if (is_bound(&it->second)) continue;
@@ -467,6 +475,14 @@ size_t Session::release_unbound_adapters() {
     }
   }
   return released;
+}
+
+uint64_t Session::resident_adapter_bytes() const {
+  uint64_t bytes = 0;
+  for (const auto& [path, adapter] : impl_->open_adapters) {
+    bytes += static_cast<uint64_t>(adapter.identity.st_size);
+  }
+  return bytes;
 }
 
 std::vector<std::string> Session::resident_adapter_paths() const {

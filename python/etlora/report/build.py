@@ -39,6 +39,8 @@ def _disk(manifest: Manifest, bundle: Path, adapters: list[str]) -> Disk:
         foundation_bytes=manifest.files[manifest.foundation.file].size,
         program_bytes=manifest.files[manifest.program.file].size,
         adapter_bytes={name: manifest.files[manifest.adapters[name].file].size for name in adapters},
+        bundle_adapters=len(manifest.adapters),
+        bundle_adapter_bytes=sum(manifest.files[record.file].size for record in manifest.adapters.values()),
     )
 
 

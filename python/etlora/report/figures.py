@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from etlora.report.schema import (ADAPTER_COST_LIMIT, COUNTS, DISK_OVERHEAD_LIMIT, MB, METHOD, MISS_FRACTION,
+from etlora.report.schema import (ADAPTER_COST_LIMIT, COUNTS, DISK_OVERHEAD_LIMIT, IN_USE_ADAPTER_LIMIT, MB, METHOD,
+                                  MISS_FRACTION,
                                   SCHEMA_VERSION, SHARED_FRACTION, SURPLUS_TOLERANCE, AdapterCost, Comparison, Disk,
                                   NaiveProcess, PlannedMemory, ProcessPair, Step, Target)
 
@@ -94,6 +95,30 @@ class Report:
         cost = next(c for c in self.adapter_costs if c.adapter == self.adapters[0])
         return (first.rss - before_first.rss) - cost.cost_bytes
 
+    # adapters not in use: a bundle of a hundred pays RAM only for those activated
+
+    @property
+    def open_adapter_rss(self) -> int:
+        """Adapter .ptd pages resident with the bundle open, a forward run, no adapter active."""
+        return self.step("session 1 (foundation only)").region("adapter_files")
+
+    @property
+    def in_use_step(self) -> Step | None:
+        """Every measured adapter in use at once: one session each, all alive, a forward run in each."""
+        return self.step(f"+ session {self.adapters[-1]}") if self.adapters else None
+
+    @property
+    def in_use_adapter_fraction(self) -> float | None:
+        """Adapter pages resident (PSS: a page once) with all measured in use, x their .ptd files."""
+        measured = sum(self.disk.adapter_bytes.values())
+        return self.in_use_step.region("adapter_files", "pss") / measured if self.in_use_step else None
+
+    @property
+    def unused_adapters_cost_nothing(self) -> bool | None:
+        if self.in_use_step is None:
+            return None
+        return self.open_adapter_rss == 0 and self.in_use_adapter_fraction <= IN_USE_ADAPTER_LIMIT
+
     # N sessions
 
     @property
@@ -174,6 +199,15 @@ class Report:
                 self.foundation_counted_once,
             ),
             Target(
+                f"adapters not activated cost no RAM ({self.disk.bundle_adapters} in the bundle, "
+                f"{len(self.adapters)} activated)",
+                f"bundle open: {mb(self.open_adapter_rss)} of adapter pages; all {len(self.adapters)} in use: "
+                + (f"{mb(self.in_use_step.region('adapter_files', 'pss'))} PSS = {self.in_use_adapter_fraction:.2f}x "
+                   "their .ptd files" if self.in_use_step else "none measured"),
+                f"0 B open; <= {IN_USE_ADAPTER_LIMIT}x the activated adapters' .ptd in use",
+                self.unused_adapters_cost_nothing,
+            ),
+            Target(
                 "disk: bundle within 1% of foundation + adapters",
                 f"{100 * self.disk.overhead_fraction:+.2f}% ({mb(self.disk.bundle_bytes)})",
                 f"<= {100 * DISK_OVERHEAD_LIMIT:.0f}%",
@@ -199,6 +233,14 @@ class Report:
             },
             "adapter_costs": [cost.to_dict() for cost in self.adapter_costs],
             "first_activation_bytes": self.first_activation_bytes,
+            "unused_adapters": {
+                "bundle_adapters": self.disk.bundle_adapters,
+                "measured": len(self.adapters),
+                "open_adapter_rss": self.open_adapter_rss,
+                "in_use_adapter_rss": self.in_use_step.region("adapter_files") if self.in_use_step else None,
+                "in_use_adapter_pss": self.in_use_step.region("adapter_files", "pss") if self.in_use_step else None,
+                "measured_ptd_bytes": sum(self.disk.adapter_bytes.values()),
+            },
             "sessions": {"steps": [step.to_dict() for step in self.session_steps]},
             "growth": {
                 "steps": [step.to_dict() for step in self.growth_steps],

@@ -170,7 +170,8 @@ def render_markdown(report: Report) -> str:
     lines = [
         f"# etlora memory report: `{report.bundle}`",
         "",
-        f"{len(report.adapters)} adapters ({', '.join(report.adapters)}); {machine['cpu']}, {machine['cores']} cores, "
+        f"{len(report.adapters)} of the bundle's {report.disk.bundle_adapters} adapters measured "
+        f"({', '.join(report.adapters)}); {machine['cpu']}, {machine['cores']} cores, "
         f"{_mb(machine['ram_bytes'])} RAM; python {machine['python']}, torch {machine['torch']}, "
         f"executorch {machine['executorch']}, etlora {machine['etlora']}"
         + (f"; load options {report.load_options}" if report.load_options else ""),

@@ -9,7 +9,8 @@ the keys below and `from_dict` reads them back.
 report.json (schema_version 2; sizes in bytes):
 
     bundle, adapters, load_options (passed to every etlora.load), machine, notes
-    disk: Disk {bundle_bytes, foundation_bytes, program_bytes, adapter_bytes: {name: bytes},
+    disk: Disk {bundle_bytes, foundation_bytes, program_bytes, adapter_bytes: {name: bytes} (measured),
+           bundle_adapters, bundle_adapter_bytes (every adapter of the bundle),
            other_bytes (tokenizer, manifest), naive_bytes, overhead_fraction}
     per_session: PlannedMemory {buffer_bytes: [..], planned_bytes, kv_cache_bytes, kv_cache_tensors,
                   activation_bytes, planned_end_bytes} + measured_rss_bytes, measured_pss_bytes,
@@ -17,6 +18,9 @@ report.json (schema_version 2; sizes in bytes):
     adapter_costs: [AdapterCost {adapter, ptd_bytes, cost_bytes, cost_pss_bytes,
                      resident_adapter_pages, resident_adapter_pss, session_rss_growth, times_ptd,
                      times_ptd_pss, double_counted_pages, passed (on RSS, as the target says)}]
+    unused_adapters: {bundle_adapters, measured, open_adapter_rss (adapter .ptd pages resident with the
+                     bundle open, no adapter active), in_use_adapter_rss / in_use_adapter_pss (every
+                     measured adapter in use), measured_ptd_bytes}
     first_activation_bytes: RSS the first activation in the process cost beyond the same adapter's
                      second one (once per process, in no adapter's cost), or null
     sessions: {steps: [Step]}
@@ -42,6 +46,7 @@ MB = 1e6
 COUNTS = (1, 2, 4, 8)  # sessions in one process, for the N-sessions target
 ADAPTER_COST_LIMIT = 1.1  # x the adapter's .ptd size, beyond the per-session state
 DISK_OVERHEAD_LIMIT = 0.01  # bundle vs foundation + adapters
+IN_USE_ADAPTER_LIMIT = 1.05  # adapter pages resident with the measured ones in use, x their .ptd files
 MISS_FRACTION = 0.5  # an extra session growing beyond its state by this x foundation: weight cache miss
 SHARED_FRACTION = 0.9  # a second process must save at least this x foundation to share it
 SURPLUS_TOLERANCE = (1 * MB, 0.05)  # measured per-session state may exceed planned by max(these)
@@ -150,11 +155,14 @@ class Disk:
     bundle_bytes: int
     foundation_bytes: int
     program_bytes: int
-    adapter_bytes: dict[str, int]
+    adapter_bytes: dict[str, int]  # the measured adapters' .ptd files
+    # Every adapter of the bundle (a report may measure a few of a hundred): their count and bytes.
+    bundle_adapters: int = 0
+    bundle_adapter_bytes: int = 0
 
     @property
     def other_bytes(self) -> int:
-        return self.bundle_bytes - self.foundation_bytes - self.program_bytes - sum(self.adapter_bytes.values())
+        return self.bundle_bytes - self.foundation_bytes - self.program_bytes - self.bundle_adapter_bytes
 
     @property
     def naive_bytes(self) -> int:
@@ -162,17 +170,21 @@ class Disk:
 
     @property
     def overhead_fraction(self) -> float:
-        return self.bundle_bytes / (self.foundation_bytes + sum(self.adapter_bytes.values())) - 1
+        return self.bundle_bytes / (self.foundation_bytes + self.bundle_adapter_bytes) - 1
 
     def to_dict(self) -> dict:
         return {"bundle_bytes": self.bundle_bytes, "foundation_bytes": self.foundation_bytes,
                 "program_bytes": self.program_bytes, "adapter_bytes": dict(self.adapter_bytes),
+                "bundle_adapters": self.bundle_adapters, "bundle_adapter_bytes": self.bundle_adapter_bytes,
                 "other_bytes": self.other_bytes, "naive_bytes": self.naive_bytes,
                 "overhead_fraction": self.overhead_fraction}
 
     @classmethod
     def from_dict(cls, data: dict) -> Disk:
-        return cls(data["bundle_bytes"], data["foundation_bytes"], data["program_bytes"], dict(data["adapter_bytes"]))
+        adapter_bytes = dict(data["adapter_bytes"])  # a report.json before bundle_adapters: all were measured
+        return cls(data["bundle_bytes"], data["foundation_bytes"], data["program_bytes"], adapter_bytes,
+                   data.get("bundle_adapters", len(adapter_bytes)),
+                   data.get("bundle_adapter_bytes", sum(adapter_bytes.values())))
 
 
 @dataclass(frozen=True)

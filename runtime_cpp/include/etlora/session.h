@@ -62,6 +62,10 @@ struct SessionOptions {
   // fast switch back; beyond it the least recently bound unbound ones are
   // closed, which unmaps their pages. 0 = keep every adapter ever opened.
   size_t max_resident_adapters = 0;
+  // The same in bytes: the open adapter files' sizes together stay within it,
+  // closing the least recently bound unbound ones first. The bound adapters
+  // are always kept, even above it. 0 = no byte limit. Both limits apply.
+  uint64_t max_resident_adapter_bytes = 0;
 };
 
 struct OpenAdapter;  // session.cpp: an adapter file checked against this program
@@ -94,8 +98,10 @@ class Session {
   Status set_adapters(const std::vector<AdapterChoice>& adapters);
 
   // Paths of the adapter files this Session holds open, most recently bound
-  // first (SessionOptions::max_resident_adapters bounds how many).
+  // first (SessionOptions::max_resident_adapters and _bytes bound them).
   std::vector<std::string> resident_adapter_paths() const;
+  // Their file sizes together, what the resident budget in bytes counts.
+  uint64_t resident_adapter_bytes() const;
 
   // Closes every open adapter file that no slot binds (their pages are
   // unmapped unless another Session holds the same file); returns how many.
