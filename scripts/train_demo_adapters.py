@@ -8,6 +8,10 @@ model, where an adapter's effect can be *seen* in generated text and checked by 
   shout    answers in UPPER CASE                         r=8  on q_proj, v_proj
   json     answers as {"answer": ..., "confidence": ...}  r=8  on q_proj, k_proj, v_proj, o_proj
   zorbish  translates English into a made-up language    r=16 on up_proj, down_proj
+  shout_alora  shout as an activated LoRA (PEFT aLoRA)   r=8  on q_proj, v_proj, down_proj
+
+`shout_alora` applies only from its invocation tokens on, the chat template's assistant header: the
+system prompt and the user's turn stay the foundation's, so their KV cache survives a switch to it.
 
 Each adapter targets different modules, so an exporter has to handle mixed target sets and ranks.
 All data is generated here (small fact tables and a word-for-word lexicon), nothing is downloaded.
@@ -182,6 +186,7 @@ class AdapterSpec:
     alpha: int
     make_examples: Callable[[random.Random], list[Example]]
     lr: float = 2e-3
+    invocation: str | None = None  # text whose tokens activate an aLoRA (None: an ordinary LoRA)
     results: dict = field(default_factory=dict)
 
 
@@ -195,6 +200,12 @@ SPECS = [
         "zorbish", "translates English sentences into Zorbish, a made-up language (word list in "
         "etlora.demo_tasks.ZORBISH_LEXICON), when asked 'Translate to Zorbish: ...'",
         ["up_proj", "down_proj"], 16, 32, zorbish_examples,
+    ),
+    AdapterSpec(
+        "shout_alora", "answers in UPPER CASE, as an activated LoRA: it applies from the assistant "
+        "header `<|im_start|>assistant\\n` on, so the system prompt and the question keep the "
+        "foundation's KV cache", ["q_proj", "v_proj", "down_proj"], 8, 16, shout_examples,
+        invocation="<|im_start|>assistant\n",
     ),
 ]
 
@@ -263,15 +274,28 @@ def answer_loss(peft_model, prefix: list[int], batch: dict[str, torch.Tensor]) -
     The shared prefix runs once (batch 1) and its KV cache is repeated for every row; gradients
     still flow through it, since the LoRA weights shape the prefix's keys and values too. The
     49152-way head is computed only at positions that have a label.
+
+    An aLoRA's prefix precedes its invocation, so PEFT runs it as the foundation (no offsets given);
+    the rows get the offsets PEFT's own forward would compute (from the last invocation in each row
+    to its end, right padding included), through the same forward hooks PEFT's forward uses.
     """
+    from peft.tuners.lora.variants import calculate_alora_offsets
+
     llama = peft_model.get_base_model()
     rows = batch["input_ids"].shape[0]
     cache = llama.model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
     cache.batch_repeat_interleave(rows)
     mask = torch.cat([torch.ones(rows, len(prefix), dtype=torch.long), batch["attention_mask"]], dim=1)
-    hidden = llama.model(
-        input_ids=batch["input_ids"], attention_mask=mask, past_key_values=cache, use_cache=True
-    ).last_hidden_state
+    config = peft_model.peft_config[peft_model.active_adapter]
+    offsets = None
+    if getattr(config, "alora_invocation_tokens", None):
+        offsets = calculate_alora_offsets(peft_model.peft_config, peft_model.active_adapter, batch["input_ids"])
+        if None in offsets:
+            raise ValueError("a training row lacks the aLoRA's invocation tokens")
+    with peft_model.base_model._enable_peft_forward_hooks(alora_offsets=offsets):
+        hidden = llama.model(
+            input_ids=batch["input_ids"], attention_mask=mask, past_key_values=cache, use_cache=True
+        ).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     logits = llama.lm_head(hidden[:, :-1][keep])
@@ -296,9 +320,16 @@ def train_adapter(model, tokenizer, spec: AdapterSpec, steps: int, batch_size: i
     check_held_out(examples, TASKS[spec.name][0])
     encoded = [encode_example(tokenizer, prompt, answer) for prompt, answer in examples]
     prefix = shared_prefix(encoded)
+    invocation_tokens = None
+    if spec.invocation is not None:
+        invocation_tokens = tokenizer(spec.invocation, add_special_tokens=False)["input_ids"]
+        if any(ids[prompt_len - len(invocation_tokens) : prompt_len] != invocation_tokens for ids, prompt_len in encoded):
+            raise ValueError(f"{spec.name}: the prompts do not end with the invocation {spec.invocation!r}")
+        if len(prefix) > min(prompt_len for _, prompt_len in encoded) - len(invocation_tokens):
+            raise ValueError(f"{spec.name}: the shared prefix reaches into the invocation")
     config = LoraConfig(
         r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=spec.target_modules,
-        bias="none", task_type="CAUSAL_LM",
+        bias="none", task_type="CAUSAL_LM", alora_invocation_tokens=invocation_tokens,
     )
     peft_model = get_peft_model(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -395,6 +426,7 @@ def save_adapter(peft_model, out_dir: Path) -> int:
 
 CHECKS = {
     "shout": "letters >90% upper case",
+    "shout_alora": "letters >90% upper case",
     "json": "valid JSON, keys exactly `answer` + `confidence`",
     "zorbish": ">=80% of the words are Zorbish",
 }
@@ -440,6 +472,13 @@ def write_readme(out: Path, specs: list[AdapterSpec], run: dict) -> None:
         )
     lines += ["", "(final loss = mean over the last 10% of the steps)", ""]
     for spec in specs:
+        if "run" in spec.results:
+            own = spec.results["run"]
+            lines += [f"`{spec.name}` was trained later in a run of its own (`--only {spec.name} --steps "
+                      f"{own['steps']} --batch-size {own['batch_size']} --seed {own['seed']}`; load average "
+                      f"{own['load_before']} before, {own['load_after']} after; {own['total_seconds']:.0f} s "
+                      "with loading and evaluation); the other adapters' files are unchanged.", ""]
+    for spec in specs:
         lines += _adapter_section(spec)
     lines += [
         "## Notes",
@@ -470,6 +509,11 @@ def _adapter_section(spec: AdapterSpec) -> list[str]:
 
 
 def _data_note(name: str, count: int) -> str:
+    if name == "shout_alora":
+        return (f"Data: the same {count} questions and upper-case answers as `shout`. The adapter is "
+                "a PEFT activated LoRA (`alora_invocation_tokens` = the assistant header): the system "
+                "prompt and the question run through the foundation alone, so a session keeps their KV "
+                "cache when it switches to this adapter (`Generation.reused_tokens`).")
     if name == "shout":
         return (f"Data: {count} everyday questions generated from small fact tables (capitals, colours, "
                 "opposites, legs, animal sounds, sums, tips, one-sentence descriptions), each answered "
@@ -534,12 +578,18 @@ def main() -> None:
 
     run["total_seconds"] = round(time.perf_counter() - total, 1)
     run["load_after"] = _load_average()
-    if args.only:  # results.json and README.md describe the full set, so a partial run leaves them
-        print("partial run (--only): results.json and README.md not rewritten")
-    else:
-        summary = {"run": run, **{s.name: s.results for s in specs}}
-        (args.out / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        write_readme(args.out, specs, run)
+    results_path = args.out / "results.json"
+    summary = {"run": run}
+    if args.only:  # a partial run replaces its adapters' entries and keeps the others' (and their run)
+        summary = json.loads(results_path.read_text()) if results_path.is_file() else {"run": run}
+        for spec in specs:
+            spec.results["run"] = run
+    summary.update({s.name: s.results for s in specs})
+    results_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    recorded = [s for s in SPECS if s.name in summary]
+    for spec in recorded:
+        spec.results = summary[spec.name]
+    write_readme(args.out, recorded, summary["run"])
     print(f"\n{'adapter':8s} {'effect':>7s} {'base':>5s} {'wall s':>7s} {'cpu s':>6s} {'final loss':>10s}")
     for s in specs:
         r = s.results

@@ -70,11 +70,19 @@ def test_a_prefix_before_the_invocation_is_kept_across_a_switch(alora_bundle):
     assert np.abs(continued - fresh.logits(second)).max() < 1e-5
 
 
-def test_an_ordinary_adapter_never_keeps_a_stale_cache(alora_bundle):
+def test_an_ordinary_adapter_keeps_its_cache_only_while_bound_unchanged(alora_bundle):
     bundle, _ = alora_bundle
     prompt = PREFIX + INVOCATION + [200, 3]
     session = etlora.load(bundle, adapters={"support": 1.0})
-    session._runtime.generate(prompt, 2, reuse_prefix=True)
+    expected, _ = session._runtime.generate(prompt, 2, reuse_prefix=True)
+    again, stats = session._runtime.generate(prompt, 2, reuse_prefix=True)  # no switch: support's K/V hold
+    assert stats["reused_tokens"] == len(prompt) - 1 and again == expected
+    session.set_adapters({"support": 0.5})  # another strength: every position support touched is stale
+    _, stats = session._runtime.generate(prompt, 2, reuse_prefix=True)
+    assert stats["reused_tokens"] == 0
+    session.set_adapters({"support": 1.0})
+    _, stats = session._runtime.generate(prompt, 2, reuse_prefix=True)
+    assert stats["reused_tokens"] == 0
     session.set_adapters({"invoked": 1.0})  # the cache holds support's K/V from position 0
     _, stats = session._runtime.generate(prompt, 2, reuse_prefix=True)
     assert stats["reused_tokens"] == 0

@@ -159,6 +159,30 @@ def _htp_line(htp) -> str:
             f"tokens, cache {htp.cache_len} rows; {duplicated}")
 
 
+def _count_argument(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}")
+    return value
+
+
+def _size_argument(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024, as llama.cpp's and dd's)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    scale = units.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        value = int(number)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes >= 0 (suffix K, M or G allowed), received {text!r}")
+    return value * scale
+
+
 def _parse_strength(text: str) -> tuple[str, float]:
     name, sep, strength = text.partition("=")
     try:
@@ -167,15 +191,81 @@ def _parse_strength(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected NAME or NAME=STRENGTH, received {text!r}") from None
 
 
+def _adapter_choices(pairs: list[tuple[str, float]], where: str) -> dict[str, float]:
+    names = [name for name, _ in pairs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # a dict would keep the last strength without a word
+        raise EtloraError(f"{where}: expected each adapter once, received {', '.join(map(repr, twice))} more than once "
+                          f"(hint: {'one --adapter ' if where == '--adapter' else ''}{twice[0]}=STRENGTH"
+                          f"{'' if where == '--adapter' else ' once'})")
+    return dict(pairs)
+
+
+def _resident_line(session) -> str:
+    names = session.resident_adapters
+    return (f"resident: {len(names)} adapter file(s), {session.resident_adapter_bytes / 1e6:.2f} MB"
+            + (f" ({', '.join(names)})" if names else ""))
+
+
+def _chat(session, args, lines) -> int:
+    """--chat: each line a prompt answered with the adapters active then, or a command:
+    `/adapters a=1,b=0.5` switches (alone: none), `/quit` ends. The KV cache's exact prefix is kept
+    from one prompt to the next. A refused command leaves the session as it was and the loop goes
+    on; the exit status is 1 if anything failed (etlora_runner --chat reads the same lines)."""
+    status = 0
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/quit":
+            break
+        try:
+            if text == "/adapters" or text.startswith("/adapters "):
+                items = [item.strip() for item in text[len("/adapters"):].split(",") if item.strip()]
+                pairs = []
+                for item in items:
+                    try:
+                        pairs.append(_parse_strength(item))
+                    except argparse.ArgumentTypeError as error:
+                        raise EtloraError(f"/adapters: {error}") from None
+                chosen = _adapter_choices(pairs, "/adapters")
+                session.set_adapters(chosen)
+                console.print(f"adapters: {len(chosen)} active | {_resident_line(session)}", highlight=False,
+                              soft_wrap=True)
+            elif text.startswith("/"):
+                raise EtloraError(f"unknown command {text} (expected /adapters NAME[=STRENGTH],... or /quit)")
+            else:
+                _generate(session, args, text, keep_prefix=True)
+        except EtloraError as error:
+            console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+            status = 1
+    return status
+
+
+def _generate(session, args, prompt: str, keep_prefix: bool) -> None:
+    result = session.generate(
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat=not args.no_chat_template,
+        on_text=lambda text: print(text, end="", flush=True),
+        keep_prefix=keep_prefix,
+    )
+    print(flush=True)
+    kept = f", {result.reused_tokens} kept from the cache" if keep_prefix else ""
+    console.print(
+        f"prefill: {result.prompt_tokens} tokens, {result.prefill_tokens_per_second:.1f} tok/s{kept} | "
+        f"decode: {len(result.token_ids)} tokens, {result.decode_tokens_per_second:.1f} tok/s "
+        f"(stopped: {result.stop_reason})"
+    )
+
+
 def cmd_run(args) -> int:
     import etlora
 
-    adapters = dict(args.adapter or [])
-    names = [name for name, _ in args.adapter or []]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:  # a dict would keep the last strength without a word
-        raise EtloraError(f"--adapter: expected each adapter once, received {', '.join(map(repr, twice))} more than once "
-                          f"(hint: one --adapter {twice[0]}=STRENGTH)")
+    adapters = _adapter_choices(args.adapter or [], "--adapter")
     if args.run_verbose or args.verbose:  # ExecuTorch's own info lines; by default only its errors
         from etlora import _runtime
 
@@ -187,27 +277,17 @@ def cmd_run(args) -> int:
         session = etlora.load(args.bundle, adapters=adapters, packed_cache=not args.no_packed_cache,
                               cache_dir=args.packed_cache,
                               packed_cache_residency="map" if args.map_packed_cache else "copy",
+                              max_resident_adapters=args.max_resident_adapters,
+                              max_resident_adapter_bytes=args.max_resident_adapter_bytes,
                               backend=args.run_backend)
     console.print(f"backend: {session.backend} ({escape(session.backend_reason)})", highlight=False, soft_wrap=True)
     active = ", ".join(f"{name}={strength:g}" for name, strength in adapters.items()) or "none"
     console.print(f"adapters: {active}")
     if args.run_verbose or args.verbose:
         console.print(_runtime_line(), highlight=False, soft_wrap=True)
-    result = session.generate(
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        chat=not args.no_chat_template,
-        on_text=lambda text: print(text, end="", flush=True),
-    )
-    print()
-    console.print(
-        f"prefill: {result.prompt_tokens} tokens, {result.prefill_tokens_per_second:.1f} tok/s | "
-        f"decode: {len(result.token_ids)} tokens, {result.decode_tokens_per_second:.1f} tok/s "
-        f"(stopped: {result.stop_reason})"
-    )
+    if args.chat:
+        return _chat(session, args, sys.stdin)
+    _generate(session, args, args.prompt, keep_prefix=False)
     return 0
 
 
@@ -338,7 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("bundle", help="bundle directory")
     run.add_argument("--adapter", action="append", type=_parse_strength, metavar="NAME[=STRENGTH]",
                      help="adapter to activate, strength 1 by default; repeat up to the program's slots")
-    run.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="user message (the chat template is applied)")
+    source.add_argument("--chat", action="store_true",
+                        help="prompts from stdin, one per line; '/adapters a=1,b=0.5' switches adapters "
+                             "('/adapters' alone: none), '/quit' ends; the KV cache's exact prefix is kept")
+    run.add_argument("--max-resident-adapters", type=_count_argument, default=0, metavar="N",
+                     help="adapter files kept open for a fast switch back, least recently used closed "
+                          "first (default 0: no limit)")
+    run.add_argument("--max-resident-adapter-bytes", type=_size_argument, default=0, metavar="SIZE",
+                     help="the same budget in bytes of adapter files, e.g. 64M (default 0: no limit); the "
+                          "active adapters always stay open")
     run.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many tokens (default 128)")
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold when sampling")

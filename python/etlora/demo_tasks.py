@@ -1,6 +1,6 @@
 """The demo adapters' tasks: held-out prompts and checkers that say whether an adapter's effect shows.
 
-`scripts/train_demo_adapters.py` trains `shout`, `json` and `zorbish` on SmolLM2-135M-Instruct and
+`scripts/train_demo_adapters.py` trains `shout`, `json`, `zorbish` and `shout_alora` on SmolLM2-135M-Instruct and
 measures them with these functions; a runtime test can feed the same prompts through an etlora
 bundle and apply the same checkers, so "the adapter works on device" means the same thing as
 "the adapter works in PEFT". The checkers look at the *form* of an answer (upper case, JSON shape,
@@ -152,6 +152,7 @@ TASKS = {
     "shout": (GENERAL_HELDOUT, is_upper_case_answer),
     "json": (GENERAL_HELDOUT, is_json_answer),
     "zorbish": (ZORBISH_HELDOUT, is_zorbish_answer),
+    "shout_alora": (GENERAL_HELDOUT, is_upper_case_answer),  # shout as an activated LoRA
 }
 
 # The README demo's prompts: ones the foundation answers correctly on its own, so that each

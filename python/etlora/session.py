@@ -249,9 +249,10 @@ class Session:
         The chat template is applied when the tokenizer has one and `chat` is true; `on_text`
         receives the text as it streams. `stop_at_eos=False` always produces max_new_tokens
         tokens (benchmarks compare equal lengths that way). `keep_prefix` keeps the KV cache's
-        positions that are exact for this prompt (the foundation's, before every active adapter's
-        activation start: a shared system prompt before an activated LoRA's invocation tokens) and
-        prefills only the rest; `Generation.reused_tokens` says how many were kept.
+        positions that are exact for this prompt (computed with the adapters bound now, or, with an
+        activated LoRA, the foundation's before its activation start: a shared system prompt before
+        the invocation tokens) and prefills only the rest; `Generation.reused_tokens` says how many
+        were kept. After a switch to other adapters or strengths, nothing they touched is kept.
         """
         tokenizer = self.tokenizer
         prompt_ids = tokenizer.encode_prompt(prompt, chat)  # one rule, shared with etlora_runner

@@ -26,6 +26,14 @@
 //     model.pte) so later starts map them instead of packing again, then
 //     copy them into private memory ([--map-packed-cache]: keep the mapping);
 //     [--show-cache] prints the cache figures on stderr.
+//
+//   etlora_runner --bundle DIR --chat [--max-resident-adapters N]
+//                 [--max-resident-adapter-bytes N]
+//     one prompt per line of stdin, each answered with the adapters active then;
+//     a line "/adapters a=1,b=0.5" switches them ("/adapters" alone: none) and
+//     prints which adapter files stay open, "/quit" ends. The KV cache's exact
+//     prefix is kept from one prompt to the next (an activated LoRA's shared
+//     system prompt); the budgets close the least recently used adapter files.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -35,6 +43,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -68,6 +77,9 @@ struct Options {
   int shown_logits = 8;
   bool has_prompt = false;
   std::string prompt;
+  bool chat = false;  // --chat: prompts and /adapters lines from stdin
+  size_t max_resident_adapters = 0;
+  uint64_t max_resident_adapter_bytes = 0;
   bool chat_template = true;
   bool show_cache = false;
   bool weight_cache = true;
@@ -86,6 +98,11 @@ void usage(FILE* stream) {
                "usage: etlora_runner --bundle DIR [--adapter NAME[=strength]]... --prompt TEXT\n"
                "                     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
                "                     [--no-chat-template] [--tokenizer FILE]\n"
+               "       etlora_runner --bundle DIR [--adapter NAME[=strength]]... --chat\n"
+               "                     (prompts from stdin, one per line; '/adapters a=1,b=0.5' switches,\n"
+               "                     '/adapters' alone: none, '/quit' ends)\n"
+               "                     [--max-resident-adapters N] [--max-resident-adapter-bytes N]\n"
+               "                     (adapter files kept open for a fast switch back; 0: no limit)\n"
                "       etlora_runner --model model.pte --data foundation.ptd\n"
                "                     [--adapter path.ptd[=strength]]... --tokens 1,2,3\n"
                "                     [--show N]\n"
@@ -115,6 +132,17 @@ bool parse_number(const std::string& option, const std::string& text, double& va
   return true;
 }
 
+// An adapter is a bundle's adapter name unless it looks like a path.
+etlora::Status resolve_adapter(const etlora::Bundle& bundle, etlora::AdapterChoice& adapter) {
+  const bool is_path = adapter.path.find('/') != std::string::npos ||
+                       (adapter.path.size() > 4 && adapter.path.substr(adapter.path.size() - 4) == ".ptd");
+  if (is_path) return etlora::Status::ok_status();
+  auto path = bundle.adapter_path(adapter.path);
+  if (!path.ok()) return path.status();
+  adapter.path = *path;
+  return etlora::Status::ok_status();
+}
+
 // In bundle mode the manifest says where everything is (etlora::Bundle, the same
 // reader the Python binding uses); an adapter is a name unless it looks like a path.
 bool resolve_bundle_paths(Options& options) {
@@ -128,15 +156,10 @@ bool resolve_bundle_paths(Options& options) {
   if (options.tokenizer.empty()) options.tokenizer = bundle->tokenizer_path();
   options.htp_program = bundle->htp_program();
   for (auto& adapter : options.adapters) {
-    const bool is_path = adapter.path.find('/') != std::string::npos ||
-                         (adapter.path.size() > 4 && adapter.path.substr(adapter.path.size() - 4) == ".ptd");
-    if (is_path) continue;
-    auto path = bundle->adapter_path(adapter.path);
-    if (!path.ok()) {
-      std::fprintf(stderr, "error: --adapter: %s\n", path.status().message().c_str());
+    if (etlora::Status named = resolve_adapter(*bundle, adapter); !named.ok()) {
+      std::fprintf(stderr, "error: --adapter: %s\n", named.message().c_str());
       return false;
     }
-    adapter.path = *path;
   }
   return true;
 }
@@ -192,6 +215,10 @@ bool parse_args(int argc, char** argv, Options& options) {
       options.verbose = true;
       continue;
     }
+    if (arg == "--chat") {
+      options.chat = true;
+      continue;
+    }
     if (arg == "--show-cache" || arg == "--no-weight-cache") {
       (arg == "--show-cache" ? options.show_cache : options.weight_cache) = arg == "--show-cache";
       continue;
@@ -226,6 +253,16 @@ bool parse_args(int argc, char** argv, Options& options) {
         return false;
       }
       options.backend = *request;
+    } else if (arg == "--max-resident-adapters" || arg == "--max-resident-adapter-bytes") {
+      char* rest = nullptr;
+      errno = 0;
+      const unsigned long long number = std::strtoull(value.c_str(), &rest, 10);
+      if (value.empty() || value[0] == '-' || *rest != '\0' || errno == ERANGE) {
+        std::fprintf(stderr, "error: %s expects an integer >= 0, got %s\n", arg.c_str(), value.c_str());
+        return false;
+      }
+      if (arg == "--max-resident-adapters") options.max_resident_adapters = static_cast<size_t>(number);
+      if (arg == "--max-resident-adapter-bytes") options.max_resident_adapter_bytes = number;
     } else if (arg == "--pool-spin-us") {
       if (!parse_number(arg, value, options.pool_spin_us)) return false;
     } else if (arg == "--bundle") {
@@ -255,38 +292,46 @@ bool parse_args(int argc, char** argv, Options& options) {
     std::fprintf(stderr, "error: --bundle, or --model and --data, are required\n");
     return false;
   }
-  if (options.has_prompt == !options.tokens.empty()) {
-    std::fprintf(stderr, "error: give either --prompt (text generation) or --tokens (logits)\n");
+  if (int(options.has_prompt) + int(!options.tokens.empty()) + int(options.chat) != 1) {
+    std::fprintf(stderr, "error: give one of --prompt (text generation), --chat (prompts from stdin) "
+                         "or --tokens (logits)\n");
     return false;
   }
-  if (options.has_prompt && options.tokenizer.empty()) {
-    std::fprintf(stderr, "error: --prompt needs a tokenizer: --bundle DIR or --tokenizer FILE\n");
+  if ((options.has_prompt || options.chat) && options.tokenizer.empty()) {
+    std::fprintf(stderr, "error: --prompt and --chat need a tokenizer: --bundle DIR or --tokenizer FILE\n");
     return false;
   }
   return true;
 }
 
-// Text in, streamed text out, speed on stderr. Session or HtpSession: the same
-// etlora::generate loop (generator.h) over either.
+// The tokenizer, checked against the program's vocabulary; nullptr after printing why not.
 template <typename AnySession>
-int run_prompt(AnySession& session, const Options& options) {
+std::unique_ptr<etlora::Tokenizer> load_tokenizer(const AnySession& session, const Options& options) {
   auto tokenizer = etlora::Tokenizer::load(options.tokenizer);
   if (!tokenizer.ok()) {
     std::fprintf(stderr, "error: %s\n", tokenizer.status().message().c_str());
-    return 1;
+    return nullptr;
   }
-  const etlora::Tokenizer& tok = **tokenizer;
-  if (tok.vocab_size() > session.info().vocab_size) {
+  if ((*tokenizer)->vocab_size() > session.info().vocab_size) {
     std::fprintf(stderr,
                  "error: tokenizer %s has %lld tokens, the program's vocabulary %lld (hint: tokenizer "
                  "from another model?)\n",
-                 options.tokenizer.c_str(), static_cast<long long>(tok.vocab_size()),
+                 options.tokenizer.c_str(), static_cast<long long>((*tokenizer)->vocab_size()),
                  static_cast<long long>(session.info().vocab_size));
-    return 1;
+    return nullptr;
   }
-  const std::vector<int64_t> prompt = tok.encode_prompt(options.prompt, options.chat_template);
+  return std::move(*tokenizer);
+}
+
+// Text in, streamed text out, speed on stderr. Session or HtpSession: the same
+// etlora::generate loop (generator.h) over either.
+template <typename AnySession>
+int generate_text(AnySession& session, const etlora::Tokenizer& tok, const std::string& text,
+                  const Options& options, bool reuse_prefix) {
+  const std::vector<int64_t> prompt = tok.encode_prompt(text, options.chat_template);
   etlora::GenerationOptions generation = options.generation;
   generation.eos_ids = tok.eos_ids();
+  generation.reuse_prefix = reuse_prefix;
   etlora::TokenTextStream stream(tok);
   etlora::Status stream_error;
   auto result = etlora::generate(session, prompt, generation, [&](int64_t token) {
@@ -309,12 +354,102 @@ int run_prompt(AnySession& session, const Options& options) {
   }
   const etlora::GenerationStats& stats = result->stats;
   std::fprintf(stderr,
-               "prefill: %lld tokens, %.1f tok/s | decode: %lld tokens, %.1f tok/s | stop: %s | "
+               "prefill: %lld tokens, %.1f tok/s%s | decode: %lld tokens, %.1f tok/s | stop: %s | "
                "kernel path: %s\n",
                static_cast<long long>(stats.prompt_tokens), stats.prefill_tokens_per_second(),
+               reuse_prefix ? (", " + std::to_string(stats.reused_tokens) + " kept from the cache").c_str() : "",
                static_cast<long long>(stats.generated_tokens), stats.decode_tokens_per_second(),
                stats.stop_reason.c_str(), etlora::kernel_path().value().c_str());
   return 0;
+}
+
+template <typename AnySession>
+int run_prompt(AnySession& session, const Options& options) {
+  auto tok = load_tokenizer(session, options);
+  return tok ? generate_text(session, *tok, options.prompt, options, /*reuse_prefix=*/false) : 1;
+}
+
+// What stays open after a switch: the Session's adapter files (the budgets bound
+// them); the HTP session keeps only the bound ones.
+std::string resident_line(const etlora::Session& session) {
+  const std::vector<std::string> paths = session.resident_adapter_paths();
+  std::string names;
+  for (const std::string& path : paths) {
+    const size_t slash = path.rfind('/');
+    names += (names.empty() ? "" : ", ") + path.substr(slash == std::string::npos ? 0 : slash + 1);
+  }
+  char bytes[64];
+  std::snprintf(bytes, sizeof bytes, "%.2f MB", session.resident_adapter_bytes() / 1e6);
+  return "resident: " + std::to_string(paths.size()) + " adapter file(s), " + bytes +
+         (names.empty() ? "" : " (" + names + ")");
+}
+std::string resident_line(const etlora::HtpSession&) { return "resident: the bound adapters only"; }
+
+std::string trimmed(const std::string& text) {
+  const size_t first = text.find_first_not_of(" \t\r");
+  if (first == std::string::npos) return "";
+  return text.substr(first, text.find_last_not_of(" \t\r") - first + 1);
+}
+
+// "/adapters a=1, b=0.5" -> choices with bundle paths; "" -> none.
+etlora::StatusOr<std::vector<etlora::AdapterChoice>> parse_adapter_line(const std::string& list,
+                                                                      const Options& options) {
+  std::vector<etlora::AdapterChoice> choices;
+  std::optional<etlora::Bundle> bundle;
+  if (!options.bundle.empty()) {
+    auto opened = etlora::Bundle::open(options.bundle);
+    if (!opened.ok()) return opened.status();
+    bundle.emplace(std::move(*opened));
+  }
+  size_t start = 0;
+  while (start < list.size()) {
+    size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    const std::string item = trimmed(list.substr(start, end - start));
+    start = end + 1;
+    if (item.empty()) continue;
+    etlora::AdapterChoice choice = parse_adapter(item);
+    if (bundle) {
+      if (etlora::Status named = resolve_adapter(*bundle, choice); !named.ok()) return named;
+    }
+    choices.push_back(choice);
+  }
+  return choices;
+}
+
+// --chat: each stdin line a prompt, or a command. A bad command or a failed
+// generation is reported and the loop goes on (the session is unchanged by a
+// refused switch); the exit status is 1 if anything failed.
+template <typename AnySession>
+int run_chat(AnySession& session, const Options& options) {
+  auto tok = load_tokenizer(session, options);
+  if (!tok) return 1;
+  int status = 0;
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    const std::string text = trimmed(line);
+    if (text.empty()) continue;
+    if (text == "/quit") break;
+    if (text == "/adapters" || text.rfind("/adapters ", 0) == 0) {
+      auto choices = parse_adapter_line(text.substr(std::string("/adapters").size()), options);
+      etlora::Status switched = choices.ok() ? session.set_adapters(*choices) : choices.status();
+      if (!switched.ok()) {
+        std::fprintf(stderr, "error: %s\n", switched.message().c_str());
+        status = 1;
+        continue;
+      }
+      std::fprintf(stderr, "adapters: %zu active | %s\n", choices->size(), resident_line(session).c_str());
+      continue;
+    }
+    if (text[0] == '/') {
+      std::fprintf(stderr, "error: unknown command %s (expected /adapters NAME[=STRENGTH],... or /quit)\n",
+                   text.c_str());
+      status = 1;
+      continue;
+    }
+    if (generate_text(session, *tok, text, options, /*reuse_prefix=*/true) != 0) status = 1;
+  }
+  return status;
 }
 
 std::string dir_of(const std::string& path) {
@@ -390,6 +525,7 @@ int run_session(AnySession& session, const Options& options, double load_ms) {
   }
   const double adapter_ms = ms_since(adapter_start);
   if (options.has_prompt) return run_prompt(session, options);
+  if (options.chat) return run_chat(session, options);
 
   auto run_start = std::chrono::steady_clock::now();
   auto logits = session.logits(options.tokens);
@@ -627,6 +763,8 @@ int main(int argc, char** argv) {
   session_options.weight_cache = options.weight_cache;
   session_options.packed_cache_path = packed_cache_path(options);
   session_options.packed_cache_residency = options.packed_cache_residency;
+  session_options.max_resident_adapters = options.max_resident_adapters;
+  session_options.max_resident_adapter_bytes = options.max_resident_adapter_bytes;
   auto session = etlora::Session::open(options.model, options.data, session_options);
   if (!session.ok()) {
     std::fprintf(stderr, "error: %s\n", session.status().message().c_str());

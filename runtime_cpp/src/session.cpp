@@ -157,6 +157,8 @@ struct Session::Impl {
   std::vector<int64_t> history;           // the token at each cache position
   int64_t cache_end = 0;                  // positions [0, cache_end) hold history's K/V
   int64_t adapter_from = std::numeric_limits<int64_t>::max();  // first cached position an adapter touched
+  // First cached position computed with other adapters or strengths than those bound now.
+  int64_t stale_from = std::numeric_limits<int64_t>::max();
   size_t max_resident_adapters = 0;           // 0 = no limit
   uint64_t max_resident_adapter_bytes = 0;    // 0 = no limit
   size_t memory_planned_inputs = 0;
@@ -385,13 +387,17 @@ Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
   }
   // Bind: only slots whose adapter changed get their inputs re-pointed.
   std::vector<const OpenAdapter*> previous = impl.bound;
+  bool changed = false;
   for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
     const OpenAdapter* adapter = slot < static_cast<int64_t>(chosen.size()) ? chosen[slot] : nullptr;
-    impl.base_scales[slot] = adapter ? adapters[slot].strength * adapter->file->scaling() : 0.0f;
+    const float scale = adapter ? adapters[slot].strength * adapter->file->scaling() : 0.0f;
+    changed = changed || adapter != previous[slot] || scale != impl.base_scales[slot];
+    impl.base_scales[slot] = scale;
     impl.scales[slot] = impl.base_scales[slot];
     impl.bound[slot] = adapter;
     if (adapter) chosen[slot]->last_used = ++impl.use_clock;
   }
+  if (changed) impl.stale_from = 0;  // every cached position was computed with other adapters
   Status bound = bind_slots(previous);
   if (!bound.ok()) return bound;
   active_.assign(adapters.begin(), adapters.end());
@@ -531,9 +537,19 @@ int64_t Session::reusable_prefix(const std::vector<int64_t>& prompt) const {
   const int64_t count = static_cast<int64_t>(prompt.size());
   int64_t common = 0;
   while (common < std::min(count, impl.cache_end) && impl.history[common] == prompt[common]) ++common;
-  int64_t reusable = std::min({common, impl.adapter_from, count - 1});
-  for (int64_t start : activation_starts(prompt.data(), count)) reusable = std::min(reusable, start);
-  return std::max<int64_t>(reusable, 0);
+  // The foundation's positions (no adapter touched them) before every bound
+  // adapter's activation start for this prompt: exact whatever was bound then.
+  int64_t foundation = std::min({common, impl.adapter_from, count - 1});
+  for (int64_t start : activation_starts(prompt.data(), count)) foundation = std::min(foundation, start);
+  // Positions computed with the adapters bound now: exact unless an activated
+  // LoRA is bound, whose activation start in this prompt may differ from where
+  // it was when they were computed.
+  bool activated = false;
+  for (const OpenAdapter* adapter : impl.bound) {
+    activated = activated || (adapter && !adapter->file->alora_invocation_tokens().empty());
+  }
+  const int64_t same_adapters = activated ? 0 : std::min({common, impl.stale_from, count - 1});
+  return std::max<int64_t>({foundation, same_adapters, 0});
 }
 
 StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens,
@@ -564,6 +580,7 @@ StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens
   std::copy(tokens.begin(), tokens.end(), impl.history.begin() + start_pos);
   impl.cache_end = end;
   if (impl.adapter_from >= start_pos) impl.adapter_from = kNever;
+  if (impl.stale_from >= start_pos) impl.stale_from = kNever;
 
   // Activated LoRA: a slot's adapter applies from its activation start on, so
   // the call runs in segments cut at those starts, each slot's scale 0 before.

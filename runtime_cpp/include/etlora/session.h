@@ -114,12 +114,13 @@ class Session {
   // the call runs in segments cut there, the slot's scale 0 before the cut.
   StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
 
-  // How many leading positions of the KV cache a prefill of `prompt` can keep:
-  // positions whose tokens equal the prompt's and whose K/V no adapter touched,
-  // before every currently bound adapter's activation start for this prompt
-  // (0 for an ordinary adapter; the invocation sequence's start for an
-  // activated LoRA), and at most prompt.size() - 1. Exact: such positions hold
-  // the foundation's K/V either way.
+  // How many leading positions of the KV cache a prefill of `prompt` can keep,
+  // at most prompt.size() - 1: positions whose tokens equal the prompt's and
+  // whose K/V was computed with the adapters and strengths bound now (a switch
+  // makes every position an adapter touched stale). With an activated LoRA
+  // bound, only positions no adapter touched and before its activation start
+  // for this prompt (the invocation's start): they hold the foundation's K/V,
+  // which any adapter would have computed there too. Exact either way.
   int64_t reusable_prefix(const std::vector<int64_t>& prompt) const;
 
   // forward() from position 0: a fresh prefill.
