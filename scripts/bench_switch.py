@@ -13,8 +13,9 @@ For a bundle with at least two adapters (SmolLM2 demo bundle: json, shout, zorbi
 llama.cpp (llama-cpp-python, when importable; `bench` extra): one context, every GGUF LoRA
 loaded once (llama_adapter_lora_init); a switch is llama_set_adapters_lora plus a cleared KV cache,
 then the same prefill and first decode step against steady ones.
-With --checkpoint: time to first token after switching to an activated LoRA whose invocation follows
-a long shared prefix, the prefix kept in the KV cache vs recomputed (a random aLoRA, added here).
+When the bundle has an activated LoRA (the demo's shout_alora): time to first token after switching
+to it with a ~500-token system prompt before the question, the prefix kept in the KV cache vs
+recomputed, and the first token checked equal both ways.
 
     python scripts/bench_switch.py --bundle B --llama-model smollm2-f32.gguf \
         --llama-lora json=lora-json.gguf --llama-lora shout=lora-shout.gguf --json-out out.json
@@ -173,47 +174,51 @@ def many_adapters_figures(bundle: Path, count: int, rounds: int) -> dict:
             "open_time_ratio_many": many_time / one_time, "open_rss_ratio_many": many_rss / one_rss}
 
 
-def alora_prefix_figures(bundle: Path, checkpoint: Path, prefix_tokens: int, rounds: int) -> dict:
-    """Time to first token after switching to an activated LoRA with a long shared prefix (a system
-    prompt before the invocation tokens): the prefix kept in the KV cache vs recomputed. The aLoRA is
-    random (the timing does not depend on what it learned), rank 8 on q/v like shout, added to a
-    copy of the bundle with add-adapter."""
-    import shutil
-    import tempfile
+SYSTEM_PROMPT = ("You are the assistant of a shop that sells tea, cups and kettles. Answer in one short sentence, "
+                 "be friendly, and never invent prices. ")
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+def alora_prefix_figures(bundle: Path, prefix_tokens: int, rounds: int) -> dict:
+    """Time to first token after switching to the bundle's activated LoRA (the demo's shout_alora,
+    invoked by the assistant header) with a long system prompt: the user asked with no adapter,
+    then asks again with the aLoRA. The system prompt and the question precede the invocation, so
+    their KV cache is the foundation's and is kept; against the same prefill recomputed. The kept
+    and recomputed answers must be the same tokens (exactness, checked here)."""
     import etlora
-    from etlora.export import add_adapter
-    from etlora.testing import make_lora_adapter
+    from transformers import AutoTokenizer
 
-    work = Path(tempfile.mkdtemp(prefix="etlora-alora-"))
-    copy = work / "bundle"
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns(".etlora-cache"))
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    invocation = tokenizer.encode("<|im_start|>review", add_special_tokens=False)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    make_lora_adapter(model, work / "review", rank=8, target_modules=["q_proj", "v_proj"], seed=5,
-                      alora_invocation_tokens=invocation)
-    del model
-    add_adapter(copy, "review", work / "review")
-    text = "You are a careful assistant for a shop that sells tea, cups and kettles. " * 60
-    prefix = tokenizer.encode(text, add_special_tokens=False)[:prefix_tokens]
-    first = prefix + tokenizer.encode("Which tea is mild?", add_special_tokens=False)
-    second = prefix + invocation + tokenizer.encode("Rate the answer.", add_special_tokens=False)
-    session = etlora.load(copy, cache_dir=work / "cache")
-    kept, recomputed, reused = [], [], []
+    session = etlora.load(bundle)
+    activated = [name for name, record in session.manifest.adapters.items() if record.alora_invocation_tokens]
+    if not activated:
+        return {"alora_note": f"no activated LoRA in {bundle} (the demo bundle has shout_alora)"}
+    name = activated[0]
+    tokenizer = AutoTokenizer.from_pretrained(bundle / session.manifest.tokenizer.directory)
+    words = (SYSTEM_PROMPT * 200).split()
+    system = " ".join(words[:len(words) * prefix_tokens // len(tokenizer.encode(" ".join(words)))])
+
+    def chat_ids(question: str) -> list[int]:
+        text = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": question}],
+                                             tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    ids = chat_ids("Which tea is mild?")
+    invocation = session.manifest.adapters[name].alora_invocation_tokens
+    assert ids[-len(invocation):] == invocation, "the chat prompt does not end with the aLoRA's invocation"
+    kept, recomputed, reused, answers = [], [], [], {}
     for _ in range(rounds):
         for keep in (True, False):
             session.set_adapters({})
-            session._runtime.generate(first, 1, reuse_prefix=False)  # the prefix, computed without adapters
-            session.set_adapters({"review": 1.0})
-            _, stats = session._runtime.generate(second, 1, reuse_prefix=keep)
+            session._runtime.generate(ids, 1, reuse_prefix=False)  # the question answered by the foundation
+            session.set_adapters({name: 1.0})
+            tokens, stats = session._runtime.generate(ids, 1, reuse_prefix=keep)
             (kept if keep else recomputed).append(stats["prefill_seconds"])
+            answers[keep] = tokens
             if keep:
                 reused.append(stats["reused_tokens"])
-    shutil.rmtree(work)
-    return {"alora_prefix_tokens": len(prefix), "alora_prompt_tokens": len(second),
+    if answers[True] != answers[False]:
+        sys.exit(f"bench_switch: {name}'s first token differs with the prefix kept ({answers[True]}) and "
+                 f"recomputed ({answers[False]})")
+    return {"alora_adapter": name, "alora_prompt_tokens": len(ids), "alora_prefix_tokens": len(ids) - len(invocation),
             "alora_reused_tokens": median(reused),
             "alora_ttft_kept_ms": median(kept) * 1e3, "alora_ttft_recomputed_ms": median(recomputed) * 1e3,
             "alora_ttft_speedup": median(recomputed) / median(kept)}
@@ -285,8 +290,8 @@ def main() -> int:
     parser.add_argument("--llama-model", type=Path, help="f32 GGUF of the same foundation")
     parser.add_argument("--llama-lora", action="append", default=[], help="NAME=PATH.gguf (repeatable)")
     parser.add_argument("--many", type=int, default=100, help="adapters added for the open-cost figure")
-    parser.add_argument("--checkpoint", type=Path, help="the bundle's HF checkpoint: enables the aLoRA prefix figure")
-    parser.add_argument("--prefix-tokens", type=int, default=480, help="shared prefix before the aLoRA invocation")
+    parser.add_argument("--prefix-tokens", type=int, default=480,
+                        help="system prompt tokens before the question and the aLoRA's invocation (about)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
@@ -296,8 +301,7 @@ def main() -> int:
 
     ours = etlora_figures(args.bundle, args.rounds, args.prompt_tokens)
     ours.update(many_adapters_figures(args.bundle, args.many, max(5, args.rounds // 3)))
-    if args.checkpoint:
-        ours.update(alora_prefix_figures(args.bundle, args.checkpoint, args.prefix_tokens, max(3, args.rounds // 3)))
+    ours.update(alora_prefix_figures(args.bundle, args.prefix_tokens, max(3, args.rounds // 3)))
     theirs, note = None, None
     loras = dict(item.split("=", 1) for item in args.llama_lora)
     if args.llama_model and len(loras) >= 2:

@@ -15,6 +15,8 @@
 #include <set>
 #include <sstream>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "json.h"
 
@@ -326,10 +328,30 @@ StatusOr<Bundle> Bundle::open(const std::string& dir) {
     return Status(StatusCode::kNotFound, dir + ": bundle directory cannot be resolved");
   }
   const std::string root = std::string(root_buffer) + "/";
+  // Each folder resolved once and one lstat per file (a realpath per file would
+  // lstat every component): a bundle of a hundred adapters opens as one does.
+  std::unordered_map<std::string, std::string> folders;  // listed folder -> resolved, "" if unresolvable
+  std::unordered_set<std::string> seen;  // files keys and adapters[].file name the same paths
   for (const auto& [where, path] : bundle->listed_paths_) {
-    char resolved[PATH_MAX];
-    const std::string full = dir + "/" + path;
-    if (::realpath(full.c_str(), resolved) != nullptr && std::string(resolved).rfind(root, 0) != 0) {
+    if (!seen.insert(path).second) continue;
+    const size_t slash = path.rfind('/');
+    const std::string folder = slash == std::string::npos ? "" : path.substr(0, slash);
+    auto found = folders.find(folder);
+    if (found == folders.end()) {
+      char folder_buffer[PATH_MAX];
+      const std::string full = folder.empty() ? dir : dir + "/" + folder;
+      found = folders.emplace(folder, ::realpath(full.c_str(), folder_buffer) ? folder_buffer : "").first;
+    }
+    if (found->second.empty()) continue;  // a missing folder: the file check names the file
+    std::string resolved = found->second + "/" + path.substr(slash == std::string::npos ? 0 : slash + 1);
+    struct stat info {};
+    if (::lstat(resolved.c_str(), &info) != 0) continue;  // missing: reported by the file check
+    if (S_ISLNK(info.st_mode)) {
+      char link_buffer[PATH_MAX];
+      if (::realpath(resolved.c_str(), link_buffer) == nullptr) continue;  // dangling: as missing
+      resolved = link_buffer;
+    }
+    if (resolved.rfind(root, 0) != 0) {
       return Status(StatusCode::kInvalidArgument,
                     manifest_path + ": " + where + " '" + path + "' resolves to " + resolved +
                         ", outside the bundle " + root_buffer + " (a symlink leading out); hint: copy the file into the bundle");
