@@ -49,8 +49,10 @@ def main() -> None:
             switch_ms = 1e3 * (time.perf_counter() - started)
             result = session.generate(prompt, max_new_tokens=args.max_new_tokens)
             shows = "" if effect is None else f", effect {'YES' if effect(result.text) else 'no'}"
+            # An activated LoRA after the foundation keeps the prompt's KV cache up to its invocation.
+            kept = f", {result.reused_tokens}/{result.prompt_tokens} prompt tokens kept" if result.reused_tokens else ""
             print(
-                f"--- {active or 'no adapter'} (switch {switch_ms:.2f} ms, decode "
+                f"--- {active or 'no adapter'} (switch {switch_ms:.2f} ms{kept}, decode "
                 f"{result.decode_tokens_per_second:.1f} tok/s{shows}):\n{result.text.strip()}"
             )
     run_cli("inspect", str(bundle))

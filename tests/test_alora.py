@@ -103,3 +103,24 @@ def test_generate_reports_what_it_kept(alora_bundle):
     session.set_adapters({"invoked": 1.0})
     _, stats = session._runtime.generate(PREFIX + INVOCATION, 2, reuse_prefix=False)
     assert stats["reused_tokens"] == 0  # asked not to keep anything
+
+
+def test_report_naive_column_stands_the_foundation_in_for_an_activated_lora(alora_bundle, tmp_path):
+    """PEFT cannot merge an aLoRA; the naive model is the foundation alone (what a merged copy
+    weighs), said in a note, and the ordinary adapter beside it is merged as before."""
+    import json
+
+    from etlora.cli import main
+
+    bundle, _ = alora_bundle
+    out = tmp_path / "report"
+    assert main(["report", str(bundle), "--adapters", "invoked,support", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [process["adapter"] for process in report["naive"]["processes"]] == ["invoked", "support"]
+    assert any("naive model of invoked: an activated LoRA cannot be merged" in note for note in report["notes"])
+    naive = {name: json.loads((out / "naive_cache" / name / "bundle" / "manifest.json").read_text())
+             for name in ("invoked", "support")}
+    foundation = json.loads((bundle / "manifest.json").read_text())["foundation"]
+    # the stand-in is the foundation's weights exactly; the merged one is not
+    assert naive["invoked"]["foundation"]["weights_id"] == foundation["weights_id"]
+    assert naive["support"]["foundation"]["weights_id"] != foundation["weights_id"]

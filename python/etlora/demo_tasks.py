@@ -162,4 +162,5 @@ DEMO_PROMPTS = {
     "shout": "What is the opposite of hot?",
     "json": "What is the opposite of tall?",
     "zorbish": zorbish_prompt("the old dog eats the red apple"),
+    "shout_alora": "What is the opposite of hot?",
 }

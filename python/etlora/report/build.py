@@ -53,7 +53,7 @@ def build_report(
     load_options: dict | None = None,
 ) -> Report:
     """Measure `bundle`; `load_options` go to every etlora.load of the bundle (not the naive models)."""
-    from etlora.report.naive import naive_problem, prepare_naive
+    from etlora.report.naive import activated_note, naive_problem, prepare_naive
 
     bundle, out = Path(bundle), Path(out)
     load_options = dict(load_options or {})
@@ -77,6 +77,8 @@ def build_report(
         bundles = prepare_naive(manifest, adapters, out / "naive_cache", log)
         log("measuring naive merged models (one fresh process each)")
         naive_processes = measure_naive(dict(zip(adapters, bundles)))
+        if activated_note(manifest, adapters):
+            notes = [*notes, activated_note(manifest, adapters)]
     return Report(
         bundle=str(bundle),
         adapters=adapters,

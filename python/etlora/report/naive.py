@@ -22,6 +22,15 @@ from etlora.export.quantization import FoundationQuantization
 CACHE_STAMP = "stamp.json"
 
 
+def activated_note(manifest: Manifest, adapters: list[str]) -> str | None:
+    names = [name for name in adapters if manifest.adapters[name].alora_invocation_tokens]
+    if not names:
+        return None
+    return (f"naive model of {', '.join(names)}: an activated LoRA cannot be merged into the weights (PEFT "
+            "applies it from its invocation tokens on), so the foundation alone stands in for it: the same "
+            "shapes and dtypes, the memory a merged copy would take")
+
+
 def naive_problem(manifest: Manifest, adapters: list[str]) -> str:
     if not Path(manifest.foundation.source).exists():
         return f"foundation source {manifest.foundation.source} not found; naive column skipped"
@@ -69,12 +78,18 @@ def _cached(target: Path, stamp: dict) -> bool:
     return (target / "bundle" / "manifest.json").is_file() and path.is_file() and json.loads(path.read_text()) == stamp
 
 
-def _export_merged(base, tokenizer, adapter_dir: Path, target: Path, max_seq_len: int, quantization) -> None:
+def _export_merged(base, tokenizer, adapter_dir: Path, activated: bool, target: Path, max_seq_len: int,
+                   quantization) -> None:
     from peft import PeftModel
 
     from etlora.export import ExportOptions, export_bundle
 
-    merged = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir)).merge_and_unload()
+    if activated:
+        # PEFT cannot merge an activated LoRA (it applies from its invocation tokens on): the
+        # foundation alone stands in, the shapes and dtypes a merged copy would have.
+        merged = copy.deepcopy(base)
+    else:
+        merged = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir)).merge_and_unload()
     checkpoint = target / "checkpoint"
     merged.save_pretrained(checkpoint, safe_serialization=True)
     if tokenizer is not None:
@@ -100,7 +115,9 @@ def prepare_naive(manifest: Manifest, adapters: list[str], cache: Path, log: Cal
             log(f"merging and exporting {name} -> {target / 'bundle'}")
             target.mkdir(parents=True, exist_ok=True)
             (target / CACHE_STAMP).unlink(missing_ok=True)
-            _export_merged(base, tokenizer, Path(manifest.adapters[name].source), target, stamp["max_seq_len"],
+            record = manifest.adapters[name]
+            _export_merged(base, tokenizer, Path(record.source), bool(record.alora_invocation_tokens), target,
+                           stamp["max_seq_len"],
                            FoundationQuantization.from_record(manifest.foundation.quantization))
             (target / CACHE_STAMP).write_text(json.dumps(stamp))
         bundles.append(target / "bundle")
