@@ -356,33 +356,20 @@ Status HtpSession::set_adapters(const std::vector<AdapterChoice>& adapters) {
 
 Status HtpSession::set_adapters_unguarded(const std::vector<AdapterChoice>& adapters) {
   Impl& impl = *impl_;
-  if (static_cast<int64_t>(adapters.size()) > info_.adapter_slots) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::to_string(adapters.size()) + " adapters given, HTP program " + program_path_ +
-                      " has " + std::to_string(info_.adapter_slots) +
-                      " adapter slot(s); hint: export with more adapter slots");
+  if (Status valid = check_adapter_choices(adapters, info_, "HTP program " + program_path_); !valid.ok()) {
+    return valid;
   }
   // Open and check everything first, so that a bad choice leaves the session unchanged.
   const size_t site_count = info_.sites.size();
   std::vector<HtpBoundAdapter> chosen;
+  std::vector<const AdapterFile*> files;
   for (size_t slot = 0; slot < adapters.size(); ++slot) {
-    const AdapterChoice& choice = adapters[slot];
-    if (!std::isfinite(choice.strength)) {
-      return Status(StatusCode::kInvalidArgument,
-                    "adapter " + choice.path + ": strength must be a finite number, got " +
-                        std::to_string(choice.strength));
-    }
-    auto opened = AdapterFile::open(choice.path);
+    auto opened = AdapterFile::open(adapters[slot].path);
     if (!opened.ok()) return opened.status();
     // The one rule of an adapter against a program, shared with Session and Python.
     if (Status fits = (*opened)->check_for_program(info_, program_path_); !fits.ok()) return fits;
-    for (size_t j = 0; j < chosen.size(); ++j) {
-      if (chosen[j].file == *opened) {
-        return Status(StatusCode::kInvalidArgument,
-                      "adapter " + choice.path + " is given twice (as " + adapters[j].path +
-                          " too); hint: one slot per adapter, add the strengths instead");
-      }
-    }
+    if (Status once = check_file_not_chosen(opened->get(), files, adapters); !once.ok()) return once;
+    files.push_back(opened->get());
     HtpBoundAdapter adapter;
     adapter.file = *opened;
     adapter.inputs = lora_inputs(info_, adapter.file.get(), impl.zeros.data());

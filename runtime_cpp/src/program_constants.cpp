@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "format_util.h"
@@ -149,6 +150,36 @@ std::vector<executorch::extension::TensorPtr> lora_inputs(const ProgramInfo& inf
 bool is_regular_file(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+Status check_adapter_choices(const std::vector<AdapterChoice>& adapters, const ProgramInfo& info,
+                             const std::string& program) {
+  if (static_cast<int64_t>(adapters.size()) > info.adapter_slots) {
+    return Status(StatusCode::kInvalidArgument,
+                  std::to_string(adapters.size()) + " adapters given, " + program + " has " +
+                      std::to_string(info.adapter_slots) + " adapter slot(s); hint: export with more adapter slots");
+  }
+  for (const AdapterChoice& choice : adapters) {
+    if (!std::isfinite(choice.strength)) {
+      return Status(StatusCode::kInvalidArgument, "adapter " + choice.path +
+                                                      ": strength must be a finite number, got " +
+                                                      std::to_string(choice.strength));
+    }
+  }
+  return Status::ok_status();
+}
+
+Status check_file_not_chosen(const AdapterFile* file, const std::vector<const AdapterFile*>& files,
+                             const std::vector<AdapterChoice>& adapters) {
+  const size_t index = files.size();
+  for (size_t j = 0; j < index; ++j) {
+    if (files[j] == file) {
+      return Status(StatusCode::kInvalidArgument,
+                    "adapter " + adapters[index].path + " is given twice (as " + adapters[j].path +
+                        " too); hint: one slot per adapter, add the strengths instead");
+    }
+  }
+  return Status::ok_status();
 }
 
 }  // namespace etlora

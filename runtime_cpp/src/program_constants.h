@@ -13,6 +13,7 @@
 #include "etlora/adapter_file.h"
 
 #include "etlora/program_info.h"
+#include "etlora/session.h"  // AdapterChoice
 #include "etlora/status.h"
 
 namespace etlora {
@@ -46,6 +47,17 @@ StatusOr<int64_t> read_adapter_layout(executorch::extension::module::Module& mod
 // largest site * max_rank floats. ExecuTorch never writes inputs it reads.
 std::vector<executorch::extension::TensorPtr> lora_inputs(const ProgramInfo& info, const AdapterFile* file,
                                                           const float* absent);
+
+// The rules on a choice of adapters that both sessions apply before opening
+// any file: at most info.adapter_slots of them, each strength finite.
+// `program` names the program in errors ("program X", "HTP program X").
+Status check_adapter_choices(const std::vector<AdapterChoice>& adapters, const ProgramInfo& info,
+                             const std::string& program);
+
+// `file`, opened for adapters[files.size()], is none of `files` (opened for
+// the choices before it): the same file twice is an error naming both paths.
+Status check_file_not_chosen(const AdapterFile* file, const std::vector<const AdapterFile*>& files,
+                             const std::vector<AdapterChoice>& adapters);
 
 // A regular file at `path`.
 bool is_regular_file(const std::string& path);

@@ -360,29 +360,18 @@ StatusOr<OpenAdapter*> Session::open_adapter(const std::string& path) {
 
 Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
   Impl& impl = *impl_;
-  if (static_cast<int64_t>(adapters.size()) > info_.adapter_slots) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::to_string(adapters.size()) + " adapters given, program " + program_path_ +
-                      " has " + std::to_string(info_.adapter_slots) +
-                      " adapter slot(s); hint: export with more adapter slots");
+  if (Status valid = check_adapter_choices(adapters, info_, "program " + program_path_); !valid.ok()) {
+    return valid;
   }
   // Open and check everything first so that a bad choice leaves the session unchanged.
   std::vector<OpenAdapter*> chosen;
+  std::vector<const AdapterFile*> files;
   for (const AdapterChoice& choice : adapters) {
-    if (!std::isfinite(choice.strength)) {
-      return Status(StatusCode::kInvalidArgument,
-                    "adapter " + choice.path + ": strength must be a finite number, got " +
-                        std::to_string(choice.strength));
-    }
     auto adapter = open_adapter(choice.path);
     if (!adapter.ok()) return adapter.status();
-    for (size_t j = 0; j < chosen.size(); ++j) {
-      if (chosen[j]->file == (*adapter)->file) {
-        return Status(StatusCode::kInvalidArgument,
-                      "adapter " + choice.path + " is given twice (as " + adapters[j].path +
-                          " too); hint: one slot per adapter, add the strengths instead");
-      }
-    }
+    const AdapterFile* file = (*adapter)->file.get();
+    if (Status once = check_file_not_chosen(file, files, adapters); !once.ok()) return once;
+    files.push_back(file);
     chosen.push_back(*adapter);
   }
   // Bind: only slots whose adapter changed get their inputs re-pointed.
