@@ -708,6 +708,19 @@ void show_cache(const etlora::HtpSession&) {
   std::fprintf(stderr, "weight cache: not used by the HTP session | packed cache: off (model.pte only)\n");
 }
 
+// Either backend's session, once opened: the load time, --show-cache, then the run.
+template <typename AnySession>
+int run_opened(etlora::StatusOr<std::unique_ptr<AnySession>> session, const Options& options,
+               std::chrono::steady_clock::time_point load_start) {
+  if (!session.ok()) {
+    std::fprintf(stderr, "error: %s\n", session.status().message().c_str());
+    return 1;
+  }
+  const double load_ms = ms_since(load_start);
+  if (options.show_cache) show_cache(**session);
+  return run_session(**session, options, load_ms);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -750,14 +763,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "%s\n", backend->line().c_str());
   if (backend->backend == etlora::Backend::kHtp) {
-    auto session = open_htp_session(options, *facts);
-    if (!session.ok()) {
-      std::fprintf(stderr, "error: %s\n", session.status().message().c_str());
-      return 1;
-    }
-    const double load_ms = ms_since(load_start);
-    if (options.show_cache) show_cache(**session);
-    return run_session(**session, options, load_ms);
+    return run_opened(open_htp_session(options, *facts), options, load_start);
   }
   etlora::SessionOptions session_options;
   session_options.weight_cache = options.weight_cache;
@@ -765,12 +771,5 @@ int main(int argc, char** argv) {
   session_options.packed_cache_residency = options.packed_cache_residency;
   session_options.max_resident_adapters = options.max_resident_adapters;
   session_options.max_resident_adapter_bytes = options.max_resident_adapter_bytes;
-  auto session = etlora::Session::open(options.model, options.data, session_options);
-  if (!session.ok()) {
-    std::fprintf(stderr, "error: %s\n", session.status().message().c_str());
-    return 1;
-  }
-  const double load_ms = ms_since(load_start);
-  if (options.show_cache) show_cache(**session);
-  return run_session(**session, options, load_ms);
+  return run_opened(etlora::Session::open(options.model, options.data, session_options), options, load_start);
 }
