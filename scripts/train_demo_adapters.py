@@ -580,8 +580,8 @@ def main() -> None:
     run["load_after"] = _load_average()
     results_path = args.out / "results.json"
     summary = {"run": run}
-    if args.only:  # a partial run replaces its adapters' entries and keeps the others' (and their run)
-        summary = json.loads(results_path.read_text()) if results_path.is_file() else {"run": run}
+    if args.only and results_path.is_file():  # replaces its adapters' entries, keeps the others' and their run
+        summary = json.loads(results_path.read_text())
         for spec in specs:
             spec.results["run"] = run
     summary.update({s.name: s.results for s in specs})

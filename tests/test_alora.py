@@ -118,9 +118,28 @@ def test_report_naive_column_stands_the_foundation_in_for_an_activated_lora(alor
     report = json.loads((out / "report.json").read_text())
     assert [process["adapter"] for process in report["naive"]["processes"]] == ["invoked", "support"]
     assert any("naive model of invoked: an activated LoRA cannot be merged" in note for note in report["notes"])
+    # the measuring forward ends with the invocation, so the aLoRA's pages are touched and counted
+    cost = next(cost for cost in report["adapter_costs"] if cost["adapter"] == "invoked")
+    assert cost["resident_adapter_pss"] >= 0.5 * cost["ptd_bytes"], cost
     naive = {name: json.loads((out / "naive_cache" / name / "bundle" / "manifest.json").read_text())
              for name in ("invoked", "support")}
     foundation = json.loads((bundle / "manifest.json").read_text())["foundation"]
     # the stand-in is the foundation's weights exactly; the merged one is not
     assert naive["invoked"]["foundation"]["weights_id"] == foundation["weights_id"]
     assert naive["support"]["foundation"]["weights_id"] != foundation["weights_id"]
+
+
+def test_a_forward_past_the_cache_end_leaves_a_gap_never_kept(alora_bundle):
+    """K/V left beyond the cache's end were computed after other tokens: a forward that starts past
+    the end must not make them count as a reusable prefix, whatever the adapters."""
+    bundle, _ = alora_bundle
+    first, other, tail = PREFIX, [9, 14, 200, 3, 8], [40, 41, 42]
+    for adapters in ({}, {"support": 1.0}):
+        session = etlora.load(bundle, adapters=adapters)
+        session.forward(first, 0)  # positions 0..15 after PREFIX
+        session.forward(other, 0)  # 0..4 rewritten; the cache ends at 5
+        session.forward(tail, 10)  # past the end: 5..9 still hold K/V computed after PREFIX[:5]
+        prompt = other + first[5:10] + tail + [2]
+        expected, _ = etlora.load(bundle, adapters=adapters)._runtime.generate(prompt, 3, reuse_prefix=False)
+        kept, stats = session._runtime.generate(prompt, 3, reuse_prefix=True)
+        assert stats["reused_tokens"] <= len(other) and kept == expected, (adapters, stats)

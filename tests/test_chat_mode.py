@@ -92,5 +92,9 @@ def test_size_suffixes_and_bad_budgets(bundle):
     from etlora.cli import _size_argument
 
     assert _size_argument("64M") == 64 * 2**20 and _size_argument("0") == 0 and _size_argument("3k") == 3072
-    result = _chat([*_command("cli", bundle), "--max-resident-adapter-bytes", "-1"], "")
-    assert result.returncode == 2 and "expected a size in bytes >= 0" in result.stderr
+    for tool in ("cli", "runner"):
+        result = _chat([*_command(tool, bundle), "--max-resident-adapter-bytes", "64M"], "/adapters support\n")
+        assert result.returncode == 0 and "resident: 1 adapter file(s)" in result.stderr, result.stderr
+        for bad in ("-1", " -1", "12X", "1.5M"):
+            result = _chat([*_command(tool, bundle), "--max-resident-adapter-bytes", bad], "")
+            assert result.returncode == 2 and "size in bytes >= 0" in result.stderr, (tool, bad, result.stderr)

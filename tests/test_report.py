@@ -59,7 +59,7 @@ def test_schema_has_every_section(report, bundle):
     targets = report["targets"]
     assert len(targets) == 5 and all(isinstance(t["passed"], bool) for t in targets), targets
     assert targets[0]["passed"] == all(cost["passed"] for cost in report["adapter_costs"])
-    assert targets[4]["passed"] == (report["disk"]["overhead_fraction"] <= 0.01)
+    assert targets[3]["passed"] == (report["disk"]["overhead_fraction"] <= 0.01)
 
 
 def test_session_steps_have_all_figures_and_regions(report):

@@ -269,7 +269,7 @@ class Session:
                 on_token=on_token, eos_ids=list(tokenizer.eos_ids) if stop_at_eos else [],
                 reuse_prefix=keep_prefix,
             )
-        except ValueError as error:
+        except (ValueError, RuntimeError) as error:
             raise EtloraError(str(error)) from None
         if on_text is not None:
             on_text(stream.finish())

@@ -37,7 +37,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <chrono>
 #include <cstdio>
@@ -164,6 +166,24 @@ bool resolve_bundle_paths(Options& options) {
   return true;
 }
 
+// Digits only, with an optional K, M or G (powers of 1024, as `etlora run`) when
+// `suffixes`; no sign, no spaces, no overflow.
+bool parse_size(const std::string& text, bool suffixes, uint64_t& value) {
+  uint64_t scale = 1;
+  std::string digits = text;
+  const char last = text.empty() ? '\0' : static_cast<char>(std::toupper(static_cast<unsigned char>(text.back())));
+  if (suffixes && (last == 'K' || last == 'M' || last == 'G')) {
+    scale = last == 'K' ? (1ull << 10) : last == 'M' ? (1ull << 20) : (1ull << 30);
+    digits.pop_back();
+  }
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return false;
+  errno = 0;
+  const unsigned long long number = std::strtoull(digits.c_str(), nullptr, 10);
+  if (errno == ERANGE || number > UINT64_MAX / scale) return false;
+  value = number * scale;
+  return true;
+}
+
 bool parse_tokens(const std::string& text, std::vector<int64_t>& tokens) {
   size_t start = 0;
   while (start <= text.size()) {
@@ -254,15 +274,15 @@ bool parse_args(int argc, char** argv, Options& options) {
       }
       options.backend = *request;
     } else if (arg == "--max-resident-adapters" || arg == "--max-resident-adapter-bytes") {
-      char* rest = nullptr;
-      errno = 0;
-      const unsigned long long number = std::strtoull(value.c_str(), &rest, 10);
-      if (value.empty() || value[0] == '-' || *rest != '\0' || errno == ERANGE) {
-        std::fprintf(stderr, "error: %s expects an integer >= 0, got %s\n", arg.c_str(), value.c_str());
+      const bool bytes = arg == "--max-resident-adapter-bytes";
+      uint64_t number = 0;
+      if (!parse_size(value, /*suffixes=*/bytes, number)) {
+        std::fprintf(stderr, "error: %s expects %s, got '%s'\n", arg.c_str(),
+                     bytes ? "a size in bytes >= 0 (suffix K, M or G allowed)" : "an integer >= 0", value.c_str());
         return false;
       }
-      if (arg == "--max-resident-adapters") options.max_resident_adapters = static_cast<size_t>(number);
-      if (arg == "--max-resident-adapter-bytes") options.max_resident_adapter_bytes = number;
+      if (bytes) options.max_resident_adapter_bytes = number;
+      else options.max_resident_adapters = static_cast<size_t>(number);
     } else if (arg == "--pool-spin-us") {
       if (!parse_number(arg, value, options.pool_spin_us)) return false;
     } else if (arg == "--bundle") {
@@ -383,7 +403,9 @@ std::string resident_line(const etlora::Session& session) {
   return "resident: " + std::to_string(paths.size()) + " adapter file(s), " + bytes +
          (names.empty() ? "" : " (" + names + ")");
 }
-std::string resident_line(const etlora::HtpSession&) { return "resident: the bound adapters only"; }
+std::string resident_line(const etlora::HtpSession& session) {
+  return "resident: " + std::to_string(session.active_adapters().size()) + " adapter file(s), the bound ones";
+}
 
 std::string trimmed(const std::string& text) {
   const size_t first = text.find_first_not_of(" \t\r");

@@ -159,6 +159,9 @@ struct Session::Impl {
   int64_t adapter_from = std::numeric_limits<int64_t>::max();  // first cached position an adapter touched
   // First cached position computed with other adapters or strengths than those bound now.
   int64_t stale_from = std::numeric_limits<int64_t>::max();
+  // Positions from here on may hold K/V computed after other tokens than history's
+  // before them: a forward that started past cache_end left a gap of older K/V.
+  int64_t consistent_end = std::numeric_limits<int64_t>::max();
   size_t max_resident_adapters = 0;           // 0 = no limit
   uint64_t max_resident_adapter_bytes = 0;    // 0 = no limit
   size_t memory_planned_inputs = 0;
@@ -376,6 +379,7 @@ Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
   }
   // Bind: only slots whose adapter changed get their inputs re-pointed.
   std::vector<const OpenAdapter*> previous = impl.bound;
+  const std::vector<float> previous_scales = impl.base_scales;
   bool changed = false;
   for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
     const OpenAdapter* adapter = slot < static_cast<int64_t>(chosen.size()) ? chosen[slot] : nullptr;
@@ -388,7 +392,15 @@ Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
   }
   if (changed) impl.stale_from = 0;  // every cached position was computed with other adapters
   Status bound = bind_slots(previous);
-  if (!bound.ok()) return bound;
+  if (!bound.ok()) {
+    // Put the previous adapters back, inputs too: a failure leaves the session as it was.
+    const std::vector<const OpenAdapter*> attempted = impl.bound;
+    impl.bound = previous;
+    impl.base_scales = previous_scales;
+    impl.scales = previous_scales;
+    (void)bind_slots(attempted);  // re-points the slots that differ; they were bound before
+    return bound;
+  }
   active_.assign(adapters.begin(), adapters.end());
   close_unused_adapters();
   return Status::ok_status();
@@ -525,7 +537,8 @@ int64_t Session::reusable_prefix(const std::vector<int64_t>& prompt) const {
   const Impl& impl = *impl_;
   const int64_t count = static_cast<int64_t>(prompt.size());
   int64_t common = 0;
-  while (common < std::min(count, impl.cache_end) && impl.history[common] == prompt[common]) ++common;
+  const int64_t cached = std::min({count, impl.cache_end, impl.consistent_end});
+  while (common < cached && impl.history[common] == prompt[common]) ++common;
   // The foundation's positions (no adapter touched them) before every bound
   // adapter's activation start for this prompt: exact whatever was bound then.
   int64_t foundation = std::min({common, impl.adapter_from, count - 1});
@@ -567,6 +580,11 @@ StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens
   // The cache now holds what this call writes: positions from end on are stale.
   const int64_t end = start_pos + count;
   std::copy(tokens.begin(), tokens.end(), impl.history.begin() + start_pos);
+  if (start_pos > impl.cache_end) {
+    impl.consistent_end = std::min(impl.consistent_end, impl.cache_end);  // the gap is never reused
+  } else if (start_pos <= impl.consistent_end) {
+    impl.consistent_end = kNever;  // written after a consistent prefix: all of [0, end) is
+  }
   impl.cache_end = end;
   if (impl.adapter_from >= start_pos) impl.adapter_from = kNever;
   if (impl.stale_from >= start_pos) impl.stale_from = kNever;

@@ -35,6 +35,13 @@ GENERATE_TOKENS = 16
 FORWARD_TOKENS = [1, 2, 3, 4, 5, 6, 7, 8]
 
 
+def forward_tokens(session, adapter: str | None) -> list[int]:
+    """FORWARD_TOKENS, then an activated LoRA's invocation tokens: without them it applies nowhere,
+    the kernels skip its rows, and its pages would never count."""
+    invocation = session.manifest.adapters[adapter].alora_invocation_tokens if adapter else None
+    return FORWARD_TOKENS + list(invocation or [])
+
+
 # ---------------------------------------------------------------------------------------------
 # /proc figures (also read by the parent for a process it started)
 
@@ -115,7 +122,7 @@ def open_session(bundle: str, adapter: str | None, load_options: dict):
 
     options = {"packed_cache": False, **load_options}
     session = etlora.load(bundle, adapters={adapter: 1.0} if adapter else None, **options)
-    session.logits(FORWARD_TOKENS)  # lazily mapped adapter pages count once a forward touched them
+    session.logits(forward_tokens(session, adapter))  # adapter pages count once a forward touched them
     return session
 
 
@@ -155,7 +162,7 @@ def measure_sessions(bundle: str, adapters: list[str], generate: bool, load_opti
     # activation is reported on its own line, not in that adapter's cost.
     if adapters:
         first.set_adapters({adapters[0]: 1.0})
-        first.logits(FORWARD_TOKENS)
+        first.logits(forward_tokens(first, adapters[0]))
         record(f"session 1 first activation ({adapters[0]})")
         first.set_adapters({})
         first.release_adapters()
@@ -166,7 +173,7 @@ def measure_sessions(bundle: str, adapters: list[str], generate: bool, load_opti
     # the adapter itself costs, without a new session's state and the heap noise that comes with it.
     for name in adapters:
         first.set_adapters({name: 1.0})
-        first.logits(FORWARD_TOKENS)
+        first.logits(forward_tokens(first, name))
         record(f"session 1 + adapter {name}")
         first.set_adapters({})
         first.release_adapters()

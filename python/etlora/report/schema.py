@@ -157,8 +157,8 @@ class Disk:
     program_bytes: int
     adapter_bytes: dict[str, int]  # the measured adapters' .ptd files
     # Every adapter of the bundle (a report may measure a few of a hundred): their count and bytes.
-    bundle_adapters: int = 0
-    bundle_adapter_bytes: int = 0
+    bundle_adapters: int
+    bundle_adapter_bytes: int
 
     @property
     def other_bytes(self) -> int:
