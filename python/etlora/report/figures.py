@@ -2,7 +2,7 @@
 
 `Report` holds what was measured (steps from the child processes, the program's planned memory,
 the bundle's sizes) and derives everything else on demand: the per-session state, each adapter's
-cost, the growth of N sessions, the two-process sharing, etlora vs naive and the four targets.
+cost, the growth of N sessions, the two-process sharing, etlora vs naive and the five targets.
 It exists apart from build.py, which runs the measurements, so that render.py and the tests can
 build one from report.json (`Report.from_dict`) without measuring anything.
 """
