@@ -22,7 +22,7 @@ from etlora.export.adapter_format import ALORA_TOKENS_KEY, MAX_ALORA_TOKENS, rea
 from etlora.export.errors import BundleError
 from etlora.export.manifest import FORMAT_VERSION, _parse
 from etlora.export.ptd_reader import read_ptd
-from etlora.testing import alora_start, make_lora_adapter, peft_reference_logits
+from etlora.testing import alora_start, edit_config, make_lora_adapter, peft_reference_logits
 
 INVOCATION = [5, 6]
 PROMPT = [1, 5, 6, 17, 5, 6, 42, 99, 3]  # the invocation twice: the last occurrence (index 4) counts
@@ -41,14 +41,6 @@ def alora_bundle(model_dir, fixtures_dir, alora_dir, tmp_path_factory) -> Path:
     export_bundle(model_dir, {"invoked": alora_dir, "support": fixtures_dir / "support"}, out,
                   ExportOptions(max_seq_len=32))
     return out
-
-
-def edit_config(adapter: Path, **fields) -> Path:
-    path = adapter / "adapter_config.json"
-    config = json.loads(path.read_text())
-    config.update(fields)
-    path.write_text(json.dumps(config))
-    return adapter
 
 
 def test_peft_config_holds_the_tokens(alora_dir):

@@ -16,7 +16,7 @@ import pytest
 
 import etlora
 from etlora.export import AdapterError, ExportOptions, export_bundle
-from etlora.testing import make_lora_adapter, peft_logits
+from etlora.testing import edit_config, make_lora_adapter, peft_logits
 
 from conftest import TOKENS
 
@@ -28,14 +28,6 @@ def make_adapter(model_dir: Path, out: Path, **options) -> Path:
     options.setdefault("rank", 4)
     options.setdefault("target_modules", ["q_proj", "v_proj"])
     return make_lora_adapter(model_dir, out, seed=21, **options)
-
-
-def edit_config(adapter: Path, **fields) -> Path:
-    path = adapter / "adapter_config.json"
-    config = json.loads(path.read_text())
-    config.update(fields)
-    path.write_text(json.dumps(config))
-    return adapter
 
 
 def refusal(model_dir: Path, adapter: Path, tmp_path: Path) -> str:

@@ -6,6 +6,7 @@ and B (PEFT's default init leaves B at zero, which would hide any bug in the ada
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def make_tiny_llama(out_dir: str | Path, seed: int = 0, **config_overrides) -> P
     model = LlamaForCausalLM(tiny_llama_config(**config_overrides))
     model.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def edit_config(adapter: Path, **fields) -> Path:
+    """Overwrite fields of a saved PEFT adapter's adapter_config.json (tests of options etlora refuses)."""
+    path = Path(adapter) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(fields)
+    path.write_text(json.dumps(config))
+    return adapter
 
 
 def make_lora_adapter(
