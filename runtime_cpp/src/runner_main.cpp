@@ -71,6 +71,7 @@ struct Options {
   bool verbose = false;  // --verbose: ExecuTorch's info lines too
   bool bad_bundle = false;  // --bundle named something Bundle::open refused (error already printed)
   std::string bundle;
+  std::optional<etlora::Bundle> bundle_reader;  // the --bundle manifest, read once (names -> paths)
   std::string model;
   std::string data;
   std::string tokenizer;
@@ -163,6 +164,7 @@ bool resolve_bundle_paths(Options& options) {
       return false;
     }
   }
+  options.bundle_reader.emplace(std::move(*bundle));  // --chat's /adapters names resolve here too
   return true;
 }
 
@@ -417,12 +419,6 @@ std::string trimmed(const std::string& text) {
 etlora::StatusOr<std::vector<etlora::AdapterChoice>> parse_adapter_line(const std::string& list,
                                                                       const Options& options) {
   std::vector<etlora::AdapterChoice> choices;
-  std::optional<etlora::Bundle> bundle;
-  if (!options.bundle.empty()) {
-    auto opened = etlora::Bundle::open(options.bundle);
-    if (!opened.ok()) return opened.status();
-    bundle.emplace(std::move(*opened));
-  }
   size_t start = 0;
   while (start < list.size()) {
     size_t end = list.find(',', start);
@@ -431,8 +427,8 @@ etlora::StatusOr<std::vector<etlora::AdapterChoice>> parse_adapter_line(const st
     start = end + 1;
     if (item.empty()) continue;
     etlora::AdapterChoice choice = parse_adapter(item);
-    if (bundle) {
-      if (etlora::Status named = resolve_adapter(*bundle, choice); !named.ok()) return named;
+    if (options.bundle_reader) {
+      if (etlora::Status named = resolve_adapter(*options.bundle_reader, choice); !named.ok()) return named;
     }
     choices.push_back(choice);
   }
