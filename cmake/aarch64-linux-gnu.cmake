@@ -1,5 +1,5 @@
 # Cross build for 64-bit ARM Linux with Debian's cross toolchain
-# (apt-get install g++-aarch64-linux-gnu); scripts/build_device.sh uses it.
+# (apt-get install g++-aarch64-linux-gnu); scripts/device/build_device.sh uses it.
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)

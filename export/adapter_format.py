@@ -1,7 +1,7 @@
 """The adapter .ptd format: keys, metadata, dtypes, and a torch-free reader.
 
 One adapter per file: `<site>.lora_a` / `<site>.lora_b` tensors (float32 or float16) plus the
-metadata entries below. The C++ reader (runtime_cpp/src/adapter_file.cpp) applies the same rules in
+metadata entries below. The C++ reader (runtime_cpp/src/format/adapter_file.cpp) applies the same rules in
 the same order; docs/bundle-format.md states them. The writer is adapter_file.py (needs torch).
 """
 

@@ -2,7 +2,7 @@
 
 Why a custom op: in plain ATen the cache update is a functional index_put that copies the whole
 cache at every layer and token, and attention runs over every cache row (masked) instead of the
-filled prefix. Our runtime's kernel (runtime_cpp/src/cached_attention.cpp) updates the cache in
+filled prefix. Our runtime's kernel (runtime_cpp/src/kernels/cached_attention.cpp) updates the cache in
 place and reads only positions 0 .. input_pos[-1]. This module defines the op's schema for
 torch.export and ExecuTorch's out-variant pass, and an eager reference the export traces through
 and the tests compare against.

@@ -1,6 +1,6 @@
 """A torch-free reader of ExecuTorch FlatTensor (.ptd) files, bounds before trust.
 
-The same checks as runtime_cpp/src/flat_tensor_check.cpp, in the same order: the header regions,
+The same checks as runtime_cpp/src/format/flat_tensor_check.cpp, in the same order: the header regions,
 then every table, vector and string of the flatbuffer against the bytes that hold it, then each
 entry's segment and byte count. `etlora inspect` and the report read adapter files with it, so
 they need neither torch nor ExecuTorch's exir (whose serializer trusts the file's offsets).

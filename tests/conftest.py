@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from etlora.testing import make_lora_adapter, make_tiny_llama, make_tiny_tokenizer
+from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama, make_tiny_tokenizer
 
 # Two adapters of different ranks and target sets, plus one added later with add-adapter.
 ADAPTERS = {
@@ -67,7 +67,7 @@ def bundle_copy(bundle, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A byte-level BPE tokenizer with ChatML tokens, trained on the spot (transformers fast tokenizer)."""
-    from etlora.testing import make_tiny_tokenizer
+    from etlora.testing.fixtures import make_tiny_tokenizer
 
     return make_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
 
@@ -84,7 +84,7 @@ def tiny_tokenizer_file(tiny_tokenizer, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def device_build(tmp_path_factory) -> Path:
-    """etlora_runner cross-built for aarch64 by scripts/build_device.sh (skipped without the cross
+    """etlora_runner cross-built for aarch64 by scripts/device/build_device.sh (skipped without the cross
     compiler or qemu-aarch64, or when the registry cannot serve the aarch64 executorch wheel)."""
     import shutil
     import subprocess
@@ -95,7 +95,7 @@ def device_build(tmp_path_factory) -> Path:
         pytest.skip("qemu-aarch64 is missing (apt-get install qemu-user)")
     repo = Path(__file__).resolve().parent.parent
     out = tmp_path_factory.mktemp("device") / "aarch64"
-    result = subprocess.run([str(repo / "scripts" / "build_device.sh"), "--arch", "aarch64", "--out", str(out)],
+    result = subprocess.run([str(repo / "scripts" / "device" / "build_device.sh"), "--arch", "aarch64", "--out", str(out)],
                             capture_output=True, text=True, timeout=1800)
     if result.returncode != 0 and "could not download" in result.stderr:
         pytest.skip(f"no aarch64 executorch wheel: {result.stderr.strip()}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import etlora
-from etlora.testing import make_lora_adapter
+from etlora.testing.fixtures import make_lora_adapter
 
 INVOCATION = [7, 64]
 PREFIX = [1, 17, 42, 99, 3, 250, 11, 19, 23, 5, 88, 120, 31, 2, 60, 77]  # the shared "system prompt"
@@ -37,7 +37,7 @@ def alora_bundle(fixtures_dir, tmp_path_factory):
 
 
 def test_alora_equals_peft_and_is_the_foundation_before_the_invocation(alora_bundle, fixtures_dir):
-    from etlora.testing import peft_alora_logits
+    from etlora.testing.fixtures import peft_alora_logits
 
     bundle, adapter_dir = alora_bundle
     with_invocation = PREFIX + INVOCATION + [9, 14, 200]

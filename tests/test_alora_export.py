@@ -1,7 +1,7 @@
 """Activated LoRA (PEFT's alora_invocation_tokens), export side: the adapter exports, its .ptd carries
 etlora.alora_invocation_tokens (int64 [n]), the manifest (version 5) records the tokens, `etlora
 inspect` shows them; bad token lists and damaged keys are refused by name. The reference helper
-(etlora.testing.peft_reference_logits) gates each aLoRA as PEFT does.
+(etlora.testing.fixtures.peft_reference_logits) gates each aLoRA as PEFT does.
 
 Running an aLoRA (gating by position in the session) is tested with the runtime, not here.
 """
@@ -22,7 +22,7 @@ from etlora.export.adapter_format import ALORA_TOKENS_KEY, MAX_ALORA_TOKENS, rea
 from etlora.export.errors import BundleError
 from etlora.export.manifest import FORMAT_VERSION, _parse
 from etlora.export.ptd_reader import read_ptd
-from etlora.testing import alora_start, edit_config, make_lora_adapter, peft_reference_logits
+from etlora.testing.fixtures import alora_start, edit_config, make_lora_adapter, peft_reference_logits
 
 INVOCATION = [5, 6]
 PROMPT = [1, 5, 6, 17, 5, 6, 42, 99, 3]  # the invocation twice: the last occurrence (index 4) counts
@@ -267,7 +267,7 @@ def test_reference_is_gated_at_the_last_invocation(model_dir, alora_dir):
 
 def test_reference_equals_peft_own_forward(model_dir, alora_dir):
     """PeftModelForCausalLM computes alora_offsets itself from input_ids: the same last row."""
-    from etlora.testing import peft_logits
+    from etlora.testing.fixtures import peft_logits
 
     np.testing.assert_array_equal(peft_reference_logits(model_dir, alora_dir, PROMPT)[-1],
                                   peft_logits(model_dir, alora_dir, PROMPT))
@@ -289,7 +289,7 @@ def test_reference_gates_each_alora_by_its_own_sequence(model_dir, alora_dir, tm
 def test_reference_check_catches_an_alora_that_never_applies(model_dir, alora_dir, monkeypatch):
     """If PEFT got no offsets (the aLoRA silently off), the helper says so instead of returning
     foundation logits as the reference."""
-    import etlora.testing as testing
+    import etlora.testing.fixtures as testing
 
     monkeypatch.setattr(testing._OwnAloraOffsets, "forward",
                         lambda self, module, active_adapter, x, result, **kwargs: result)

@@ -104,10 +104,10 @@ def test_export_force_swaps_the_whole_bundle(bundle_copy, model_dir, fixtures_di
 
 @pytest.mark.slow
 def test_kill_during_writes_leaves_the_old_or_the_new_bundle(tmp_path):
-    """scripts/kill_trials.py in small: 3 kills per operation (the script's 50-trial runs are in
+    """scripts/dev/kill_trials.py in small: 3 kills per operation (the script's 50-trial runs are in
     docs/results/kill_trials_*.json)."""
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "kill_trials.py"),
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "dev" / "kill_trials.py"),
          "--trials", "3", "--seed", "7", "--json", str(tmp_path / "kills.json")],
         capture_output=True, text=True, timeout=1200,
     )

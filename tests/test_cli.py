@@ -104,7 +104,7 @@ def test_export_backend_htp_without_an_sdk_fails_at_once(tmp_path, model_dir):
 def test_export_backend_htp_with_a_broken_sdk_reaches_the_qnn_compiler_and_is_refused(tmp_path, model_dir):
     """An SDK that passes the file check but whose libraries do not load: the export gets as far as
     ExecuTorch's QNN compiler, which cannot start; one error line, no traceback, no bundle."""
-    from etlora.testing import make_fake_qnn_sdk
+    from etlora.testing.fixtures import make_fake_qnn_sdk
 
     sdk = make_fake_qnn_sdk(tmp_path / "qairt")
     out = tmp_path / "bundle"

@@ -1,4 +1,4 @@
-"""The runtime on 64-bit ARM: scripts/build_device.sh's runner under qemu-aarch64, against x86.
+"""The runtime on 64-bit ARM: scripts/device/build_device.sh's runner under qemu-aarch64, against x86.
 
 Tolerance for ARM vs x86 logits: 1e-4 x the largest |logit| (and 1e-6 for the runner's 6-decimal
 print). Both sides compute in float32; XNNPACK picks other microkernels on ARM (NEON vs AVX), and
@@ -75,7 +75,7 @@ def test_packed_file_of_another_cpu_is_never_mapped(bundle_copy, device_build):
 
 
 def _script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "scripts" / "build_device.sh"), *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(REPO / "scripts" / "device" / "build_device.sh"), *args], capture_output=True, text=True, timeout=300)
 
 
 def test_build_device_refuses_bad_input_before_compiling(tmp_path, device_build):

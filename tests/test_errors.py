@@ -13,7 +13,7 @@ from etlora.export import AdapterError, BundleError, EtloraError, ExportOptions,
 from etlora.export.adapter_file import ProgramSlots, read_adapter_ptd, write_adapter_ptd
 from etlora.export.adapters import load_adapter
 from etlora.export.manifest import read_manifest
-from etlora.testing import make_lora_adapter, make_tiny_llama
+from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama
 
 MALFORMED = Path(__file__).parent / "fixtures" / "malformed"
 
@@ -124,7 +124,7 @@ def test_adapter_name_that_exists(bundle_copy, fixtures_dir):
         ("adapter_key_length_huge.ptd", r"legal\.ptd: not a valid FlatTensor .*named_data\[0\]\.key"),
         ("adapter_entry_exceeds_segment.ptd", r"legal\.ptd: not a valid FlatTensor .*needs .*bytes, its segment holds"),
         ("adapter_negative_size.ptd", r"legal\.ptd: not a valid FlatTensor .*negative size"),
-        # Found by the fuzzer (scripts/sanitize.py fuzz): a float16 tensor at an odd offset.
+        # Found by the fuzzer (scripts/dev/sanitize.py fuzz): a float16 tensor at an odd offset.
         ("adapter_misaligned_fp16.ptd", r"legal\.ptd: .* starts at a misaligned offset for"),
         # Also found by the fuzzer: ExecuTorch's reader dereferences a layout's absent sizes.
         ("adapter_layout_without_sizes.ptd", r"legal\.ptd: not a valid FlatTensor .*without sizes or dim_order"),

@@ -21,7 +21,7 @@ PROMPT = TOKENS + [5, 120, 33]  # 11 tokens: three prefill chunks of 4, the last
 @pytest.fixture(scope="module")
 def adapter_dirs(fixtures_dir, tmp_path_factory):
     """conftest's rsLoRA 'legal' (q, o, down; rank 8) and one adapter on every linear layer (rank 4)."""
-    from etlora.testing import make_lora_adapter
+    from etlora.testing.fixtures import make_lora_adapter
 
     every = make_lora_adapter(fixtures_dir / "model", tmp_path_factory.mktemp("htp") / "every",
                               rank=4, target_modules=ALL_LINEAR, seed=21)

@@ -1,4 +1,4 @@
-"""The C++ HtpSession (runtime_cpp/src/htp_session.cpp): an HTP-shaped program with the KV cache on the host.
+"""The C++ HtpSession (runtime_cpp/src/session/htp_session.cpp): an HTP-shaped program with the KV cache on the host.
 
 On a phone it runs the QNN-compiled model_htp.pte; here the same layout lowered to XNNPACK
 (lower_htp_shaped) stands in for it. Built from the bundle fixture's own spec, it reads the bundle's
@@ -287,7 +287,7 @@ def test_etlora_load_runs_the_htp_program_when_the_backend_is_htp(bundle_copy, h
         etlora.load(bundle_copy, backend=choose_backend(bundle_copy, "htp", facts=device))
 
 
-# etlora_runner with the HTP session (runtime_cpp/src/runner_main.cpp). On this machine the device
+# etlora_runner with the HTP session (runtime_cpp/src/runner/runner_main.cpp). On this machine the device
 # facts are faked through the runner's test hook, ETLORA_TEST_HTP_FACTS (runtime_cpp/README.md).
 TEST_FACTS = "ETLORA_TEST_HTP_FACTS"
 RUNNER_ADAPTERS = ["--adapter", "support=1.0", "--adapter", "legal=0.5"]

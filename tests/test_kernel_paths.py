@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import etlora
-from etlora.testing import peft_logits
+from etlora.testing.fixtures import peft_logits
 
 from conftest import TOKENS
 from test_cpp import build_dir, runner_path

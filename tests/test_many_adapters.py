@@ -3,7 +3,7 @@
 The 100 adapters are random LoRA weights of the fixture adapters' shapes, written straight into a
 copy of the tiny bundle (adapter files and manifest entries as add-adapter writes them). Memory is
 read from /proc in child processes, so the figures are the runtime's alone; time is the
-benchmark's business (scripts/bench_switch.py), not this test's.
+benchmark's business (scripts/bench/bench_switch.py), not this test's.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import etlora
-from etlora.testing import peft_logits
+from etlora.testing.fixtures import peft_logits
 
 from conftest import MAX_SEQ_LEN, TOKENS
 

@@ -157,7 +157,7 @@ def test_another_process_holding_the_file_leaves_this_one_packing_in_memory(bund
 
 def test_another_foundation_gets_another_file(bundle, tmp_path):
     from etlora.export import ExportOptions, export_bundle
-    from etlora.testing import make_tiny_llama
+    from etlora.testing.fixtures import make_tiny_llama
 
     other = tmp_path / "other"
     export_bundle(make_tiny_llama(tmp_path / "model", seed=1), {}, other,

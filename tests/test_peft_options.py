@@ -16,7 +16,7 @@ import pytest
 
 import etlora
 from etlora.export import AdapterError, ExportOptions, export_bundle
-from etlora.testing import edit_config, make_lora_adapter, peft_logits
+from etlora.testing.fixtures import edit_config, make_lora_adapter, peft_logits
 
 from conftest import TOKENS
 

@@ -15,7 +15,7 @@ import pytest
 from etlora.export.backend_choice import BackendChoice, Soc, decide_backend
 from etlora.export.errors import EtloraError
 from etlora.export.qnn_sdk import EXPECTED_RELEASE, HOST_LIBRARIES, HOW_TO_GET, ItemState, check_qnn_sdk
-from etlora.testing import make_fake_qnn_sdk
+from etlora.testing.fixtures import make_fake_qnn_sdk
 
 LIBRARY_DIR = "lib/x86_64-linux-clang"
 ADAPTOR = "Python adaptor executorch.backends.qualcomm.python.PyQnnManagerAdaptor"

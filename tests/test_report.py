@@ -14,7 +14,7 @@ from etlora.report import Report
 from etlora.report.plan import kv_cache_bytes_from_shape, read_planned_memory
 from etlora.report.render import render_markdown
 from etlora.report.schema import REGIONS, Step
-from etlora.testing import tiny_llama_config
+from etlora.testing.fixtures import tiny_llama_config
 
 FIGURES = ("rss", "pss", "private", "shared")
 

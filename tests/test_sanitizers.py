@@ -2,9 +2,9 @@
 
 A short fuzz campaign: each reader of untrusted bytes under ASan + UBSan.
 
-scripts/sanitize.py fuzz builds the libFuzzer targets with clang and runs each one for a few seconds from
+scripts/dev/sanitize.py fuzz builds the libFuzzer targets with clang and runs each one for a few seconds from
 the committed corpus (tests/fuzz/corpus/); any crash, leak or sanitizer report fails the test.
-Longer campaigns: python scripts/sanitize.py fuzz --seconds 600.
+Longer campaigns: python scripts/dev/sanitize.py fuzz --seconds 600.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ needs_clang = pytest.mark.skipif(
 def test_short_fuzz_campaign_finds_nothing(tmp_path):
     summary = tmp_path / "fuzz.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "sanitize.py"), "fuzz", "--seconds", str(SECONDS), "--json", str(summary)],
+        [sys.executable, str(REPO / "scripts" / "dev" / "sanitize.py"), "fuzz", "--seconds", str(SECONDS), "--json", str(summary)],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -45,7 +45,7 @@ def test_ctest_suite_clean_under_asan_ubsan_and_tsan(bundle, tiny_tokenizer_file
     """Every ctest program (concurrent sessions and adapter switches over the spinning pool among
     them) under AddressSanitizer + UBSan, then ThreadSanitizer: no report, nothing skipped."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "sanitize.py"), "ctest", "--bundle", str(bundle),
+        [sys.executable, str(REPO / "scripts" / "dev" / "sanitize.py"), "ctest", "--bundle", str(bundle),
          "--tokenizer", str(tiny_tokenizer_file)],
         capture_output=True, text=True, timeout=1200,
     )

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import etlora
-from etlora.demo_tasks import QUALITY_PROMPTS, TASKS, chat_prompt_ids
+from etlora.testing.demo_tasks import QUALITY_PROMPTS, TASKS, chat_prompt_ids
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def export_smollm2(tmp_path_factory, name: str, quantization=None, adapter_slots
     """SmolLM2 with every demo adapter, max_seq_len 256, fp32 or quantized."""
     from etlora.export import ExportOptions, export_bundle
     from etlora.export.quantization import FoundationQuantization
-    from etlora.real_model import smollm2_gguf_path
+    from etlora.testing.real_model import smollm2_gguf_path
 
     names = demo_adapters()
     if not names:
@@ -68,7 +68,7 @@ def smollm2_8da4w_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_model():
-    from etlora.real_model import load_smollm2_hf
+    from etlora.testing.real_model import load_smollm2_hf
 
     return load_smollm2_hf()
 

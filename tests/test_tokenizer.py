@@ -1,6 +1,6 @@
 """The C++ tokenizer and generator (etlora._runtime) against Hugging Face and a Python greedy loop.
 
-The tiny tokenizer is trained on the spot (etlora.testing.make_tiny_tokenizer); the real SmolLM2
+The tiny tokenizer is trained on the spot (etlora.testing.fixtures.make_tiny_tokenizer); the real SmolLM2
 tokenizer runs in the slow test only.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from etlora import _runtime
 from etlora.export.errors import EtloraError
 from etlora.export.tokenizer_file import TOKENIZER_TEXT_FILE, tokenizer_text, write_tokenizer_files
-from etlora.testing import make_lora_adapter, make_tiny_llama
+from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama
 
 from test_cpp import runner_path
 

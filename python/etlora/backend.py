@@ -7,7 +7,7 @@ Hexagon DSP device node, the SoC) and one rule in C++ decides (etlora::choose_ba
 runtime_cpp/include/etlora/htp_probe.h), the same rule etlora_runner applies.
 
 When the answer is HTP, etlora.load (and etlora_runner) open the HTP program in an HtpSession
-(the static-shape session with the KV cache on the host, runtime_cpp/src/htp_session.cpp); `htp`
+(the static-shape session with the KV cache on the host, runtime_cpp/src/session/htp_session.cpp); `htp`
 requested where it cannot run is an error, never a silent fallback.
 """
 

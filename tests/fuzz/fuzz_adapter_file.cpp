@@ -3,7 +3,7 @@
 // etlora's key and dtype rules (AdapterFile::open), as in a real load.
 #include <etlora/adapter_file.h>
 
-#include "../../runtime_cpp/src/flat_tensor_check.h"
+#include "../../runtime_cpp/src/format/flat_tensor_check.h"
 #include "fuzz_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

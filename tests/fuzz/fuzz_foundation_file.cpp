@@ -5,7 +5,7 @@
 #include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/flat_tensor/flat_tensor_data_map.h>
 
-#include "../../runtime_cpp/src/flat_tensor_check.h"
+#include "../../runtime_cpp/src/format/flat_tensor_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!etlora::check_flat_tensor(data, size, "fuzz input", /*layouts_required=*/false).ok()) return 0;

@@ -46,11 +46,11 @@ def _load_foundation_model(source: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.is_file():
-        from etlora.real_model import smollm2_gguf_path
+        from etlora.testing.real_model import smollm2_gguf_path
 
         try:
             if source.resolve() == smollm2_gguf_path().resolve():
-                from etlora.real_model import load_smollm2_hf
+                from etlora.testing.real_model import load_smollm2_hf
 
                 return load_smollm2_hf()
         except FileNotFoundError:

@@ -1,0 +1,517 @@
+// HtpSession: one ExecuTorch Module running an HTP-shaped etlora program, the
+// KV cache on the host (bundle-format.md "model_htp.pte"; Python twin:
+// export/htp_model.py HostKVCache). Every input of `forward` is a buffer this
+// session owns and binds once at open (the exporter keeps inputs out of memory
+// planning, so ExecuTorch reads them in place); a run only rewrites their
+// contents, and set_adapters re-points the LoRA inputs.
+#include <etlora/htp_session.h>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor_ptr.h>
+#include <executorch/runtime/platform/log.h>
+
+#include "etlora/adapter_file.h"
+#include "etlora/logging.h"
+#include "etlora/thread_pool.h"
+#include "format/flat_tensor_check.h"
+#include "format/format_util.h"
+#include "session/program_constants.h"
+
+namespace etlora {
+
+using executorch::aten::ScalarType;
+using executorch::extension::TensorPtr;
+using executorch::extension::make_tensor_ptr;
+using executorch::extension::module::Module;
+using executorch::runtime::EValue;
+using executorch::runtime::Error;
+
+namespace {
+
+// forward's inputs (bundle-format.md, "model_htp.pte").
+constexpr size_t kTokensInput = 0;
+constexpr size_t kPositionsInput = 1;
+constexpr size_t kMaskInput = 2;
+constexpr size_t kKCacheInput = 3;
+constexpr size_t kVCacheInput = 4;
+constexpr size_t kScalesInput = 5;
+constexpr size_t kFirstAdapterInput = 6;
+constexpr size_t kOutputs = 3;  // logits, new_k, new_v
+
+// A buffer larger than this many elements is refused as an impossible layout
+// (and so is any product that would overflow on the way).
+constexpr int64_t kMaxElements = int64_t{1} << 34;
+
+// a * b * ..., or -1 when a factor is negative or the product passes kMaxElements.
+int64_t checked_elements(std::initializer_list<int64_t> factors) {
+  int64_t product = 1;
+  for (int64_t f : factors) {
+    if (f < 0 || __builtin_mul_overflow(product, f, &product) || product > kMaxElements) return -1;
+  }
+  return product;
+}
+
+// One tensor of forward's signature against what the constant methods imply.
+Status check_tensor(const std::string& program, const char* side, size_t index, const char* name,
+                    const executorch::runtime::Result<executorch::runtime::TensorInfo>& meta,
+                    ScalarType dtype, const std::vector<int64_t>& sizes) {
+  const std::string what = "program " + program + ": forward " + side + " " + std::to_string(index) +
+                           " (" + name + ")";
+  if (!meta.ok()) {
+    return Status(StatusCode::kIncompatible, what + " is expected to be a " + dtype_name(dtype) +
+                                                 " tensor " + shape_text(sizes) + ", it is not a tensor");
+  }
+  std::vector<int64_t> received(meta->sizes().begin(), meta->sizes().end());
+  if (meta->scalar_type() != dtype || received != sizes) {
+    return Status(StatusCode::kIncompatible,
+                  what + " expected " + dtype_name(dtype) + " " + shape_text(sizes) + ", got " +
+                      dtype_name(meta->scalar_type()) + " " + shape_text(received) +
+                      "; hint: the program's signature differs from its constant methods "
+                      "(etlora_chunk_len, etlora_cache_len, etlora_sites, ...): re-export it");
+  }
+  return Status::ok_status();
+}
+
+}  // namespace
+
+// An adapter file checked against the program, as the 2 * sites inputs of one slot.
+struct HtpBoundAdapter {
+  std::shared_ptr<const AdapterFile> file;
+  std::vector<TensorPtr> inputs;  // lora_a, lora_b per site; sites it lacks over zeros
+};
+
+struct HtpSession::Impl {
+  std::unique_ptr<Module> module;
+  // Input buffers (bound once; ExecuTorch reads them in place).
+  std::vector<int64_t> tokens;     // [1, T]
+  std::vector<int64_t> positions;  // [T]
+  std::vector<float> mask;         // [1, T, C + T]
+  std::vector<float> k_cache;      // [L, kv_heads, C, head_dim]
+  std::vector<float> v_cache;
+  std::vector<float> scales;       // [S]
+  std::vector<float> zeros;        // backs the LoRA inputs of absent sites and empty slots
+  std::vector<TensorPtr> fixed_inputs;  // tokens, positions, mask, k, v, scales
+  std::vector<TensorPtr> empty_slot;    // 2 per site over `zeros`
+  std::vector<HtpBoundAdapter> bound;   // per slot; file == nullptr for an empty slot
+};
+
+HtpSession::HtpSession() : impl_(std::make_unique<Impl>()) {}
+HtpSession::~HtpSession() = default;
+
+StatusOr<std::unique_ptr<HtpSession>> HtpSession::open(const std::string& program_path,
+                                                       const std::string& foundation_path) {
+  try {  // no exception leaves the C++ API (an allocation can still fail)
+    return open_unguarded(program_path, foundation_path);
+  } catch (const std::exception& error) {
+    return Status(StatusCode::kRuntimeError, "HTP program " + program_path + ": " + error.what());
+  }
+}
+
+StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
+    const std::string& program_path, const std::string& foundation_path) {
+  if (!is_regular_file(program_path)) {
+    return Status(StatusCode::kNotFound,
+                  "HTP program file " + program_path +
+                      " not found (expected model_htp.pte of an etlora bundle)");
+  }
+  if (!foundation_path.empty()) {
+    if (!is_regular_file(foundation_path)) {
+      return Status(StatusCode::kNotFound,
+                    "foundation file " + foundation_path +
+                        " not found (expected foundation.ptd beside the program)");
+    }
+    // Bounds before trust: ExecuTorch's FlatTensor reader follows the file's offsets unchecked.
+    if (Status checked = check_flat_tensor_file(foundation_path, "foundation file",
+                                                /*layouts_required=*/false);
+        !checked.ok()) {
+      return checked;
+    }
+  }
+  install_runtime_log_filter();
+  if (!thread_pool_state().configured) {
+    // Only speed depends on it (the XNNPACK stand-in); a pool that cannot take the executor runs as before.
+    if (Status pool = configure_thread_pool({}); !pool.ok()) {
+      ET_LOG(Info, "etlora: thread pool left as it is: %s", pool.message().c_str());
+    }
+  }
+  std::unique_ptr<HtpSession> session(new HtpSession());
+  session->program_path_ = program_path;
+  Impl& impl = *session->impl_;
+  impl.module = foundation_path.empty()
+                    ? std::make_unique<Module>(program_path, Module::LoadMode::Mmap)
+                    : std::make_unique<Module>(program_path, std::vector<std::string>{foundation_path},
+                                               Module::LoadMode::Mmap);
+  Module& module = *impl.module;
+  const std::string with_foundation =
+      foundation_path.empty() ? std::string(" (no foundation file)") : " with foundation " + foundation_path;
+  if (Error err = module.load(); err != Error::Ok) {
+    return Status(StatusCode::kRuntimeError,
+                  "HTP program " + program_path + with_foundation + " could not be loaded (" +
+                      error_name(err) + "): expected an ExecuTorch program; hint: a truncated or "
+                      "damaged file, or files from different exports");
+  }
+
+  // Constant methods: what kind of program, and the layout of forward.
+  auto names = module.method_names();
+  if (!names.ok() || !names->count("etlora_format_version")) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path +
+                      " is not an etlora program: expected constant method etlora_format_version, "
+                      "found none; hint: export it with etlora, not with another ExecuTorch tool");
+  }
+  if (!names->count("etlora_program_kind")) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path +
+                      " is not an HTP-shaped program: expected constant method etlora_program_kind "
+                      "returning \"htp\", found none; hint: this is the XNNPACK program (model.pte), "
+                      "run it with Session; HtpSession runs model_htp.pte");
+  }
+  auto kind = constant_string(module, program_path, "etlora_program_kind");
+  if (!kind.ok()) return kind.status();
+  if (*kind != "htp") {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path + ": etlora_program_kind expected \"htp\", got \"" +
+                      printable(*kind) + "\"; hint: HtpSession runs model_htp.pte only");
+  }
+  ProgramInfo& info = session->info_;
+  HtpProgramInfo& htp = session->htp_;
+  auto version = constant_int(module, program_path, "etlora_format_version");
+  if (!version.ok()) return version.status();
+  info.format_version = *version;
+  if (info.format_version != kHtpFormatVersion) {
+    return Status(StatusCode::kIncompatible,
+                  "HTP program " + program_path + ": format version expected " +
+                      std::to_string(kHtpFormatVersion) + ", got " +
+                      std::to_string(info.format_version) +
+                      "; hint: use the etlora runtime that matches the exporter");
+  }
+  auto largest = read_adapter_layout(module, program_path, info);
+  if (!largest.ok()) return largest.status();
+  const int64_t largest_site = *largest;
+  auto chunk = constant_int(module, program_path, "etlora_chunk_len");
+  auto cache = constant_int(module, program_path, "etlora_cache_len");
+  for (const Status* s : {&chunk.status(), &cache.status()}) {
+    if (!s->ok()) return *s;
+  }
+  info.foundation_weights_id = info.foundation_fingerprint;  // an HTP program is built from the float foundation
+  if (names->count("etlora_foundation_weights_id")) {
+    auto weights_id = constant_string(module, program_path, "etlora_foundation_weights_id");
+    if (!weights_id.ok()) return weights_id.status();
+    info.foundation_weights_id = *weights_id;
+  }
+  htp.chunk_len = *chunk;
+  htp.cache_len = *cache;
+  info.max_seq_len = htp.cache_len;  // the cache bounds every position
+  const int64_t int32_max = std::numeric_limits<int32_t>::max();
+  if (htp.chunk_len < 1 || htp.chunk_len > int32_max || htp.cache_len < 1 || htp.cache_len > int32_max ||
+      checked_elements({htp.chunk_len, htp.cache_len + htp.chunk_len}) < 0 ||
+      checked_elements({htp.chunk_len, info.vocab_size}) < 0) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program_path + ": constant methods give an impossible layout (chunk_len " +
+                      std::to_string(htp.chunk_len) + ", cache_len " + std::to_string(htp.cache_len) +
+                      ", vocab_size " + std::to_string(info.vocab_size) + ")");
+  }
+
+  // forward: loaded once, for the session's lifetime; its signature checked against the above.
+  if (Error err = module.load_method("forward"); err != Error::Ok) {
+    return Status(StatusCode::kRuntimeError,
+                  "HTP program " + program_path + ": method forward could not be loaded" +
+                      with_foundation + " (" + error_name(err) +
+                      "); hint: foundation.ptd must be the one exported with this program");
+  }
+  auto meta = module.method_meta("forward");
+  const size_t site_count = info.sites.size();
+  const size_t expected_inputs =
+      kFirstAdapterInput + 2 * site_count * static_cast<size_t>(info.adapter_slots);
+  if (!meta.ok() || meta->num_inputs() != expected_inputs || meta->num_outputs() != kOutputs) {
+    return Status(StatusCode::kIncompatible,
+                  "HTP program " + program_path + ": forward is expected to take " +
+                      std::to_string(expected_inputs) + " inputs (6 + 2 * sites * slots) and return " +
+                      std::to_string(kOutputs) + " outputs, it takes " +
+                      (meta.ok() ? std::to_string(meta->num_inputs()) : std::string("?")) +
+                      " and returns " + (meta.ok() ? std::to_string(meta->num_outputs()) : std::string("?")));
+  }
+  const int64_t T = htp.chunk_len, C = htp.cache_len, V = info.vocab_size;
+  // L, kv_heads and head_dim are in no constant method: the cache input's shape says them.
+  auto k_meta = meta->input_tensor_meta(kKCacheInput);
+  if (!k_meta.ok() || k_meta->sizes().size() != 4 || k_meta->sizes()[2] != C ||
+      k_meta->sizes()[0] < 1 || k_meta->sizes()[1] < 1 || k_meta->sizes()[3] < 1) {
+    std::vector<int64_t> got;
+    if (k_meta.ok()) got.assign(k_meta->sizes().begin(), k_meta->sizes().end());
+    return Status(StatusCode::kIncompatible,
+                  "HTP program " + program_path + ": forward input 3 (k_cache) expected " +
+                      "[layers, kv_heads, " + std::to_string(C) + " (etlora_cache_len), head_dim], got " +
+                      (k_meta.ok() ? shape_text(got) : std::string("no tensor")));
+  }
+  htp.num_layers = k_meta->sizes()[0];
+  htp.kv_heads = k_meta->sizes()[1];
+  htp.head_dim = k_meta->sizes()[3];
+  const int64_t L = htp.num_layers, H = htp.kv_heads, D = htp.head_dim;
+  const int64_t cache_elements = checked_elements({L, H, C, D});
+  if (cache_elements < 0 || checked_elements({L, H, T, D}) < 0) {
+    return Status(StatusCode::kIncompatible,
+                  "HTP program " + program_path + ": a KV cache of " + shape_text(std::vector<int64_t>{L, H, C, D}) +
+                      " floats is larger than this runtime allows");
+  }
+  const std::vector<int64_t> cache_shape{L, H, C, D};
+  const std::vector<int64_t> rows_shape{L, H, T, D};
+  struct Expected {
+    const char* side;
+    size_t index;
+    const char* name;
+    ScalarType dtype;
+    std::vector<int64_t> sizes;
+  };
+  std::vector<Expected> expected{
+      {"input", kTokensInput, "tokens", ScalarType::Long, {1, T}},
+      {"input", kPositionsInput, "input_pos", ScalarType::Long, {T}},
+      {"input", kMaskInput, "attention_mask", ScalarType::Float, {1, T, C + T}},
+      {"input", kKCacheInput, "k_cache", ScalarType::Float, cache_shape},
+      {"input", kVCacheInput, "v_cache", ScalarType::Float, cache_shape},
+      {"input", kScalesInput, "adapter_scales", ScalarType::Float, {info.adapter_slots}},
+  };
+  for (int64_t slot = 0; slot < info.adapter_slots; ++slot) {
+    for (size_t i = 0; i < site_count; ++i) {
+      const auto [in, out] = info.site_shapes[i];
+      const size_t index = kFirstAdapterInput + 2 * (slot * site_count + i);
+      expected.push_back({"input", index, "lora_a", ScalarType::Float, {1, in, info.max_rank}});
+      expected.push_back({"input", index + 1, "lora_b", ScalarType::Float, {1, info.max_rank, out}});
+    }
+  }
+  for (const Expected& e : expected) {
+    Status checked = check_tensor(program_path, e.side, e.index, e.name, meta->input_tensor_meta(e.index),
+                                  e.dtype, e.sizes);
+    if (!checked.ok()) return checked;
+  }
+  for (const Expected& e : std::vector<Expected>{{"output", 0, "logits", ScalarType::Float, {1, T, V}},
+                                                 {"output", 1, "new_k", ScalarType::Float, rows_shape},
+                                                 {"output", 2, "new_v", ScalarType::Float, rows_shape}}) {
+    Status checked = check_tensor(program_path, e.side, e.index, e.name, meta->output_tensor_meta(e.index),
+                                  e.dtype, e.sizes);
+    if (!checked.ok()) return checked;
+  }
+  for (size_t i = 0; i < expected_inputs; ++i) {
+    auto tensor_meta = meta->input_tensor_meta(i);
+    if (tensor_meta.ok() && tensor_meta->is_memory_planned()) {
+      // Still correct (ExecuTorch copies the input each run), only slower: say so once.
+      ET_LOG(Info, "etlora: HTP program input %zu is memory-planned; it is copied at each run", i);
+    }
+  }
+
+  // The buffers, and every input bound to them once.
+  impl.tokens.assign(T, 0);
+  impl.positions.assign(T, 0);
+  impl.mask.assign(T * (C + T), 0.0f);
+  impl.k_cache.assign(cache_elements, 0.0f);
+  impl.v_cache.assign(cache_elements, 0.0f);
+  impl.scales.assign(std::max<int64_t>(info.adapter_slots, 1), 0.0f);
+  impl.zeros.assign(std::max<int64_t>(largest_site * info.max_rank, 1), 0.0f);
+  auto i32 = [](int64_t v) { return static_cast<int32_t>(v); };
+  const std::vector<int32_t> cache_sizes{i32(L), i32(H), i32(C), i32(D)};
+  impl.fixed_inputs = {
+      make_tensor_ptr({1, i32(T)}, impl.tokens.data(), ScalarType::Long),
+      make_tensor_ptr({i32(T)}, impl.positions.data(), ScalarType::Long),
+      make_tensor_ptr({1, i32(T), i32(C + T)}, impl.mask.data(), ScalarType::Float),
+      make_tensor_ptr(cache_sizes, impl.k_cache.data(), ScalarType::Float),
+      make_tensor_ptr(cache_sizes, impl.v_cache.data(), ScalarType::Float),
+      make_tensor_ptr({i32(info.adapter_slots)}, impl.scales.data(), ScalarType::Float),
+  };
+  impl.empty_slot = lora_inputs(info, nullptr, impl.zeros.data());
+  for (size_t index = 0; index < impl.fixed_inputs.size(); ++index) {
+    if (Error err = module.set_input("forward", *impl.fixed_inputs[index], index); err != Error::Ok) {
+      return Status(StatusCode::kRuntimeError,
+                    "HTP program " + program_path + ": ExecuTorch refused input " + std::to_string(index) +
+                        " (" + error_name(err) + ")");
+    }
+  }
+  impl.bound.assign(info.adapter_slots, HtpBoundAdapter{});
+  for (int64_t slot = 0; slot < info.adapter_slots; ++slot) {
+    for (size_t k = 0; k < 2 * site_count; ++k) {
+      const size_t index = kFirstAdapterInput + slot * 2 * site_count + k;
+      if (Error err = module.set_input("forward", *impl.empty_slot[k], index); err != Error::Ok) {
+        return Status(StatusCode::kRuntimeError,
+                      "HTP program " + program_path + ": ExecuTorch refused adapter input " +
+                          std::to_string(index) + " (" + error_name(err) + ")");
+      }
+    }
+  }
+  return session;
+}
+
+Status HtpSession::set_adapters(const std::vector<AdapterChoice>& adapters) {
+  try {
+    return set_adapters_unguarded(adapters);
+  } catch (const std::exception& error) {
+    return Status(StatusCode::kRuntimeError, "HTP program " + program_path_ + ": set_adapters: " + error.what());
+  }
+}
+
+Status HtpSession::set_adapters_unguarded(const std::vector<AdapterChoice>& adapters) {
+  Impl& impl = *impl_;
+  if (Status valid = check_adapter_choices(adapters, info_, "HTP program " + program_path_); !valid.ok()) {
+    return valid;
+  }
+  // Open and check everything first, so that a bad choice leaves the session unchanged.
+  const size_t site_count = info_.sites.size();
+  std::vector<HtpBoundAdapter> chosen;
+  std::vector<const AdapterFile*> files;
+  for (size_t slot = 0; slot < adapters.size(); ++slot) {
+    auto opened = AdapterFile::open(adapters[slot].path);
+    if (!opened.ok()) return opened.status();
+    // The one rule of an adapter against a program, shared with Session and Python.
+    if (Status fits = (*opened)->check_for_program(info_, program_path_); !fits.ok()) return fits;
+    if (Status once = check_file_not_chosen(opened->get(), files, adapters); !once.ok()) return once;
+    files.push_back(opened->get());
+    HtpBoundAdapter adapter;
+    adapter.file = *opened;
+    adapter.inputs = lora_inputs(info_, adapter.file.get(), impl.zeros.data());
+    chosen.push_back(std::move(adapter));
+  }
+  chosen.resize(info_.adapter_slots);  // empty slots
+  for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
+    const HtpBoundAdapter& adapter = chosen[slot];
+    const std::vector<TensorPtr>& inputs = adapter.file ? adapter.inputs : impl.empty_slot;
+    for (size_t k = 0; k < 2 * site_count; ++k) {
+      const size_t index = kFirstAdapterInput + slot * 2 * site_count + k;
+      if (Error err = impl.module->set_input("forward", *inputs[k], index); err != Error::Ok) {
+        // Shapes were checked at open; restore what was bound so the session stays consistent.
+        for (int64_t s = 0; s < info_.adapter_slots; ++s) {
+          const std::vector<TensorPtr>& old =
+              impl.bound[s].file ? impl.bound[s].inputs : impl.empty_slot;
+          for (size_t m = 0; m < 2 * site_count; ++m) {
+            (void)impl.module->set_input("forward", *old[m], kFirstAdapterInput + s * 2 * site_count + m);
+          }
+        }
+        return Status(StatusCode::kRuntimeError,
+                      "HTP program " + program_path_ + ": ExecuTorch refused adapter input " +
+                          std::to_string(index) + " (" + error_name(err) + ")");
+      }
+    }
+  }
+  for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
+    impl.scales[slot] =
+        chosen[slot].file ? adapters[slot].strength * chosen[slot].file->scaling() : 0.0f;
+  }
+  impl.bound = std::move(chosen);  // the previous files are released after their inputs were re-pointed
+  active_.assign(adapters.begin(), adapters.end());
+  return Status::ok_status();
+}
+
+StatusOr<std::vector<float>> HtpSession::forward(const std::vector<int64_t>& tokens, int64_t start_pos) {
+  try {
+    return forward_unguarded(tokens, start_pos);
+  } catch (const std::exception& error) {
+    return Status(StatusCode::kRuntimeError, "HTP program " + program_path_ + ": forward: " + error.what());
+  }
+}
+
+StatusOr<std::vector<float>> HtpSession::forward_unguarded(const std::vector<int64_t>& tokens,
+                                                           int64_t start_pos) {
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  const int64_t C = htp_.cache_len, T = htp_.chunk_len;
+  if (count < 1 || count > C) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tokens: expected 1 to " + std::to_string(C) + " tokens (cache_len of HTP program " +
+                      program_path_ + "), got " + std::to_string(count));
+  }
+  if (start_pos < 0 || start_pos > C - count) {
+    return Status(StatusCode::kInvalidArgument,
+                  "start_pos: expected 0 <= start_pos and start_pos + tokens <= " + std::to_string(C) +
+                      " (cache_len of HTP program " + program_path_ + "), got start_pos " +
+                      std::to_string(start_pos) + " with " + std::to_string(count) +
+                      " tokens; hint: the KV cache is full, start again from position 0");
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= info_.vocab_size) {
+      return Status(StatusCode::kInvalidArgument,
+                    "tokens[" + std::to_string(i) + "]: expected an id in [0, " +
+                        std::to_string(info_.vocab_size) + "), got " + std::to_string(tokens[i]));
+    }
+  }
+  std::vector<float> logits;
+  last_chunks_ = 0;
+  for (int64_t offset = 0; offset < count; offset += T) {
+    const int64_t n = std::min(T, count - offset);
+    const bool last = offset + n == count;
+    if (Status ran = run_chunk(tokens.data() + offset, n, start_pos + offset, last, &logits); !ran.ok()) {
+      return ran;
+    }
+    ++last_chunks_;
+  }
+  return logits;
+}
+
+Status HtpSession::run_chunk(const int64_t* tokens, int64_t count, int64_t start, bool want_logits,
+                             std::vector<float>* logits) {
+  Impl& impl = *impl_;
+  const int64_t T = htp_.chunk_len, C = htp_.cache_len, V = info_.vocab_size;
+  const int64_t width = C + T;
+  // Padding is token 0 at positions clamped into the RoPE table; no real token sees its rows.
+  for (int64_t i = 0; i < T; ++i) {
+    impl.tokens[i] = i < count ? tokens[i] : 0;
+    impl.positions[i] = std::min(start + i, C - 1);
+  }
+  // Additive mask: cache rows 0 .. start-1 visible to every query, the rest of
+  // the cache not; within the chunk, query i sees rows 0 .. i (causal).
+  const float hidden = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < T; ++i) {
+    float* row = impl.mask.data() + i * width;
+    std::fill(row, row + start, 0.0f);
+    std::fill(row + start, row + C, hidden);
+    std::fill(row + C, row + C + i + 1, 0.0f);
+    std::fill(row + C + i + 1, row + width, hidden);
+  }
+  auto outputs = impl.module->execute("forward");
+  if (!outputs.ok()) {
+    return Status(StatusCode::kRuntimeError,
+                  "HTP program " + program_path_ + ": forward failed (" + error_name(outputs.error()) +
+                      ") on a chunk of " + std::to_string(count) + " token(s) at position " +
+                      std::to_string(start) + " (chunk_len " + std::to_string(T) + ", cache_len " +
+                      std::to_string(C) + ")");
+  }
+  const int64_t L = htp_.num_layers, H = htp_.kv_heads, D = htp_.head_dim;
+  const int64_t expected[kOutputs] = {T * V, L * H * T * D, L * H * T * D};
+  static const char* const kNames[kOutputs] = {"logits", "new_k", "new_v"};
+  if (outputs->size() != kOutputs) {
+    return Status(StatusCode::kRuntimeError, "HTP program " + program_path_ + ": forward returned " +
+                                                 std::to_string(outputs->size()) + " outputs, expected 3");
+  }
+  for (size_t k = 0; k < kOutputs; ++k) {
+    const EValue& value = (*outputs)[k];
+    if (!value.isTensor() || value.toTensor().scalar_type() != ScalarType::Float ||
+        value.toTensor().numel() != expected[k]) {
+      return Status(StatusCode::kRuntimeError,
+                    "HTP program " + program_path_ + ": forward output " + std::to_string(k) + " (" +
+                        kNames[k] + ") expected float32 with " + std::to_string(expected[k]) +
+                        " values, got " +
+                        (value.isTensor() ? dtype_name(value.toTensor().scalar_type()) + " with " +
+                                                std::to_string(value.toTensor().numel())
+                                          : std::string("no tensor")));
+    }
+  }
+  // Only the real tokens' rows enter the cache: new [L, H, T, D] -> cache [L, H, C, D] at `start`.
+  const float* new_rows[2] = {(*outputs)[1].toTensor().const_data_ptr<float>(),
+                              (*outputs)[2].toTensor().const_data_ptr<float>()};
+  float* caches[2] = {impl.k_cache.data(), impl.v_cache.data()};
+  for (int c = 0; c < 2; ++c) {
+    for (int64_t lh = 0; lh < L * H; ++lh) {
+      std::memcpy(caches[c] + (lh * C + start) * D, new_rows[c] + lh * T * D,
+                  static_cast<size_t>(count * D) * sizeof(float));
+    }
+  }
+  if (want_logits) {
+    const float* row = (*outputs)[0].toTensor().const_data_ptr<float>() + (count - 1) * V;
+    logits->assign(row, row + V);
+  }
+  return Status::ok_status();
+}
+
+}  // namespace etlora
