@@ -89,7 +89,7 @@ def test_chat_keeps_the_cache_for_the_same_adapters(bundle, tool):
 
 
 def test_size_suffixes_and_bad_budgets(bundle):
-    from etlora.cli import _size_argument
+    from etlora.cli.run_command import byte_size_argument as _size_argument
 
     assert _size_argument("64M") == 64 * 2**20 and _size_argument("0") == 0 and _size_argument("3k") == 3072
     for tool in ("cli", "runner"):

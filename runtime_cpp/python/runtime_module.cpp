@@ -27,6 +27,8 @@
 namespace py = pybind11;
 using namespace pybind11::literals;
 
+void bind_chat_commands(py::module_& m);  // bind_chat_commands.cpp
+
 namespace {
 
 py::object& missing_file_error() {
@@ -321,6 +323,7 @@ PYBIND11_MODULE(_runtime, m) {
       py::dict("__module__"_a = "etlora._runtime"));
   m.attr("MissingFileError") = missing_file_error();
   m.attr("FORMAT_VERSION") = etlora::kFormatVersion;
+  bind_chat_commands(m);
 
   m.def(
       "weight_cache_stats",

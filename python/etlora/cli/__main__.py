@@ -1,0 +1,5 @@
+import sys
+
+from etlora.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+// What a user types to the two front ends, parsed in one place: the chat lines of
+// `etlora run --chat` and `etlora_runner --chat`, the NAME[=STRENGTH] lists of
+// --adapter and /adapters, and the K/M/G byte sizes of the resident budget.
+// etlora.cli calls these through the binding, so both tools accept and refuse
+// the same text with the same words.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <etlora/status.h>
+
+namespace etlora {
+
+// An adapter of a bundle by name, with how strongly to apply it.
+struct NamedStrength {
+  std::string name;
+  float strength = 1.0f;
+};
+
+enum class ChatCommandKind {
+  kNothing,      // an empty or blank line
+  kPrompt,       // text to answer with the adapters active now
+  kSetAdapters,  // "/adapters a=1,b=0.5" ("/adapters" alone: none)
+  kQuit,         // "/quit"
+};
+
+struct ChatCommand {
+  ChatCommandKind kind = ChatCommandKind::kNothing;
+  std::string prompt;                   // kPrompt: the line without surrounding blanks
+  std::vector<NamedStrength> adapters;  // kSetAdapters
+};
+
+// One line of --chat. An unknown "/command", a malformed or repeated adapter is an error.
+StatusOr<ChatCommand> parse_chat_line(const std::string& line);
+
+// "NAME" or "NAME=STRENGTH" (a finite number); `where` names the option in errors
+// (empty: no prefix, for argument parsers that name the option themselves).
+StatusOr<NamedStrength> parse_named_strength(const std::string& text, const std::string& where);
+
+// Each name once: a repeated name is an error rather than the last strength winning.
+Status check_each_adapter_once(const std::vector<NamedStrength>& adapters, const std::string& where);
+
+// Bytes: digits with an optional K, M or G (powers of 1024, as llama.cpp and dd);
+// no sign, no space, no fraction, no overflow.
+StatusOr<uint64_t> parse_byte_size(const std::string& text);
+
+// "resident: N adapter file(s), X.XX MB (a, b)": what the front ends print after a switch.
+std::string resident_line(const std::vector<std::string>& names, uint64_t bytes);
+
+}  // namespace etlora
