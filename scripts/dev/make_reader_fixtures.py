@@ -4,9 +4,9 @@ The readers check manifests, paths and adapter files, not model contents, so mod
 and model_htp.pte are short placeholders; everything else is written by etlora's own writers (the
 manifest records, the adapter .ptd writer, the tokenizer writer) from tiny PEFT adapters made by
 etlora.testing.fixtures, so the fixtures are what the exporter writes. Deterministic: run it again
-and `git status` shows nothing. The C++ tests assert the values chosen here (names, ranks, scalings,
+and `git status` shows nothing (tests/test_reader_fixtures.py checks it). The C++ tests assert the values chosen here (names, ranks, scalings,
 tokens, fingerprints): change both together. Run from the repository root:
-    python scripts/dev/make_reader_fixtures.py
+    python scripts/dev/make_reader_fixtures.py [--out DIR]
 
 valid/      one bundle per readable format version: v1 (no weights_id, no quantization, no dtype),
             v2_8da8w (quantized foundation), v3_fp16 (an fp16 adapter), v4_htp (an htp_program
@@ -20,7 +20,7 @@ v5_tokenizer_encodings.txt
 
 from __future__ import annotations
 
-import copy
+import argparse
 import json
 import os
 import shutil
@@ -58,8 +58,19 @@ LAYER0 = "model.layers.0.self_attn"
 
 
 def main() -> None:
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where to write (default {OUT})")
+    out = parser.parse_args().out
+    write_fixtures(out)
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            print(f"{path.relative_to(out)}: {path.stat().st_size} bytes")
+
+
+def write_fixtures(out: Path) -> None:
+    """Every fixture, into a fresh `out`."""
+    if out.exists():
+        shutil.rmtree(out)
     shape = LlamaShape.from_hf_config(tiny_llama_config())
     sites = program_sites(shape, TARGETS)
     program = ProgramRecord(file="model.pte", backend="xnnpack", max_rank=MAX_RANK, adapter_slots=2, max_seq_len=64,
@@ -77,12 +88,9 @@ def main() -> None:
                                                              alora_invocation_tokens=ALORA_TOKENS), shape),
         }
         tokenizer = make_tiny_tokenizer(scratch / "tokenizer")
-        write_valid_bundles(program, slots, adapters, tokenizer, shape)
-    write_refused_manifests()
-    write_damaged_adapters(program, slots, adapters["plain"], shape)
-    for path in sorted(OUT.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            print(f"{path.relative_to(OUT)}: {path.stat().st_size} bytes")
+        write_valid_bundles(out, program, slots, adapters, tokenizer, shape)
+    write_refused_manifests(out)
+    write_damaged_adapters(out, program, slots, adapters["plain"], shape)
 
 
 def _adapter(name: str, directory: Path, shape: LlamaShape):
@@ -138,7 +146,7 @@ def _write_json(directory: Path, data: dict) -> None:
     write_atomically(directory / "manifest.json", (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_valid_bundles(program, slots, adapters, tokenizer, shape) -> None:
+def write_valid_bundles(out: Path, program, slots, adapters, tokenizer, shape) -> None:
     plain, invoked = adapters["plain"], adapters["invoked"]
     fp32 = adapter_ptd_bytes(plain, slots, AdapterDtype.FP32)
     fp16 = adapter_ptd_bytes(plain, slots, AdapterDtype.FP16)
@@ -150,7 +158,7 @@ def write_valid_bundles(program, slots, adapters, tokenizer, shape) -> None:
                             adapters={"plain": record}, **fields)
         return manifest, {**programs, record.file: data}
 
-    valid = OUT / "valid"
+    valid = out / "valid"
     _write_bundle(valid / "v1", *one_adapter(_record(plain, AdapterDtype.FP32), fp32), version=1)
     quantized = _foundation(shape, FoundationQuantization.from_options("8da8w", None, embedding_bits=8))
     _write_bundle(valid / "v2_8da8w", *one_adapter(_record(plain, AdapterDtype.FP32), fp32, foundation=quantized),
@@ -175,23 +183,23 @@ def write_valid_bundles(program, slots, adapters, tokenizer, shape) -> None:
                 "adapters/invoked.ptd": adapter_ptd_bytes(invoked, slots, AdapterDtype.FP32)}
     contents.update({name: (bundle / name).read_bytes() for name in tokenizer_files})
     _write_bundle(bundle, manifest, contents)
-    write_tokenizer_encodings(tokenizer)
+    write_tokenizer_encodings(out, tokenizer)
 
     for directory in sorted(valid.iterdir()):
         problems = verify_files(directory, read_manifest(directory))
         assert not problems, problems
 
 
-def write_tokenizer_encodings(tokenizer) -> None:
+def write_tokenizer_encodings(out: Path, tokenizer) -> None:
     """One line per text: its UTF-8 bytes in hex, then Hugging Face's ids (no special tokens added)."""
     texts = [*TINY_TOKENIZER_TEXT, "Hello, world!", "<|im_start|>user\nhi<|im_end|>", "  two  spaces  ", "\n"]
     lines = [" ".join([text.encode().hex(), *map(str, tokenizer.encode(text, add_special_tokens=False))])
              for text in texts]
-    (OUT / "v5_tokenizer_encodings.txt").write_text("\n".join(lines) + "\n")
+    (out / "v5_tokenizer_encodings.txt").write_text("\n".join(lines) + "\n")
 
 
-def _edited(edit) -> dict:
-    data = json.loads((OUT / "valid" / "v5_alora" / "manifest.json").read_text())
+def _edited(out: Path, edit) -> dict:
+    data = json.loads((out / "valid" / "v5_alora" / "manifest.json").read_text())
     edit(data)
     return data
 
@@ -227,16 +235,16 @@ REFUSED = {
 }
 
 
-def write_refused_manifests() -> None:
-    refused = OUT / "refused"
+def write_refused_manifests(out: Path) -> None:
+    refused = out / "refused"
     for name, edit in REFUSED.items():
-        _write_json(refused / name, _edited(edit))
+        _write_json(refused / name, _edited(out, edit))
     # Cut inside a string: not JSON at all.
-    text = (OUT / "valid" / "v5_alora" / "manifest.json").read_text()
+    text = (out / "valid" / "v5_alora" / "manifest.json").read_text()
     write_atomically(refused / "not_json" / "manifest.json", text[: text.index('"fingerprint"') + 5].encode())
     # The manifest is fine; its adapter file is a symlink to a file outside the bundle.
     bundle = refused / "symlink_out"
-    _write_json(bundle, _edited(lambda data: None))
+    _write_json(bundle, _edited(out, lambda data: None))
     (bundle / "adapters").mkdir()
     os.symlink("../../../valid/v5_alora/adapters/plain.ptd", bundle / "adapters" / "plain.ptd")
     for directory in sorted(refused.iterdir()):
@@ -269,7 +277,7 @@ def _narrowed(key: str):
     return mock.patch.object(adapter_writer, "padded_adapter_tensors", tensors)
 
 
-def write_damaged_adapters(program, slots, plain, shape) -> None:
+def write_damaged_adapters(out: Path, program, slots, plain, shape) -> None:
     """A bundle the manifest reader accepts; each adapter file is wrong in one way (the file readers
     and AdapterFile::check_for_program catch it)."""
     good = adapter_ptd_bytes(plain, slots)
@@ -292,7 +300,7 @@ def write_damaged_adapters(program, slots, plain, shape) -> None:
         "no_version": no_version,
         "token_too_big": adapter_ptd_bytes(replace(plain, alora_invocation_tokens=(5, 2**31)), slots),
     }
-    bundle = OUT / "damaged_adapters"
+    bundle = out / "damaged_adapters"
     records = {name: replace(_record(plain, AdapterDtype.FP32), file=f"adapters/{name}.ptd") for name in files}
     records["missing"] = replace(records["truncated"], file="adapters/missing.ptd")
     manifest = Manifest(program=program, foundation=_foundation(shape, FoundationQuantization()), files={},
