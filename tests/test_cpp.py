@@ -42,7 +42,7 @@ def test_ctest_suite_passes_on_a_real_bundle(bundle, tiny_tokenizer_file):
 
 
 def test_reader_ctests_pass_on_the_committed_fixtures_without_a_bundle():
-    """bundle_reader_test, adapter_reader_test and tokenizer_reader_test read tests/fixtures only."""
+    """The readers' ctests (label readers) read tests/fixtures only."""
     where = build_dir()
     if where is None:
         pytest.skip("no CMake build tree (install with pip install -e .)")
@@ -51,7 +51,7 @@ def test_reader_ctests_pass_on_the_committed_fixtures_without_a_bundle():
     result = subprocess.run([ctest, "--test-dir", str(where), "-L", "readers", "--output-on-failure"],
                             env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("bundle_reader_test", "adapter_reader_test", "tokenizer_reader_test"):
+    for name in ("bundle_reader_test", "adapter_reader_test", "tokenizer_reader_test", "tokenizer_roundtrip_test"):
         assert re.search(rf"Test +#\d+: {name} \.+ +Passed", result.stdout), result.stdout
 
 
