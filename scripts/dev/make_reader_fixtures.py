@@ -32,6 +32,7 @@ from unittest import mock
 from etlora.export import adapter_file as adapter_writer
 from etlora.export.adapter_file import AdapterDtype, ProgramSlots, adapter_ptd_bytes
 from etlora.export.adapters import load_adapter, program_sites
+from etlora.export.bundle import adapter_record
 from etlora.export.errors import BundleError
 from etlora.export.files import write_atomically
 from etlora.export.manifest import (
@@ -99,11 +100,7 @@ def _adapter(name: str, directory: Path, shape: LlamaShape):
 
 
 def _record(adapter, dtype: AdapterDtype) -> AdapterRecord:
-    return AdapterRecord(file=f"adapters/{adapter.name}.ptd", rank=adapter.rank, alpha=adapter.alpha,
-                         scaling=adapter.scaling, use_rslora=adapter.use_rslora,
-                         target_modules=adapter.target_modules, base_model=adapter.base_model, source=adapter.source,
-                         dtype=dtype.value, alora_invocation_tokens=(list(adapter.alora_invocation_tokens)
-                                                                     if adapter.alora_invocation_tokens else None))
+    return adapter_record(adapter, f"adapters/{adapter.name}.ptd", dtype)
 
 
 def _foundation(shape: LlamaShape, quantization: FoundationQuantization) -> FoundationRecord:
