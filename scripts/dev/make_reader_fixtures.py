@@ -30,7 +30,8 @@ from pathlib import Path
 from unittest import mock
 
 from etlora.export import adapter_file as adapter_writer
-from etlora.export.adapter_file import AdapterDtype, ProgramSlots, adapter_ptd_bytes
+from etlora.export.adapter_file import adapter_ptd_bytes
+from etlora.export.adapter_format import AdapterDtype, ProgramSlots
 from etlora.export.adapters import load_adapter, program_sites
 from etlora.export.bundle import adapter_record
 from etlora.export.errors import BundleError
