@@ -4,6 +4,7 @@ sessions) and the installed etlora_runner, compared with the Python session's lo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -38,6 +39,20 @@ def test_ctest_suite_passes_on_a_real_bundle(bundle, tiny_tokenizer_file):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "100% tests passed" in result.stdout and "Skipped" not in result.stdout, result.stdout
+
+
+def test_reader_ctests_pass_on_the_committed_fixtures_without_a_bundle():
+    """The readers' ctests (label readers) read tests/fixtures only."""
+    where = build_dir()
+    if where is None:
+        pytest.skip("no CMake build tree (install with pip install -e .)")
+    ctest = shutil.which("ctest") or str(Path(sysconfig.get_path("scripts")) / "ctest")
+    environment = {k: v for k, v in os.environ.items() if k not in ("ETLORA_TEST_BUNDLE", "ETLORA_TEST_TOKENIZER")}
+    result = subprocess.run([ctest, "--test-dir", str(where), "-L", "readers", "--output-on-failure"],
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("bundle_reader_test", "adapter_reader_test", "tokenizer_reader_test", "tokenizer_roundtrip_test"):
+        assert re.search(rf"Test +#\d+: {name} \.+ +Passed", result.stdout), result.stdout
 
 
 def runner_path() -> str:

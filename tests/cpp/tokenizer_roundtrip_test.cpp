@@ -1,6 +1,7 @@
 // The C++ tokenizer on its own: decode(encode(x)) == x, special tokens as one
 // id, streamed text equal to the whole. Reads ETLORA_TEST_TOKENIZER (a
-// tokenizer/etlora_tokenizer.txt); skipped without it.
+// tokenizer/etlora_tokenizer.txt), else the committed fixture's
+// (ETLORA_FIXTURE_TOKENIZER, set by tests/cpp/CMakeLists.txt).
 #include <cstdlib>
 
 #include <etlora/tokenizer.h>
@@ -9,6 +10,9 @@
 
 int main() {
   const char* path = std::getenv("ETLORA_TEST_TOKENIZER");
+#ifdef ETLORA_FIXTURE_TOKENIZER
+  if (!path || !*path) path = ETLORA_FIXTURE_TOKENIZER;
+#endif
   if (!path || !*path) {
     std::printf("skipped: set ETLORA_TEST_TOKENIZER to an etlora_tokenizer.txt\n");
     return etlora_test::kSkipped;
