@@ -11,29 +11,15 @@ XNNPACK: 8-bit activations quantized per token at run time, weights 4-bit per gr
 from __future__ import annotations
 
 import contextlib
-import enum
 import io
 import hashlib
 import re
 from dataclasses import dataclass
 
-from .errors import EtloraError
+from etlora.format.errors import EtloraError
+from etlora.format.quantization import QuantScheme
 
 DEFAULT_GROUP_SIZE = 32  # llama.cpp's Q4 block: the like-for-like comparison
-
-
-class QuantScheme(enum.Enum):
-    FP32 = "fp32"
-    INT8_DYNAMIC_INT4 = "8da4w"  # 8-bit dynamic activations, 4-bit grouped weights
-    INT8_DYNAMIC_INT8 = "8da8w"  # 8-bit dynamic activations, 8-bit per-channel weights
-
-    @staticmethod
-    def parse(text: str, origin: str = "--quantize") -> "QuantScheme":
-        for scheme in QuantScheme:
-            if scheme.value == text:
-                return scheme
-        known = ", ".join(scheme.value for scheme in QuantScheme)
-        raise EtloraError(f"{origin}: expected one of {known}, received {text!r}")
 
 
 EMBEDDING_BITS = (4, 8)

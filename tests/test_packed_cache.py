@@ -15,7 +15,7 @@ import pytest
 
 import etlora
 from etlora import _runtime
-from etlora.export.manifest import read_manifest
+from etlora.format.manifest import read_manifest
 from etlora.inspect_bundle import inspect_bundle
 from etlora.packed_cache import CACHE_DIR_NAME
 

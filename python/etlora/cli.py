@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from etlora.export.errors import EtloraError
+from etlora.format.errors import EtloraError
 from etlora.thread_pool import DEFAULT_WORKER_SPIN_US
 
 console = Console(stderr=True)
@@ -53,9 +53,10 @@ def _print_summary(bundle_dir: Path, seconds: float) -> None:
 
 
 def cmd_export(args) -> int:
-    from etlora.export import BackendChoice, ExportOptions, Soc, export_bundle
-    from etlora.export.adapter_format import AdapterDtype
+    from etlora.export import ExportOptions, export_bundle
     from etlora.export.quantization import FoundationQuantization
+    from etlora.format.adapter_format import AdapterDtype
+    from etlora.format.backends import BackendRequest, Soc
 
     adapters = dict(args.adapter or [])
     if len(adapters) != len(args.adapter or []):
@@ -71,7 +72,7 @@ def cmd_export(args) -> int:
         target_modules=args.target_modules,
         adapter_slots=args.adapter_slots,
         max_seq_len=args.max_seq_len,
-        backend=BackendChoice(args.backend),
+        backend=BackendRequest(args.backend),
         soc=Soc(args.soc),
         quantization=quantization,
         adapter_dtype=AdapterDtype.parse(args.adapter_dtype),
@@ -84,7 +85,7 @@ def cmd_export(args) -> int:
 
 def cmd_add_adapter(args) -> int:
     from etlora.export import add_adapter
-    from etlora.export.adapter_format import AdapterDtype
+    from etlora.format.adapter_format import AdapterDtype
 
     dtype = AdapterDtype.parse(args.adapter_dtype)
     started = time.perf_counter()
@@ -329,7 +330,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from etlora.export.backend_choice import DEFAULT_SOC, BackendChoice, Soc
+    from etlora.format.backends import DEFAULT_SOC, BackendRequest, Soc
 
     parser = argparse.ArgumentParser(
         prog="etlora",
@@ -363,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--adapter-slots", type=int, default=1, help="adapters active at once (default 1)")
     export.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (default 512)")
-    export.add_argument("--backend", choices=[choice.value for choice in BackendChoice], default="auto",
+    export.add_argument("--backend", choices=[request.value for request in BackendRequest], default="auto",
                         help="programs in the bundle: xnnpack (model.pte, any CPU), htp (model.pte plus an HTP "
                              "program for --soc; needs a QNN SDK 2.37, fails at once without one), auto (default: "
                              "htp when a usable QNN SDK is found, else xnnpack; the choice is printed)")
@@ -446,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel-path", metavar="NAME", default=None,
                      help="vector path of etlora's kernels: auto (default: ETLORA_KERNEL_PATH, else "
                           "the best this CPU runs), avx512, avx2, portable")
-    run.add_argument("--backend", dest="run_backend", choices=["auto", "xnnpack", "htp"], default="auto",
+    run.add_argument("--backend", dest="run_backend", choices=[request.value for request in BackendRequest],
+                     default="auto",
                      help="program to run, decided before loading: auto (default: the bundle's HTP program "
                           "when this device can run it, else XNNPACK; the choice and its reason are printed), "
                           "xnnpack, htp (an error when it cannot run)")

@@ -135,7 +135,7 @@ def many_adapters_figures(bundle: Path, count: int, rounds: int) -> dict:
     import subprocess
     import tempfile
 
-    from etlora.export.manifest import read_manifest
+    from etlora.format.manifest import read_manifest
 
     work = Path(tempfile.mkdtemp(prefix="etlora-many-"))
     many = work / "bundle"

@@ -84,7 +84,7 @@ class Fixture:
 def check(operation: str, target: Path, before: set[str], after: set[str], reference: dict) -> str | None:
     """None when the bundle is whole (old or new); else what is wrong. Records which in reference."""
     import etlora
-    from etlora.export.errors import EtloraError
+    from etlora.format.errors import EtloraError
     from etlora.inspect_bundle import inspect_bundle
 
     try:

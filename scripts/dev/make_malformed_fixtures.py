@@ -12,9 +12,10 @@ import struct
 import tempfile
 from pathlib import Path
 
-from etlora.export.adapter_file import ProgramSlots, adapter_ptd_bytes
+from etlora.export.adapter_file import adapter_ptd_bytes
 from etlora.export.adapters import load_adapter
 from etlora.export.model import LlamaShape
+from etlora.format.adapter_format import ProgramSlots
 from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama, tiny_llama_config
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "malformed"

@@ -136,7 +136,7 @@ def _start(load_options: dict) -> Recorder:
 
 
 def _generate(session, record: Recorder) -> None:
-    from etlora.export.errors import EtloraError
+    from etlora.format.errors import EtloraError
 
     try:
         session.generate(PROMPT, max_new_tokens=GENERATE_TOKENS)

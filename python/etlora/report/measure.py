@@ -18,7 +18,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from etlora.export.errors import EtloraError
+from etlora.format.errors import EtloraError
 from etlora.report.child import cache_paths_of, read_memory
 from etlora.report.schema import NaiveProcess, ProcessPair, Step
 
