@@ -21,14 +21,14 @@ class BackendRequest(enum.Enum):
     HTP = "htp"  # the HTP program too (export) or only (run); an error when that cannot be done
 
     @classmethod
-    def parse(cls, value: BackendRequest | str, origin: str = "backend") -> BackendRequest:
+    def parse(cls, value: BackendRequest | str) -> BackendRequest:
         if isinstance(value, BackendRequest):
             return value
         try:
             return cls(value)
         except ValueError:
             choices = ", ".join(repr(request.value) for request in cls)
-            raise EtloraError(f"{origin}: expected one of {choices}, received {value!r}") from None
+            raise EtloraError(f"backend: expected one of {choices}, received {value!r}") from None
 
 
 class Backend(enum.Enum):
