@@ -142,7 +142,7 @@ def _constant_methods(foundation: Foundation, spec: ProgramSpec) -> dict:
     return {
         "etlora_format_version": FORMAT_VERSION,
         "etlora_foundation_fingerprint": foundation.fingerprint,
-        # The foundation as stored (fp32 or quantized): names the packed weight file.
+        # The foundation as stored (fp32 or quantized): names the packed cache file.
         "etlora_foundation_weights_id": spec.quantization.weights_id(foundation.fingerprint),
         "etlora_sites": list(spec.sites),
         "etlora_site_shapes": [size for dims in slots.site_dims for size in dims],

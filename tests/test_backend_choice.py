@@ -1,4 +1,4 @@
-"""The backend decision before anything is loaded (issue 14; runtime_cpp/include/etlora/htp_probe.h).
+"""The backend decision before anything is loaded (runtime_cpp/include/etlora/htp_probe.h).
 
 This machine has no QNN library, no Hexagon DSP and no Qualcomm SoC: `auto` runs XNNPACK and says
 what was missing, `htp` is an error. Every other answer of the rule is tested with the device facts

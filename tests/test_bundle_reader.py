@@ -1,5 +1,5 @@
 """The C++ bundle reader (etlora::Bundle, used by etlora_runner and the Python session) and the
-Python one (export/manifest.py, used by the tools) read the same bundles the same way: what one
+Python one (python/etlora/format/manifest.py, used by the tools) read the same bundles the same way: what one
 refuses the other refuses, and on a valid bundle they agree on every path and adapter."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Damaged adapter .ptd files give errors, never a crash (issue 12's byte flips and truncations).
+"""Damaged adapter .ptd files give errors, never a crash: byte flips and truncations.
 
 A child process loads hundreds of mutations of a valid adapter file one after another, with the C++
 runtime and with the torch-free Python reader; a signal

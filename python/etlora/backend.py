@@ -1,4 +1,4 @@
-"""Which program a session runs, decided before anything is loaded (issue 14; torch-free).
+"""Which program a session runs, decided before anything is loaded (torch-free).
 
 A bundle may hold an HTP program (for the Hexagon NPU of one Snapdragon SoC) beside the XNNPACK
 program model.pte. ExecuTorch's QnnBackend crashes the process on a program it cannot run instead

@@ -116,7 +116,7 @@ def tokenizer_attack_files() -> dict[str, bytes]:
 
 
 def packed_weight_file(data_bytes: int, entries: list[tuple[bytes, int, int]], footer_count: int) -> bytes:
-    """An XNNPACK packed weight file (executorch 1.5.1 layout): data, index, 20-byte footer."""
+    """A packed cache file (XNNPACK's packed weights, executorch 1.5.1 layout): data, index, 20-byte footer."""
     index = b"".join(struct.pack("<I", len(name)) + name + struct.pack("<QQI", offset, size, 0)
                      for name, offset, size in entries)
     footer = struct.pack("<QIII", data_bytes, footer_count, 0x58505743, 2)
