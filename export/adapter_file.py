@@ -1,6 +1,6 @@
 """Writing adapter .ptd files: one LoRA adapter, padded to the program's rank, in ExecuTorch's FlatTensor.
 
-The format (keys, metadata, dtypes) and its torch-free reader live in adapter_format.py.
+The format (keys, metadata, dtypes) and its torch-free reader live in etlora.format.adapter_format.
 `export` and `add-adapter` both write through `write_adapter_ptd`, which needs no torch.export: an
 adapter file depends only on the adapter, the program's sites and rank, and the foundation's
 fingerprint. Layout and keys: docs/bundle-format.md.
@@ -15,7 +15,7 @@ from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
 from executorch.exir.tensor_layout import TensorLayout
 from executorch.extension.flat_tensor.serialize.serialize import FlatTensorConfig, FlatTensorSerializer
 
-from .adapter_format import (
+from etlora.format.adapter_format import (
     ADAPTER_FORMAT_VERSION,
     ALORA_TOKENS_KEY,
     FINGERPRINT_KEY,
@@ -24,17 +24,11 @@ from .adapter_format import (
     TENSOR_ALIGNMENT,
     PAGE_ALIGNMENT,
     AdapterDtype,
-    AdapterFileContents,
     ProgramSlots,
-    read_adapter_ptd,
 )
-from .errors import AdapterError
-from .files import write_atomically
+from etlora.format.errors import AdapterError
+from etlora.format.files import write_atomically
 
-__all__ = [  # the reader side is re-exported for callers that already import it from here
-    "AdapterDtype", "AdapterFileContents", "ProgramSlots", "adapter_ptd_bytes", "padded_adapter_tensors",
-    "read_adapter_ptd", "write_adapter_ptd",
-]
 _TORCH_DTYPES = {AdapterDtype.FP32: torch.float32, AdapterDtype.FP16: torch.float16}
 
 

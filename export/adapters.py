@@ -16,8 +16,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .adapter_format import MAX_ALORA_TOKENS
-from .errors import AdapterError
+from etlora.format.adapter_format import MAX_ALORA_TOKENS
+from etlora.format.errors import AdapterError
+
 from .model import LINEAR_MODULES, LlamaShape, site_path
 
 _SITE_KEY = re.compile(

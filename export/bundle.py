@@ -12,13 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .adapter_file import AdapterDtype, padded_adapter_tensors, write_adapter_ptd
-from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
-from .backend_choice import DEFAULT_SOC, BackendChoice, BackendDecision, Soc, decide_backend
-from .errors import AdapterError, BundleError, EtloraError
-from .files import bundle_lock, staged_directory
-from .foundation import config_summary, load_foundation
-from .manifest import (
+from etlora.format.adapter_format import AdapterDtype
+from etlora.format.backends import DEFAULT_SOC, Backend, BackendRequest, Soc
+from etlora.format.errors import AdapterError, BundleError, EtloraError
+from etlora.format.files import bundle_lock, staged_directory
+from etlora.format.manifest import (
     ADAPTER_DIR,
     FOUNDATION_FILE,
     HTP_PROGRAM_FILE,
@@ -33,7 +31,12 @@ from .manifest import (
     TokenizerRecord,
     read_manifest,
 )
-from .program import DERIVED_CONSTANTS, Backend, ProgramSpec, lower_program
+
+from .adapter_file import padded_adapter_tensors, write_adapter_ptd
+from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
+from .foundation import config_summary, load_foundation
+from .program import DERIVED_CONSTANTS, ProgramSpec, lower_program
+from .program_plan import ProgramPlan, plan_programs
 from .quantization import FoundationQuantization, module_patterns, sizes_by_pattern
 
 Step = Callable[[str], ContextManager]
@@ -55,8 +58,8 @@ class ExportOptions:
     adapter_slots: int = 1
     max_seq_len: int = 512
     # model.pte (XNNPACK) always; an HTP program beside it for htp, and for auto when a usable
-    # QNN SDK is found (backend_choice.py).
-    backend: BackendChoice = BackendChoice.AUTO
+    # QNN SDK is found (program_plan.py).
+    backend: BackendRequest = BackendRequest.AUTO
     soc: Soc = DEFAULT_SOC  # what the HTP program is compiled for
     quantization: FoundationQuantization = FoundationQuantization()  # adapters stay float
     adapter_dtype: AdapterDtype = AdapterDtype.FP32  # of the adapter files; the math is float32
@@ -114,8 +117,8 @@ def export_bundle(
     xnnpack (no QNN SDK: QNN_SDK_ROOT not set)'); `--backend htp` without a usable SDK raises here,
     before anything is loaded."""
     out_dir = Path(out_dir)
-    decision = decide_backend(options.backend, options.soc)
-    log(decision.line)
+    plan = plan_programs(options.backend, options.soc)
+    log(plan.line)
     with step("loading foundation"):
         foundation = load_foundation(model_path)
     with step("loading adapters"):
@@ -127,9 +130,9 @@ def export_bundle(
     with step("lowering program"):
         lowered = lower_program(foundation, spec)
     htp = None
-    if decision.htp:
-        with step(f"lowering HTP program for {decision.soc.value}"):
-            htp = _lower_htp_program(foundation, spec, decision)
+    if plan.htp:
+        with step(f"lowering HTP program for {plan.soc.value}"):
+            htp = _lower_htp_program(foundation, spec, plan)
     with step("writing bundle"), staged_directory(out_dir) as staging:
         (staging / PROGRAM_FILE).write_bytes(lowered.program_bytes)
         (staging / FOUNDATION_FILE).write_bytes(lowered.foundation_bytes)
@@ -139,8 +142,8 @@ def export_bundle(
             htp_files = [HTP_PROGRAM_FILE]
             htp_record = HtpProgramRecord(
                 file=HTP_PROGRAM_FILE,
-                soc=decision.soc.value,
-                qnn_sdk_version=decision.sdk.version_found,
+                soc=plan.soc.value,
+                qnn_sdk_version=plan.sdk.version_found,
                 chunk_len=htp.chunk_len,
                 cache_len=htp.cache_len,
                 foundation_in_context_bytes=htp.foundation_in_program_bytes,
@@ -181,8 +184,8 @@ def export_bundle(
     return manifest
 
 
-def _lower_htp_program(foundation, spec: ProgramSpec, decision: BackendDecision):
-    """The HTP program for decision.soc from the float checkpoint (fp16 on the HTP, whatever
+def _lower_htp_program(foundation, spec: ProgramSpec, plan: ProgramPlan):
+    """The HTP program for plan.soc from the float checkpoint (fp16 on the HTP, whatever
     --quantize says of model.pte), with model.pte's sites, rank and slots: one adapter file
     serves both."""
     from .htp_program import DEFAULT_CHUNK_LEN, HtpShape, lower_htp_shaped
@@ -190,7 +193,7 @@ def _lower_htp_program(foundation, spec: ProgramSpec, decision: BackendDecision)
 
     htp_spec = replace(spec, backend=Backend.HTP, quantization=FoundationQuantization())
     shape = HtpShape(chunk_len=min(DEFAULT_CHUNK_LEN, spec.max_seq_len), cache_len=spec.max_seq_len)
-    return lower_htp_shaped(foundation, htp_spec, shape, qnn_htp_lowering(decision.soc, decision.sdk))
+    return lower_htp_shaped(foundation, htp_spec, shape, qnn_htp_lowering(plan.soc, plan.sdk))
 
 
 def _quantization_record(foundation, spec: ProgramSpec, quantized_modules: tuple[str, ...]) -> QuantizationRecord:

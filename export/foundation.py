@@ -11,7 +11,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import EtloraError
+from etlora.format.errors import EtloraError
+
 from .model import LlamaShape
 
 SUPPORTED_MODEL_TYPES = ("llama",)

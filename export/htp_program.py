@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.export import ExportedProgram, export
 
-from .errors import EtloraError
+from etlora.format.errors import EtloraError
+
 from .foundation import Foundation
 from .htp_model import HtpLlama
 from .program import (

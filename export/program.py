@@ -9,7 +9,6 @@ a substring of a node name; a constant whose path is not a foundation path stops
 
 from __future__ import annotations
 
-import enum
 import operator
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -19,8 +18,10 @@ from typing import ContextManager
 import torch
 from torch.export import Dim, ExportedProgram, export
 
-from .adapter_file import ProgramSlots
-from .errors import EtloraError
+from etlora.format.adapter_format import ProgramSlots
+from etlora.format.backends import Backend
+from etlora.format.errors import EtloraError
+
 from .foundation import Foundation
 from .model import Attention, LlamaForExport
 from .quantization import FoundationQuantization, foundation_path
@@ -29,13 +30,6 @@ FORMAT_VERSION = 2  # 2: KV cache [1, S, kv_heads, head_dim] updated by etlora::
 FOUNDATION_TAG = "foundation"
 # Buffers computed from the foundation's config rather than loaded from its checkpoint.
 DERIVED_CONSTANTS = ("rope_cos", "rope_sin")
-
-
-class Backend(enum.Enum):
-    """The delegate a program is lowered for."""
-
-    XNNPACK = "xnnpack"
-    HTP = "htp"  # Qualcomm Hexagon NPU through ExecuTorch's QNN backend (qnn_lowering.py)
 
 
 Tagger = Callable[[str], "str | None"]  # constant path -> external data file tag, or None
@@ -148,7 +142,7 @@ def _constant_methods(foundation: Foundation, spec: ProgramSpec) -> dict:
     return {
         "etlora_format_version": FORMAT_VERSION,
         "etlora_foundation_fingerprint": foundation.fingerprint,
-        # The foundation as stored (fp32 or quantized): names the packed weight file.
+        # The foundation as stored (fp32 or quantized): names the packed cache file.
         "etlora_foundation_weights_id": spec.quantization.weights_id(foundation.fingerprint),
         "etlora_sites": list(spec.sites),
         "etlora_site_shapes": [size for dims in slots.site_dims for size in dims],

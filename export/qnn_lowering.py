@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from .backend_choice import Soc
-from .errors import EtloraError
-from .program import Backend, Lowering
+from etlora.format.backends import Backend, Soc
+from etlora.format.errors import EtloraError
+
+from .program import Lowering
 from .qnn_sdk import QnnSdkCheck
 
 

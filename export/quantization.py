@@ -11,29 +11,15 @@ XNNPACK: 8-bit activations quantized per token at run time, weights 4-bit per gr
 from __future__ import annotations
 
 import contextlib
-import enum
 import io
 import hashlib
 import re
 from dataclasses import dataclass
 
-from .errors import EtloraError
+from etlora.format.errors import EtloraError
+from etlora.format.quantization import QuantScheme
 
 DEFAULT_GROUP_SIZE = 32  # llama.cpp's Q4 block: the like-for-like comparison
-
-
-class QuantScheme(enum.Enum):
-    FP32 = "fp32"
-    INT8_DYNAMIC_INT4 = "8da4w"  # 8-bit dynamic activations, 4-bit grouped weights
-    INT8_DYNAMIC_INT8 = "8da8w"  # 8-bit dynamic activations, 8-bit per-channel weights
-
-    @staticmethod
-    def parse(text: str, origin: str = "--quantize") -> "QuantScheme":
-        for scheme in QuantScheme:
-            if scheme.value == text:
-                return scheme
-        known = ", ".join(scheme.value for scheme in QuantScheme)
-        raise EtloraError(f"{origin}: expected one of {known}, received {text!r}")
 
 
 EMBEDDING_BITS = (4, 8)
@@ -56,7 +42,11 @@ class FoundationQuantization:
     def from_options(scheme: str, group_size: int | None, embedding_bits: int | None = None,
                      embedding_group_size: int | None = None,
                      head_bits: int | None = None) -> "FoundationQuantization":
-        parsed = QuantScheme.parse(scheme)
+        try:
+            parsed = QuantScheme(scheme)
+        except ValueError:
+            known = ", ".join(member.value for member in QuantScheme)
+            raise EtloraError(f"--quantize: expected one of {known}, received {scheme!r}") from None
         if parsed is QuantScheme.FP32:
             if group_size is not None:
                 raise EtloraError("--group-size: only applies with --quantize 8da4w or 8da8w, "
@@ -99,7 +89,7 @@ class FoundationQuantization:
 
     @property
     def label(self) -> str:
-        """'fp32', '8da4w-g32-head8-emb4g32', '8da8w-pc': part of the packed weight file's identity."""
+        """'fp32', '8da4w-g32-head8-emb4g32', '8da8w-pc': part of the packed cache file's identity."""
         if not self.quantized:
             return self.scheme.value
         label = f"{self.scheme.value}-{'g' + str(self.group_size) if self.group_size else 'pc'}"
@@ -194,7 +184,7 @@ class FoundationQuantization:
         return 4 if self.scheme is QuantScheme.INT8_DYNAMIC_INT4 else 8
 
     def weights_id(self, foundation_fingerprint: str) -> str:
-        """Identity of the foundation as stored (names the packed weight file): the float
+        """Identity of the foundation as stored (names the packed cache file): the float
         fingerprint for fp32, else a hash of it with this quantization."""
         if not self.quantized:
             return foundation_fingerprint

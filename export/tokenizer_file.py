@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import EtloraError
+from etlora.format.errors import EtloraError
 
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_TEXT_FILE = "etlora_tokenizer.txt"

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 import etlora
-from etlora.export.adapter_file import ProgramSlots, write_adapter_ptd
-from etlora.export.adapter_format import check_adapter_for_program, read_adapter_ptd
+from etlora.export.adapter_file import write_adapter_ptd
 from etlora.export.adapters import load_adapter
-from etlora.export.errors import AdapterError, BundleError, EtloraError
-from etlora.export.manifest import read_manifest
 from etlora.export.model import LlamaShape
+from etlora.format.adapter_format import ProgramSlots, check_adapter_for_program, read_adapter_ptd
+from etlora.format.errors import AdapterError, BundleError, EtloraError
+from etlora.format.manifest import read_manifest
 
 from conftest import TOKENS
 

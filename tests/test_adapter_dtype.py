@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import etlora
-from etlora.export import add_adapter, read_manifest
-from etlora.export.adapter_format import AdapterDtype, read_adapter_ptd
-from etlora.export.errors import AdapterError
-from etlora.export.manifest import FORMAT_VERSION
+from etlora.export import add_adapter
+from etlora.format.adapter_format import AdapterDtype, read_adapter_ptd
+from etlora.format.errors import AdapterError
+from etlora.format.manifest import FORMAT_VERSION, read_manifest
 
 from conftest import TOKENS
 

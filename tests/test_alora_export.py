@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from etlora.export import AdapterError, ExportOptions, add_adapter, export_bundle, read_manifest
-from etlora.export.adapter_format import ALORA_TOKENS_KEY, MAX_ALORA_TOKENS, read_adapter_ptd
-from etlora.export.errors import BundleError
-from etlora.export.manifest import FORMAT_VERSION, _parse
-from etlora.export.ptd_reader import read_ptd
+from etlora.export import ExportOptions, add_adapter, export_bundle
+from etlora.format.adapter_format import ALORA_TOKENS_KEY, MAX_ALORA_TOKENS, read_adapter_ptd
+from etlora.format.errors import AdapterError, BundleError
+from etlora.format.manifest import FORMAT_VERSION, _parse, read_manifest
+from etlora.format.ptd_reader import read_ptd
 from etlora.testing.fixtures import alora_start, edit_config, make_lora_adapter, peft_reference_logits
 
 INVOCATION = [5, 6]

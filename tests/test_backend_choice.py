@@ -1,4 +1,4 @@
-"""The backend decision before anything is loaded (issue 14; runtime_cpp/include/etlora/htp_probe.h).
+"""The backend decision before anything is loaded (runtime_cpp/include/etlora/htp_probe.h).
 
 This machine has no QNN library, no Hexagon DSP and no Qualcomm SoC: `auto` runs XNNPACK and says
 what was missing, `htp` is an error. Every other answer of the rule is tested with the device facts
@@ -23,7 +23,8 @@ import pytest
 
 import etlora
 from etlora import _runtime
-from etlora.backend import Backend, BackendChoice, choose_backend, htp_facts
+from etlora.backend import BackendChoice, choose_backend, htp_facts
+from etlora.format.backends import Backend
 
 from conftest import TOKENS
 
@@ -64,7 +65,7 @@ HTP_ENTRY = {"file": "model_htp.pte", "soc": "SM8650", "qnn_sdk_version": "2.37.
 
 @pytest.fixture
 def htp_bundle(bundle_copy):
-    from etlora.export.manifest import FileRecord
+    from etlora.format.manifest import FileRecord
 
     placeholder = bundle_copy / "model_htp.pte"
     placeholder.write_bytes(b"PLACEHOLDER for an HTP program (tests/test_backend_choice.py only), not a .pte")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
 
-from etlora.export import ExportOptions, add_adapter, export_bundle, read_manifest
-from etlora.export.adapter_file import read_adapter_ptd
+from etlora.export import ExportOptions, add_adapter, export_bundle
+from etlora.format.adapter_format import read_adapter_ptd
+from etlora.format.manifest import read_manifest
 
 from conftest import MAX_SEQ_LEN, TARGETS
 
@@ -142,7 +143,7 @@ def test_bundle_format_doc_example_is_a_current_manifest():
     import re
     from pathlib import Path
 
-    from etlora.export.manifest import FORMAT_VERSION, AdapterRecord, HtpProgramRecord, ProgramRecord, _parse
+    from etlora.format.manifest import FORMAT_VERSION, AdapterRecord, HtpProgramRecord, ProgramRecord, _parse
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "bundle-format.md"
     block = re.search(r"## manifest.json\n\n```json\n(.*?)```", doc.read_text(), re.S).group(1)

@@ -1,5 +1,5 @@
 """The C++ bundle reader (etlora::Bundle, used by etlora_runner and the Python session) and the
-Python one (export/manifest.py, used by the tools) read the same bundles the same way: what one
+Python one (python/etlora/format/manifest.py, used by the tools) read the same bundles the same way: what one
 refuses the other refuses, and on a valid bundle they agree on every path and adapter."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from etlora import _runtime
-from etlora.export import read_manifest
-from etlora.export.errors import BundleError
+from etlora.format.errors import BundleError
+from etlora.format.manifest import read_manifest
 
 
 def _cpp_reads(bundle) -> str | None:
@@ -168,7 +168,7 @@ HTP_ENTRY = {"file": "model_htp.pte", "soc": "SM8650", "qnn_sdk_version": "2.37.
 
 @pytest.fixture
 def htp_bundle(bundle_copy):
-    from etlora.export.manifest import FileRecord
+    from etlora.format.manifest import FileRecord
 
     placeholder = bundle_copy / "model_htp.pte"
     placeholder.write_bytes(b"placeholder for an HTP program (test only, not a .pte)")
@@ -181,7 +181,7 @@ def htp_bundle(bundle_copy):
 
 
 def test_both_readers_agree_on_an_htp_program(htp_bundle):
-    from etlora.export import verify_files
+    from etlora.format.manifest import verify_files
 
     manifest = read_manifest(htp_bundle)
     assert manifest.format_version == 5 and verify_files(htp_bundle, manifest) == []

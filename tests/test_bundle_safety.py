@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import etlora
-from etlora.export import read_manifest
-from etlora.export.errors import BundleError
+from etlora.format.errors import BundleError
+from etlora.format.manifest import read_manifest
 
 
 def _edit_manifest(bundle, edit) -> None:
@@ -62,17 +62,23 @@ def test_two_add_adapter_at_once_both_land(bundle_copy, fixtures_dir):
         session.set_adapters({name: 1.0})
 
 
-def test_inspect_and_import_need_no_torch(bundle):
-    """The runtime half and `etlora inspect` run with torch and ExecuTorch's exir unimportable."""
+def test_load_and_inspect_need_no_torch(bundle):
+    """etlora.load, a forward, and `etlora inspect` run with torch, ExecuTorch's exir and the exporter
+    unimportable: the device side reads bundles through etlora.format and the runtime only."""
     code = (
         "import sys\n"
-        "for blocked in ('torch', 'executorch.exir', 'peft', 'transformers'): sys.modules[blocked] = None\n"
+        "for blocked in ('torch', 'executorch.exir', 'peft', 'transformers', 'etlora.export'):\n"
+        "    sys.modules[blocked] = None\n"
         "import etlora\n"
+        f"session = etlora.load({str(bundle)!r}, adapters={{'support': 1.0}})\n"
+        "print('logits', session.logits([1, 2, 3]).shape)\n"
         "from etlora.cli import main\n"
         f"sys.exit(main(['inspect', {str(bundle)!r}]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    vocab = read_manifest(bundle).foundation.config["vocab_size"]
+    assert f"logits ({vocab},)" in result.stdout
     assert "support" in result.stdout and "legal" in result.stdout
 
 

@@ -123,7 +123,7 @@ def test_export_backend_htp_with_a_broken_sdk_reaches_the_qnn_compiler_and_is_re
 
 
 def test_inspect_shows_the_htp_program_and_what_it_duplicates(bundle_copy):
-    from etlora.export.manifest import FileRecord
+    from etlora.format.manifest import FileRecord
 
     (bundle_copy / "model_htp.pte").write_bytes(b"placeholder for an HTP program (test only)")
     data = json.loads((bundle_copy / "manifest.json").read_text())

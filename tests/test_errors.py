@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 import etlora
-from etlora.export import AdapterError, BundleError, EtloraError, ExportOptions, add_adapter, export_bundle
-from etlora.export.adapter_file import ProgramSlots, read_adapter_ptd, write_adapter_ptd
+from etlora.export import ExportOptions, add_adapter, export_bundle
+from etlora.export.adapter_file import write_adapter_ptd
 from etlora.export.adapters import load_adapter
-from etlora.export.manifest import read_manifest
+from etlora.format.adapter_format import ProgramSlots, read_adapter_ptd
+from etlora.format.errors import AdapterError, BundleError, EtloraError
+from etlora.format.manifest import read_manifest
 from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama
 
 MALFORMED = Path(__file__).parent / "fixtures" / "malformed"

@@ -1,4 +1,4 @@
-"""Damaged adapter .ptd files give errors, never a crash (issue 12's byte flips and truncations).
+"""Damaged adapter .ptd files give errors, never a crash: byte flips and truncations.
 
 A child process loads hundreds of mutations of a valid adapter file one after another, with the C++
 runtime and with the torch-free Python reader; a signal
@@ -21,8 +21,8 @@ CHILD = textwrap.dedent(
     import json, os, random, sys
     from pathlib import Path
     import etlora
-    from etlora.export.adapter_format import read_adapter_ptd
-    from etlora.export.errors import EtloraError
+    from etlora.format.adapter_format import read_adapter_ptd
+    from etlora.format.errors import EtloraError
 
     bundle, seed, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     target = bundle / "adapters" / "support.ptd"

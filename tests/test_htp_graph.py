@@ -33,7 +33,8 @@ def adapter_dirs(fixtures_dir, tmp_path_factory):
 def setup(model_dir):
     from etlora.export.adapters import program_sites
     from etlora.export.foundation import load_foundation
-    from etlora.export.program import Backend, ProgramSpec
+    from etlora.export.program import ProgramSpec
+    from etlora.format.backends import Backend
 
     foundation = load_foundation(model_dir)
     sites = tuple(program_sites(foundation.shape, ALL_LINEAR))
@@ -45,8 +46,9 @@ def setup(model_dir):
 @pytest.fixture(scope="module")
 def adapter_files(setup, adapter_dirs, tmp_path_factory):
     """name -> (tensors keyed <site>.lora_a / .lora_b, scaling), read back from the written .ptd."""
-    from etlora.export.adapter_file import read_adapter_ptd, write_adapter_ptd
+    from etlora.export.adapter_file import write_adapter_ptd
     from etlora.export.adapters import load_adapter
+    from etlora.format.adapter_format import read_adapter_ptd
 
     foundation, spec = setup
     out = tmp_path_factory.mktemp("htp_ptd")
@@ -148,9 +150,9 @@ def test_generation_through_host_cache_matches_peft(setup, adapter_files, adapte
 def test_llama_for_export_graph_is_not_htp_shaped(setup):
     """The checker's control: the CPU program's graph, exported as program.py does (dynamic token
     count, custom attention op updating the cache in place), is refused on every count."""
-    from etlora.export.errors import EtloraError
     from etlora.export.htp_program import check_standard_graph
     from etlora.export.program import build_model, example_inputs
+    from etlora.format.errors import EtloraError
     from torch.export import Dim, export
 
     foundation, spec = setup

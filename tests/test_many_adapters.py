@@ -20,9 +20,9 @@ import torch
 from etlora.export.adapter_file import write_adapter_ptd
 from etlora.export.adapters import load_adapter
 from etlora.export.bundle import adapter_record
-from etlora.export.adapter_format import AdapterDtype
-from etlora.export.manifest import FileRecord, read_manifest
 from etlora.export.model import LlamaShape
+from etlora.format.adapter_format import AdapterDtype
+from etlora.format.manifest import FileRecord, read_manifest
 
 COUNT = 100
 

@@ -1,4 +1,4 @@
-"""The packed foundation file: the first start writes it, later starts map it, logits never change."""
+"""The packed cache file: the first start writes it, later starts map it, logits never change."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 import etlora
 from etlora import _runtime
-from etlora.export.manifest import read_manifest
+from etlora.format.manifest import read_manifest
 from etlora.inspect_bundle import inspect_bundle
 from etlora.packed_cache import CACHE_DIR_NAME
 
@@ -24,7 +24,7 @@ from test_cpp import runner_path
 
 MALFORMED = Path(__file__).parent / "fixtures" / "malformed"
 
-# One load in a fresh process: what it did with the packed file, and its logits.
+# One load in a fresh process: what it did with the packed cache file, and its logits.
 _LOAD = """
 import json, os, sys
 import etlora
@@ -33,7 +33,7 @@ session = etlora.load(bundle, adapters={"support": 1.0}, packed_cache=packed,
                       packed_cache_residency=residency)
 tokens = [int(t) for t in sys.argv[3].split(",")]
 info = dict(session.packed_cache.__dict__)
-# Bytes of the packed file still mapped after the load, from /proc/self/maps.
+# Bytes of the packed cache file still mapped after the load, from /proc/self/maps.
 inode = os.stat(info["path"]).st_ino if info["path"] and os.path.exists(info["path"]) else None
 info["mapped_now"] = sum(
     int(end, 16) - int(start, 16)
@@ -55,7 +55,7 @@ def load_in_fresh_process(bundle: Path, packed: bool = True,
 
 @pytest.fixture
 def bundle_copy(bundle_copy):
-    """The private copy without the packed file that loads of the shared bundle may have left."""
+    """The private copy without the packed cache file that loads of the shared bundle may have left."""
     shutil.rmtree(bundle_copy / CACHE_DIR_NAME, ignore_errors=True)
     return bundle_copy
 

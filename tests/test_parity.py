@@ -74,7 +74,8 @@ def test_export_model_in_pytorch_matches_peft(model_dir, references):
     import torch
 
     from etlora.export.foundation import load_foundation
-    from etlora.export.program import Backend, ProgramSpec, build_model
+    from etlora.export.program import ProgramSpec, build_model
+    from etlora.format.backends import Backend
 
     foundation = load_foundation(model_dir)
     spec = ProgramSpec((), (), max_rank=1, adapter_slots=0, max_seq_len=32, backend=Backend.XNNPACK)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import etlora
-from etlora.export import AdapterError, ExportOptions, export_bundle
+from etlora.export import ExportOptions, export_bundle
+from etlora.format.errors import AdapterError
 from etlora.testing.fixtures import edit_config, make_lora_adapter, peft_logits
 
 from conftest import TOKENS

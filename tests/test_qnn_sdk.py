@@ -1,4 +1,4 @@
-"""The QNN SDK check (export/qnn_sdk.py), the backend decision (backend_choice.py) and the QNN
+"""The QNN SDK check (export/qnn_sdk.py), the export's program plan (program_plan.py) and the QNN
 lowering's refusal (qnn_lowering.py), on faked environments: no SDK exists on this machine.
 
 Every answer is checked word for word where a user reads it: the reason, what was looked for,
@@ -7,14 +7,16 @@ the version found against the one expected, and the hint.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from etlora.export.backend_choice import BackendChoice, Soc, decide_backend
-from etlora.export.errors import EtloraError
+from etlora.export.program_plan import plan_programs
 from etlora.export.qnn_sdk import EXPECTED_RELEASE, HOST_LIBRARIES, HOW_TO_GET, ItemState, check_qnn_sdk
+from etlora.format.backends import BackendRequest, Soc
+from etlora.format.errors import EtloraError
 from etlora.testing.fixtures import make_fake_qnn_sdk
 
 LIBRARY_DIR = "lib/x86_64-linux-clang"
@@ -138,25 +140,33 @@ def test_the_installed_wheel_has_the_adaptor():
     assert check_qnn_sdk({}).item("adaptor").state is ItemState.FOUND
 
 
-def test_the_check_imports_no_torch():
-    code = ("import sys; from etlora.export.qnn_sdk import check_qnn_sdk; check_qnn_sdk(); "
-            "from etlora.export.backend_choice import decide_backend; print('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+def test_the_check_loads_nothing_of_the_qualcomm_backend(tmp_path):
+    """The check and the plan read files only: ExecuTorch's own version query aborts the process on a
+    library it cannot load, so nothing of executorch.backends.qualcomm may be imported to decide."""
+    code = ("import sys; from etlora.export.program_plan import plan_programs; "
+            "from etlora.format.backends import BackendRequest; before = set(sys.modules); "
+            "plan = plan_programs(BackendRequest.HTP); "
+            "print(plan.line); print(sorted(m for m in set(sys.modules) - before if 'qualcomm' in m))")
+    environ = {**os.environ, **make_fake_qnn_sdk(tmp_path / "qairt")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=environ)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line, loaded = result.stdout.strip().splitlines()[-2:]
+    assert line.startswith("backend htp: xnnpack + htp for SM8650 (QNN SDK 2.37.0.250724") and loaded == "[]"
 
 
 def test_backend_decisions_and_their_lines(tmp_path, executorch_dir):
     none = check({}, executorch_dir)
     found = check(make_fake_qnn_sdk(tmp_path / "qairt"), executorch_dir)
-    auto = decide_backend(BackendChoice.AUTO, Soc.SM8650, none)
+    auto = plan_programs(BackendRequest.AUTO, Soc.SM8650, none)
     assert not auto.htp and auto.line == "backend auto: xnnpack (no QNN SDK: QNN_SDK_ROOT not set)"
-    auto = decide_backend(BackendChoice.AUTO, Soc.SM8750, found)
+    auto = plan_programs(BackendRequest.AUTO, Soc.SM8750, found)
     assert auto.htp and auto.line == f"backend auto: xnnpack + htp for SM8750 (QNN SDK 2.37.0.250724 at {tmp_path / 'qairt'})"
-    htp = decide_backend(BackendChoice.HTP, Soc.SM8550, found)
+    htp = plan_programs(BackendRequest.HTP, Soc.SM8550, found)
     assert htp.htp and htp.line.startswith("backend htp: xnnpack + htp for SM8550 (QNN SDK 2.37.0.250724")
-    xnnpack = decide_backend(BackendChoice.XNNPACK, Soc.SM8650, none)
+    xnnpack = plan_programs(BackendRequest.XNNPACK, Soc.SM8650, none)
     assert not xnnpack.htp and xnnpack.sdk is None and xnnpack.line == "backend xnnpack: xnnpack"
     with pytest.raises(EtloraError) as error:
-        decide_backend(BackendChoice.HTP, Soc.SM8650, none)
+        plan_programs(BackendRequest.HTP, Soc.SM8650, none)
     assert str(error.value) == f"--backend htp: {none.message()}"
 
 

@@ -17,14 +17,15 @@ import pytest
 import torch
 
 import etlora
-from etlora.export import BundleError, EtloraError, ExportOptions, export_bundle
+from etlora.export import ExportOptions, export_bundle
 from etlora.export.adapter_file import padded_adapter_tensors
 from etlora.export.adapters import load_adapter
 from etlora.export.bundle import add_adapter
 from etlora.export.foundation import load_foundation
-from etlora.export.manifest import FORMAT_VERSION, read_manifest
 from etlora.export.program import build_model
 from etlora.export.quantization import FoundationQuantization
+from etlora.format.errors import BundleError, EtloraError
+from etlora.format.manifest import FORMAT_VERSION, read_manifest
 from etlora.packed_cache import CACHE_DIR_NAME
 
 from conftest import MAX_SEQ_LEN, TARGETS, TOKENS

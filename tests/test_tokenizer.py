@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from etlora import _runtime
-from etlora.export.errors import EtloraError
 from etlora.export.tokenizer_file import TOKENIZER_TEXT_FILE, tokenizer_text, write_tokenizer_files
+from etlora.format.errors import EtloraError
 from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama
 
 from test_cpp import runner_path

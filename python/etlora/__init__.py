@@ -13,7 +13,7 @@ import logging
 for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
-from etlora.export.errors import AdapterError, BundleError, EtloraError
+from etlora.format.errors import AdapterError, BundleError, EtloraError
 from etlora.kernel_path import KernelPath, kernel_path, kernel_paths, select_kernel_path
 from etlora.packed_cache import PackedCacheResidency
 from etlora.session import Session, load

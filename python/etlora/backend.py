@@ -1,4 +1,4 @@
-"""Which program a session runs, decided before anything is loaded (issue 14; torch-free).
+"""Which program a session runs, decided before anything is loaded (torch-free).
 
 A bundle may hold an HTP program (for the Hexagon NPU of one Snapdragon SoC) beside the XNNPACK
 program model.pte. ExecuTorch's QnnBackend crashes the process on a program it cannot run instead
@@ -13,36 +13,20 @@ requested where it cannot run is an error, never a silent fallback.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from etlora.export.errors import BundleError, EtloraError
+from etlora.format.backends import Backend, BackendRequest
+from etlora.format.errors import BundleError, EtloraError
 
 # Whether this runtime can run an HTP program: etlora.load opens it in an HtpSession.
 HTP_SESSION_AVAILABLE = True
 
 
-class Backend(enum.Enum):
-    AUTO = "auto"  # HTP when the bundle has an HTP program this device can run, else XNNPACK
-    XNNPACK = "xnnpack"  # model.pte on the CPU
-    HTP = "htp"  # the HTP program on the Hexagon NPU; an error when it cannot run
-
-    @classmethod
-    def parse(cls, value: Backend | str) -> Backend:
-        if isinstance(value, Backend):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(repr(b.value) for b in cls)
-            raise EtloraError(f"backend: expected one of {choices}, received {value!r}") from None
-
-
 @dataclass(frozen=True)
 class BackendChoice:
-    """The backend that runs (XNNPACK or HTP, never AUTO) and one line saying why."""
+    """The backend that runs and one line saying why: the decision on a BackendRequest."""
 
     backend: Backend
     reason: str
@@ -60,7 +44,7 @@ def htp_facts() -> dict[str, Any]:
     return _runtime.htp_facts()
 
 
-def choose_backend(bundle: str | Path | Any, requested: Backend | str = Backend.AUTO, *,
+def choose_backend(bundle: str | Path | Any, requested: BackendRequest | str = BackendRequest.AUTO, *,
                    facts: Mapping[str, Any] | None = None) -> BackendChoice:
     """Decide the backend for `bundle` (a bundle directory or an etlora._runtime.Bundle).
 
@@ -69,7 +53,7 @@ def choose_backend(bundle: str | Path | Any, requested: Backend | str = Backend.
     """
     from etlora import _runtime
 
-    requested = Backend.parse(requested)
+    requested = BackendRequest.parse(requested)
     if not isinstance(bundle, _runtime.Bundle):
         try:
             bundle = _runtime.Bundle(str(bundle))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from etlora.export.adapter_format import AdapterDtype, check_adapter_for_program, read_adapter_ptd
-from etlora.export.errors import AdapterError, BundleError
-from etlora.export.manifest import HtpProgramRecord, QuantizationRecord, read_manifest, verify_files
+from etlora.format.adapter_format import AdapterDtype, check_adapter_for_program, read_adapter_ptd
+from etlora.format.errors import AdapterError, BundleError
+from etlora.format.manifest import HtpProgramRecord, QuantizationRecord, read_manifest, verify_files
 
 
 @dataclass(frozen=True)

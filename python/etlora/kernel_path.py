@@ -27,7 +27,7 @@ def kernel_paths() -> list[KernelPath]:
 def select_kernel_path(name: str) -> str:
     """Run etlora's kernels on `name` ("auto": the best this CPU runs), process-wide, from the next call."""
     from etlora import _runtime
-    from etlora.export.errors import EtloraError
+    from etlora.format.errors import EtloraError
 
     try:
         _runtime.select_kernel_path(name)
@@ -39,7 +39,7 @@ def select_kernel_path(name: str) -> str:
 def kernel_path() -> str:
     """The path in effect; the first call settles it from ETLORA_KERNEL_PATH or auto."""
     from etlora import _runtime
-    from etlora.export.errors import EtloraError
+    from etlora.format.errors import EtloraError
 
     try:
         return _runtime.kernel_path()

@@ -1,7 +1,7 @@
-"""Where a bundle's packed foundation file lives, and what a load did with it.
+"""Where a bundle's packed cache file lives, and what a load did with it.
 
-XNNPACK repacks the foundation weights at every load; with a packed file the first start writes its
-packed copy and later starts map it instead (runtime_cpp/README.md). The file lives in a cache
+XNNPACK repacks the foundation weights at every load; with a packed cache file the first start writes
+its packed copy and later starts map it instead (runtime_cpp/README.md). The file lives in a cache
 folder, `<bundle>/.etlora-cache/` unless told otherwise; it is not part of the bundle and may be
 deleted at any time (docs/bundle-format.md).
 """
@@ -34,7 +34,7 @@ class PackedCacheResidency(Enum):
 
 @dataclass(frozen=True)
 class PackedCacheInfo:
-    """How one load used the packed foundation file, as measured by the C++ runtime.
+    """How one load used the packed cache file, as measured by the C++ runtime.
 
     source: off | mapped (existing file mapped, nothing packed) | written (packed, file written) |
     shared (another live session of this process had it) | memory-only (packed into memory; `note`
@@ -59,13 +59,13 @@ class PackedCacheInfo:
 
     @staticmethod
     def off(note: str = "") -> "PackedCacheInfo":
-        """No packed file in play (packed_cache=False, or a program XNNPACK does not run)."""
+        """No packed cache file in play (packed_cache=False, or a program XNNPACK does not run)."""
         return PackedCacheInfo("", "off", 0, 0, 0, 0, 0.0, 0.0, 0.0, False, note)
 
 
 def packed_cache_path(bundle_dir: str | Path, foundation_weights_id: str,
                       cache_dir: str | Path | None = None) -> Path | None:
-    """The packed file for this foundation, runtime and CPU, or None (one warning) when the folder
+    """The packed cache file for this foundation, runtime and CPU, or None (one warning) when the folder
     is unusable. The rule lives in the C++ runtime (etlora::packed_cache_path), shared with the runner."""
     from etlora import _runtime
 

@@ -15,9 +15,10 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from etlora.backend import Backend, BackendChoice, choose_backend
-from etlora.export.errors import BundleError, EtloraError
-from etlora.export.manifest import Manifest, read_manifest
+from etlora.backend import BackendChoice, choose_backend
+from etlora.format.backends import Backend, BackendRequest
+from etlora.format.errors import BundleError, EtloraError
+from etlora.format.manifest import Manifest, read_manifest
 from etlora.packed_cache import PackedCacheInfo, PackedCacheResidency, log, packed_cache_path
 
 
@@ -58,7 +59,7 @@ class Session:
                  cache_dir: str | Path | None = None,
                  packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
                  max_resident_adapters: int = 0, max_resident_adapter_bytes: int = 0,
-                 backend: Backend | str | BackendChoice = Backend.AUTO):
+                 backend: BackendRequest | str | BackendChoice = BackendRequest.AUTO):
         from etlora import _runtime
 
         self.bundle_dir = Path(bundle_dir)
@@ -288,7 +289,7 @@ def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
          packed_cache: bool = True, cache_dir: str | Path | None = None,
          packed_cache_residency: PackedCacheResidency | str = PackedCacheResidency.COPY,
          max_resident_adapters: int = 0, max_resident_adapter_bytes: int = 0,
-         backend: Backend | str | BackendChoice = Backend.AUTO) -> Session:
+         backend: BackendRequest | str | BackendChoice = BackendRequest.AUTO) -> Session:
     """Open a bundle in the C++ runtime, e.g. `etlora.load("bundle", adapters={"support": 1.0})`.
 
     packed_cache: keep XNNPACK's packed foundation weights in a file so that later starts map them

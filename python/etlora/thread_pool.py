@@ -25,7 +25,7 @@ class ThreadPoolState:
 def configure_thread_pool(worker_spin_us: float = DEFAULT_WORKER_SPIN_US) -> ThreadPoolState:
     """Set how long idle pool workers spin before sleeping; 0 lets them sleep at once (saves power)."""
     from etlora import _runtime
-    from etlora.export.errors import EtloraError
+    from etlora.format.errors import EtloraError
 
     try:
         _runtime.configure_thread_pool(float(worker_spin_us))

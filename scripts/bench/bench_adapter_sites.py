@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import etlora
-from etlora.export import read_manifest
+from etlora.format.manifest import read_manifest
 from etlora.kernel_path import cpu_model, kernel_path
 
 PROMPT = "Write a short story about a robot who learns to paint."

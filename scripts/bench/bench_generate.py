@@ -152,7 +152,7 @@ def export(adapters: dict[str, Path], out: Path, max_seq_len: int) -> float:
 
 def bundle_adapters(bundle: Path) -> dict[str, Path]:
     """The bundle's adapters with the PEFT folder each came from (manifest `source`)."""
-    from etlora.export.manifest import read_manifest
+    from etlora.format.manifest import read_manifest
 
     return {name: Path(record.source) for name, record in read_manifest(bundle).adapters.items()}
 
@@ -367,7 +367,7 @@ def machine_info() -> dict:
 
 def foundation_weights(bundle: Path) -> str:
     """'fp32', or e.g. '8da4w (groups of 32, output head 8-bit, ...)' from the manifest."""
-    from etlora.export.manifest import read_manifest
+    from etlora.format.manifest import read_manifest
 
     return read_manifest(bundle).foundation.quantization.describe()
 

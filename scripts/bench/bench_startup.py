@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Start-up benchmark: how long a fresh process takes to load a bundle, with and without the packed file.
+"""Start-up benchmark: how long a fresh process takes to load a bundle, with and without the packed cache file.
 
 Every start is a fresh Python process running `etlora.load(bundle)` and one forward pass:
-  - off:   packed file off (XNNPACK packs the foundation at load, as before the packed file)
-  - first: packed file on, none there yet (removed beforehand): packs and writes it
-  - later: packed file on, file present: maps it, then copies the weights into private memory
+  - off:   packed cache file off (XNNPACK packs the foundation at load, as before the file existed)
+  - first: packed cache file on, none there yet (removed beforehand): packs and writes it
+  - later: packed cache file on, file present: maps it, then copies the weights into private memory
            (the default residency, median of --runs)
   - later (map): the same, keeping the file mapped (packed_cache_residency="map")
 and records the C++ load time (Session::open), the first forward's time (mapped pages fault in
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, type=Path)
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="packed file folder (default BUNDLE/.etlora-cache; use one for a read-only bundle)")
+                        help="packed cache file folder (default BUNDLE/.etlora-cache; use one for a read-only bundle)")
     parser.add_argument("--runs", type=int, default=3, help="later starts, median taken (default 3)")
     parser.add_argument("--json-out", type=Path, default=None,
                         help="default docs/results/startup_<bundle name>_<date>.json")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
     packed = first["packed_cache"]
-    print(f"packed file: {packed['path']} ({packed['file_bytes'] / mib:.0f} MiB, {packed['file_entries']} entries)")
+    print(f"packed cache file: {packed['path']} ({packed['file_bytes'] / mib:.0f} MiB, {packed['file_entries']} entries)")
 
     today = datetime.date.today().isoformat()
     out = args.json_out or REPO / "docs" / "results" / f"startup_smollm2_{today}.json"

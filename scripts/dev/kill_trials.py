@@ -7,8 +7,8 @@ and then checks what is on disk:
   old set or the new set, and every listed adapter loads;
 - export (with --force over an existing bundle): the output is the old bundle or the new one, valid
   by `inspect`, never missing or mixed;
-- packed-cache write (first load of a bundle): the next load gives logits bit-identical to a load
-  without the packed cache.
+- packed cache file write (first load of a bundle): the next load gives logits bit-identical to a
+  load without the packed cache file.
 
     python scripts/dev/kill_trials.py --trials 50 --json docs/results/kill_trials.json
 """
@@ -84,7 +84,7 @@ class Fixture:
 def check(operation: str, target: Path, before: set[str], after: set[str], reference: dict) -> str | None:
     """None when the bundle is whole (old or new); else what is wrong. Records which in reference."""
     import etlora
-    from etlora.export.errors import EtloraError
+    from etlora.format.errors import EtloraError
     from etlora.inspect_bundle import inspect_bundle
 
     try:
@@ -103,7 +103,7 @@ def check(operation: str, target: Path, before: set[str], after: set[str], refer
     if operation == "packed":
         session.set_adapters({"first": 1.0})
         if not np.array_equal(session.logits(TOKENS), reference["packed"]):
-            return "logits after a killed packed-cache write differ from a load without the cache"
+            return "logits after a killed packed cache file write differ from a load without the file"
     reference["state"] = "new" if names == after and names != before else "old"
     if operation == "replace":  # same names either way: tell old from new by the weights
         session.set_adapters({"first": 1.0})

@@ -12,9 +12,10 @@ import struct
 import tempfile
 from pathlib import Path
 
-from etlora.export.adapter_file import ProgramSlots, adapter_ptd_bytes
+from etlora.export.adapter_file import adapter_ptd_bytes
 from etlora.export.adapters import load_adapter
 from etlora.export.model import LlamaShape
+from etlora.format.adapter_format import ProgramSlots
 from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama, tiny_llama_config
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "malformed"
@@ -115,7 +116,7 @@ def tokenizer_attack_files() -> dict[str, bytes]:
 
 
 def packed_weight_file(data_bytes: int, entries: list[tuple[bytes, int, int]], footer_count: int) -> bytes:
-    """An XNNPACK packed weight file (executorch 1.5.1 layout): data, index, 20-byte footer."""
+    """A packed cache file (XNNPACK's packed weights, executorch 1.5.1 layout): data, index, 20-byte footer."""
     index = b"".join(struct.pack("<I", len(name)) + name + struct.pack("<QQI", offset, size, 0)
                      for name, offset, size in entries)
     footer = struct.pack("<QIII", data_bytes, footer_count, 0x58505743, 2)

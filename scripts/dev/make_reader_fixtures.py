@@ -31,12 +31,12 @@ from unittest import mock
 
 from etlora.export import adapter_file as adapter_writer
 from etlora.export.adapter_file import adapter_ptd_bytes
-from etlora.export.adapter_format import AdapterDtype, ProgramSlots
+from etlora.format.adapter_format import AdapterDtype, ProgramSlots
 from etlora.export.adapters import load_adapter, program_sites
 from etlora.export.bundle import adapter_record
-from etlora.export.errors import BundleError
-from etlora.export.files import write_atomically
-from etlora.export.manifest import (
+from etlora.format.errors import BundleError
+from etlora.format.files import write_atomically
+from etlora.format.manifest import (
     AdapterRecord, FileRecord, FoundationRecord, HtpProgramRecord, Manifest, ProgramRecord, QuantizationRecord,
     TokenizerRecord, read_manifest, verify_files,
 )

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from etlora.cli import bundle_commands, report_command, run_command
 from etlora.cli.output import console
-from etlora.export.errors import EtloraError
+from etlora.format.errors import EtloraError
 
 
 def build_parser() -> argparse.ArgumentParser:

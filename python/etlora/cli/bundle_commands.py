@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from etlora.cli.output import console, megabytes as _megabytes, step as _step, stdout
-from etlora.export.errors import EtloraError
+from etlora.format.errors import EtloraError
 
 
 def _parse_adapter(text: str) -> tuple[str, str]:
@@ -30,9 +30,10 @@ def _print_summary(bundle_dir: Path, seconds: float) -> None:
 
 
 def cmd_export(args) -> int:
-    from etlora.export import BackendChoice, ExportOptions, Soc, export_bundle
-    from etlora.export.adapter_format import AdapterDtype
+    from etlora.export import ExportOptions, export_bundle
     from etlora.export.quantization import FoundationQuantization
+    from etlora.format.adapter_format import AdapterDtype
+    from etlora.format.backends import BackendRequest, Soc
 
     adapters = dict(args.adapter or [])
     if len(adapters) != len(args.adapter or []):
@@ -48,7 +49,7 @@ def cmd_export(args) -> int:
         target_modules=args.target_modules,
         adapter_slots=args.adapter_slots,
         max_seq_len=args.max_seq_len,
-        backend=BackendChoice(args.backend),
+        backend=BackendRequest(args.backend),
         soc=Soc(args.soc),
         quantization=quantization,
         adapter_dtype=AdapterDtype.parse(args.adapter_dtype),
@@ -61,7 +62,7 @@ def cmd_export(args) -> int:
 
 def cmd_add_adapter(args) -> int:
     from etlora.export import add_adapter
-    from etlora.export.adapter_format import AdapterDtype
+    from etlora.format.adapter_format import AdapterDtype
 
     dtype = AdapterDtype.parse(args.adapter_dtype)
     started = time.perf_counter()
@@ -137,7 +138,7 @@ def _htp_line(htp) -> str:
 
 
 def add_parsers(commands) -> None:
-    from etlora.export.backend_choice import DEFAULT_SOC, BackendChoice, Soc
+    from etlora.format.backends import DEFAULT_SOC, BackendRequest, Soc
 
     export = commands.add_parser(
         "export",
@@ -162,7 +163,7 @@ def add_parsers(commands) -> None:
     )
     export.add_argument("--adapter-slots", type=int, default=1, help="adapters active at once (default 1)")
     export.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (default 512)")
-    export.add_argument("--backend", choices=[choice.value for choice in BackendChoice], default="auto",
+    export.add_argument("--backend", choices=[request.value for request in BackendRequest], default="auto",
                         help="programs in the bundle: xnnpack (model.pte, any CPU), htp (model.pte plus an HTP "
                              "program for --soc; needs a QNN SDK 2.37, fails at once without one), auto (default: "
                              "htp when a usable QNN SDK is found, else xnnpack; the choice is printed)")

@@ -14,7 +14,8 @@ from typing import Iterable
 from rich.markup import escape
 
 from etlora.cli.output import console, step
-from etlora.export.errors import EtloraError
+from etlora.format.backends import BackendRequest
+from etlora.format.errors import EtloraError
 from etlora.thread_pool import DEFAULT_WORKER_SPIN_US
 
 
@@ -183,7 +184,8 @@ def add_parser(commands) -> None:
     run.add_argument("--kernel-path", metavar="NAME", default=None,
                      help="vector path of etlora's kernels: auto (default: ETLORA_KERNEL_PATH, else "
                           "the best this CPU runs), avx512, avx2, portable")
-    run.add_argument("--backend", dest="run_backend", choices=["auto", "xnnpack", "htp"], default="auto",
+    run.add_argument("--backend", dest="run_backend", choices=[request.value for request in BackendRequest],
+                     default="auto",
                      help="program to run, decided before loading: auto (default: the bundle's HTP program "
                           "when this device can run it, else XNNPACK; the choice and its reason are printed), "
                           "xnnpack, htp (an error when it cannot run)")

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from etlora.export.errors import EtloraError
-from etlora.export.files import write_atomically
-from etlora.export.manifest import Manifest, read_manifest
+from etlora.format.errors import EtloraError
+from etlora.format.files import write_atomically
+from etlora.format.manifest import Manifest, read_manifest
 from etlora.inspect_bundle import inspect_bundle
 from etlora.report.figures import Report
 from etlora.report.measure import machine_info, measure_naive, measure_pair, run_steps

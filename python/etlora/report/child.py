@@ -88,7 +88,7 @@ def read_memory(pid: int | str = "self", cache_paths: tuple[str, ...] = ()) -> d
 
 
 def cache_paths_of(load_options: dict) -> tuple[str, ...]:
-    """Paths of a packed-weight cache among the load options (`cache_dir`, `packed_cache`)."""
+    """Paths of the packed cache file's folder or file among the load options (`cache_dir`, `packed_cache`)."""
     paths = [load_options.get(key) for key in ("cache_dir", "packed_cache")]
     return tuple(str(Path(path).resolve()) for path in paths if isinstance(path, str))
 
@@ -136,7 +136,7 @@ def _start(load_options: dict) -> Recorder:
 
 
 def _generate(session, record: Recorder) -> None:
-    from etlora.export.errors import EtloraError
+    from etlora.format.errors import EtloraError
 
     try:
         session.generate(PROMPT, max_new_tokens=GENERATE_TOKENS)

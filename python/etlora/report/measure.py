@@ -3,7 +3,7 @@
 Every figure comes from a fresh child interpreter: nothing the parent loaded (torch, the naive
 export) is counted. The child prints JSON; this module turns it into schema.Step records
 (RSS/PSS/private/shared bytes and RSS/PSS per region: foundation.ptd mapping, adapter .ptd
-mappings, model.pte, a packed-weight cache file, anonymous memory, everything else), and records
+mappings, model.pte, the packed cache file, anonymous memory, everything else), and records
 what machine they were taken on.
 """
 
@@ -18,7 +18,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from etlora.export.errors import EtloraError
+from etlora.format.errors import EtloraError
 from etlora.report.child import cache_paths_of, read_memory
 from etlora.report.schema import NaiveProcess, ProcessPair, Step
 

@@ -5,7 +5,7 @@ and exported foundation-only; the bundles are cached under <out>/naive_cache/<ad
 reused while their stamp (foundation weights id, adapter sha256, max_seq_len) matches. A quantized
 bundle's naive models are quantized the same way (the fair comparison: one full model per adapter
 as it would ship). A module of its own because it is the only part of the report that needs
-transformers and peft (imported inside the functions that use them).
+the exporter, transformers and peft (imported inside the functions that use them).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from etlora.export.manifest import Manifest
-from etlora.export.quantization import FoundationQuantization
+from etlora.format.manifest import Manifest
 
 CACHE_STAMP = "stamp.json"
 
@@ -103,6 +102,8 @@ def _export_merged(base, tokenizer, adapter_dir: Path, activated: bool, target: 
 
 def prepare_naive(manifest: Manifest, adapters: list[str], cache: Path, log: Callable[[str], None]) -> list[Path]:
     """One foundation-only bundle per adapter, its weights merged; reused while the stamp matches."""
+    from etlora.export.quantization import FoundationQuantization
+
     base = tokenizer = None
     bundles = []
     for name in adapters:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from etlora.export.errors import BundleError
+from etlora.format.errors import BundleError
 from etlora.report.schema import METHOD, PlannedMemory
 
 # ExecuTorch ScalarType name -> bytes per element (the dtypes an etlora program plans).

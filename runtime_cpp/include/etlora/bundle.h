@@ -1,6 +1,6 @@
 // A bundle directory as the runtime reads it (docs/bundle-format.md): the one
 // place in C++ that knows manifest.json, the file layout and the cache folder.
-// The runner and the Python binding open bundles through it; export/manifest.py
+// The runner and the Python binding open bundles through it; python/etlora/format/manifest.py
 // is its Python twin for the tools, held to the same rules by tests.
 #pragma once
 

@@ -1,6 +1,6 @@
 // Bundle::open: manifest.json read and checked (include/etlora/bundle.h).
 //
-// The rules are export/manifest.py's, in the same order, so that a manifest
+// The rules are python/etlora/format/manifest.py's, in the same order, so that a manifest
 // one side refuses the other refuses too (tests/test_bundle_reader.py):
 // format and version, the records and their members, the quantization scheme,
 // then every path, then the HTP program listed in files.
@@ -59,7 +59,7 @@ const RecordShape kHtpProgram{"htp_program",
                               {"file", "soc", "qnn_sdk_version", "chunk_len", "cache_len",
                                "foundation_in_context_bytes"},
                               {}};
-constexpr double kJsonIntegerLimit = 9007199254740992.0;  // 2^53, as export/manifest.py
+constexpr double kJsonIntegerLimit = 9007199254740992.0;  // 2^53, as python/etlora/format/manifest.py
 
 class ManifestReader {
  public:
@@ -98,7 +98,7 @@ class ManifestReader {
     return Status::ok_status();
   }
 
-  // A whole number within +-2^53 and >= minimum (export/manifest.py's _json_integer).
+  // A whole number within +-2^53 and >= minimum (python/etlora/format/manifest.py's _json_integer).
   Status integer_member(const JsonValue& record, const char* key, const std::string& where, int64_t minimum,
                         int64_t& out) {
     const JsonValue* member = record.find(key);
@@ -289,7 +289,7 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
     bundle.htp_program_ = std::move(program);
   }
 
-  // Every path a reader opens, in export/manifest.py's order.
+  // Every path a reader opens, in python/etlora/format/manifest.py's order.
   std::vector<std::pair<std::string, std::string>>& paths = bundle.listed_paths_;
   paths = {{"program.file", bundle.program_file_}, {"foundation.file", bundle.foundation_file_}};
   for (const auto& [name, record] : files.object()) paths.emplace_back("files['" + name + "']", name);

@@ -81,7 +81,7 @@ class FoundationRecord:
     fingerprint: str  # of the float checkpoint: adapters are checked against it
     source: str
     config: dict
-    weights_id: str = ""  # the foundation as stored (names the packed weight file); "" in version 1
+    weights_id: str = ""  # the foundation as stored (names the packed cache file); "" in version 1
     quantization: QuantizationRecord = field(default_factory=QuantizationRecord)
 
 
