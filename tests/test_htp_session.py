@@ -16,7 +16,6 @@ import torch
 from conftest import MAX_SEQ_LEN, TOKENS
 
 import etlora
-from etlora.export.manifest import read_manifest
 
 CHUNK_LEN = 4
 PROMPT = TOKENS + [5, 120, 33]  # 11 tokens: chunks of 4, 4, 3 (the last padded)
@@ -33,25 +32,14 @@ CASES = {
 @pytest.fixture(scope="module")
 def htp(bundle, model_dir, tmp_path_factory):
     """The bundle's program spec, lowered HTP-shaped (T = 4, C = the bundle's max_seq_len)."""
-    from etlora.export.foundation import load_foundation
-    from etlora.export.htp_program import HtpShape, lower_htp_shaped
-    from etlora.export.program import Backend, ProgramSpec
+    from etlora.testing.htp_stand_in import lower_bundle_htp_shaped
 
-    manifest = read_manifest(bundle)
-    program = manifest.program
-    assert program.max_seq_len == MAX_SEQ_LEN and program.adapter_slots == 2
-    foundation = load_foundation(model_dir)
-    spec = ProgramSpec(tuple(program.sites), tuple(program.target_modules), max_rank=program.max_rank,
-                       adapter_slots=program.adapter_slots, max_seq_len=program.max_seq_len,
-                       backend=Backend.XNNPACK)
-    assert [list(d) for d in spec.slots(foundation).site_dims] == program.site_dims
-    result = lower_htp_shaped(foundation, spec, HtpShape(CHUNK_LEN, MAX_SEQ_LEN))
-    # The same foundation bytes: the HTP-shaped program runs on the bundle's own foundation.ptd.
-    assert result.lowered.foundation_bytes == (bundle / manifest.foundation.file).read_bytes()
     path = tmp_path_factory.mktemp("htp_session") / "model_htp.pte"
-    path.write_bytes(result.lowered.program_bytes)
-    return {"foundation": foundation, "spec": spec, "manifest": manifest, "path": path,
-            "foundation_path": bundle / manifest.foundation.file}
+    lowered = lower_bundle_htp_shaped(bundle, model_dir, CHUNK_LEN, path)
+    program = lowered.manifest.program
+    assert program.max_seq_len == MAX_SEQ_LEN and program.adapter_slots == 2
+    return {"foundation": lowered.foundation, "spec": lowered.spec, "manifest": lowered.manifest,
+            "path": path, "foundation_path": lowered.foundation_path}
 
 
 def adapter_path(bundle, manifest, name: str) -> str:

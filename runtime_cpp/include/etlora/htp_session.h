@@ -43,6 +43,12 @@ struct HtpProgramInfo {
   int64_t head_dim = 0;
 };
 
+// How many adapter files an HtpSession keeps open (SessionOptions has the same two).
+struct HtpSessionOptions {
+  size_t max_resident_adapters = 0;        // 0 = keep every adapter ever opened
+  uint64_t max_resident_adapter_bytes = 0;  // 0 = no byte limit; bound ones always kept
+};
+
 class HtpSession {
  public:
   // Loads the program and its foundation (both memory-mapped), reads and
@@ -52,26 +58,33 @@ class HtpSession {
   // foundation, as QNN context binaries do). No adapter is active and the
   // cache is empty until set_adapters() / forward().
   static StatusOr<std::unique_ptr<HtpSession>> open(const std::string& program_path,
-                                                   const std::string& foundation_path);
+                                                   const std::string& foundation_path,
+                                                   const HtpSessionOptions& options = {});
 
   // ProgramInfo as adapters are checked against it; max_seq_len is the cache length C.
   const ProgramInfo& info() const { return info_; }
   const HtpProgramInfo& htp_info() const { return htp_; }
   const std::string& program_path() const { return program_path_; }
 
-  // Binds these adapter files to the slots in order (at most adapter_slots;
-  // the rest get zeros and scale 0): each file is opened (AdapterFile::open)
-  // and checked against info() (AdapterFile::check_for_program), its tensors
-  // become forward's LoRA inputs (zeros for sites it lacks) and
-  // strength * scaling its slot's scale. Everything is checked before anything
-  // changes, so a failure leaves the previous adapters active. A strength that
-  // is not finite, or the same file twice, is an error. The cache is kept.
+  // Binds these adapter files to the slots in order, with Session::set_adapters'
+  // rules and the same registry (a file opened and checked once, kept open
+  // within the residency budget). The cache is kept.
   Status set_adapters(const std::vector<AdapterChoice>& adapters);
+
+  // As Session's: the open adapter files, their sizes, closing the unbound ones.
+  std::vector<std::string> resident_adapter_paths() const;
+  uint64_t resident_adapter_bytes() const;
+  size_t release_unbound_adapters();
 
   // Runs `tokens` at positions start_pos.. (appending to the cache: rows
   // 0 .. start_pos-1 are what earlier calls wrote) and returns the logits of
   // the last one (vocab_size floats). start_pos + tokens must be <= cache_len.
+  // An activated LoRA applies from its activation start on, as in Session:
+  // the call runs in segments cut there, each as its own chunks.
   StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
+
+  // As Session::reusable_prefix: the cache is on the host, same bookkeeping.
+  int64_t reusable_prefix(const std::vector<int64_t>& prompt) const;
 
   // forward() from position 0: a fresh prefill.
   StatusOr<std::vector<float>> logits(const std::vector<int64_t>& tokens) {
@@ -79,9 +92,10 @@ class HtpSession {
   }
 
   // Adapters currently bound to the slots, in slot order.
-  const std::vector<AdapterChoice>& active_adapters() const { return active_; }
+  const std::vector<AdapterChoice>& active_adapters() const;
 
-  // How many runs of `forward` the last forward() call took (ceil(tokens / T)).
+  // How many runs of `forward` the last forward() call took (ceil(tokens / T)
+  // per segment).
   int64_t last_chunks() const { return last_chunks_; }
 
   ~HtpSession();
@@ -90,7 +104,8 @@ class HtpSession {
   struct Impl;  // ExecuTorch objects and the host buffers, kept out of this header
   HtpSession();
   static StatusOr<std::unique_ptr<HtpSession>> open_unguarded(const std::string& program_path,
-                                                              const std::string& foundation_path);
+                                                              const std::string& foundation_path,
+                                                              const HtpSessionOptions& options);
   Status set_adapters_unguarded(const std::vector<AdapterChoice>& adapters);
   StatusOr<std::vector<float>> forward_unguarded(const std::vector<int64_t>& tokens,
                                                  int64_t start_pos);
@@ -100,7 +115,6 @@ class HtpSession {
   std::string program_path_;
   ProgramInfo info_;
   HtpProgramInfo htp_;
-  std::vector<AdapterChoice> active_;
   int64_t last_chunks_ = 0;
   std::unique_ptr<Impl> impl_;
 };

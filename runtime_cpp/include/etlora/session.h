@@ -68,8 +68,6 @@ struct SessionOptions {
   uint64_t max_resident_adapter_bytes = 0;
 };
 
-struct OpenAdapter;  // session.cpp: an adapter file checked against this program
-
 // An adapter to activate: its file and how strongly to apply it.
 struct AdapterChoice {
   std::string path;
@@ -129,7 +127,7 @@ class Session {
   }
 
   // Adapters currently bound to the slots, in slot order.
-  const std::vector<AdapterChoice>& active_adapters() const { return active_; }
+  const std::vector<AdapterChoice>& active_adapters() const;
 
   // How many inputs of `forward` ExecuTorch memory-planned. The exporter
   // plans none, so inputs are shared, not copied; a nonzero count still works
@@ -149,16 +147,10 @@ class Session {
  private:
   struct Impl;  // ExecuTorch objects, kept out of this header
   Session();
-  StatusOr<OpenAdapter*> open_adapter(const std::string& path);
-  Status bind_all();
-  std::vector<int64_t> activation_starts(const int64_t* tokens, int64_t count) const;
   StatusOr<std::vector<float>> run_segment(const int64_t* tokens, int64_t count, int64_t start_pos);
-  Status bind_slots(const std::vector<const OpenAdapter*>& previous);
-  void close_unused_adapters();
 
   std::string program_path_;
   ProgramInfo info_;
-  std::vector<AdapterChoice> active_;
   int64_t load_anon_bytes_ = 0;
   bool weight_cache_ = false;
   PackedCacheInfo packed_cache_;

@@ -73,7 +73,8 @@ StatusOr<GenerationResult> generate(HtpSession& session, const std::vector<int64
   const ForwardModel model{[&](const std::vector<int64_t>& tokens, int64_t start) {
                              return session.forward(tokens, start);
                            },
-                           session.info().max_seq_len};
+                           session.info().max_seq_len,
+                           [&](const std::vector<int64_t>& tokens) { return session.reusable_prefix(tokens); }};
   return generate(model, prompt, options, on_token);
 }
 

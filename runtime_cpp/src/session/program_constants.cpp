@@ -147,6 +147,29 @@ std::vector<executorch::extension::TensorPtr> lora_inputs(const ProgramInfo& inf
   return inputs;
 }
 
+Status check_forward_tokens(const std::vector<int64_t>& tokens, int64_t start_pos, int64_t limit,
+                            const std::string& limit_label, int64_t vocab_size) {
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  if (count < 1 || count > limit) {
+    return Status(StatusCode::kInvalidArgument, "tokens: expected 1 to " + std::to_string(limit) + " tokens (" +
+                                                    limit_label + "), got " + std::to_string(count));
+  }
+  if (start_pos < 0 || start_pos > limit - count) {
+    return Status(StatusCode::kInvalidArgument,
+                  "start_pos: expected 0 <= start_pos and start_pos + tokens <= " + std::to_string(limit) + " (" +
+                      limit_label + "), got start_pos " + std::to_string(start_pos) + " with " +
+                      std::to_string(count) + " tokens; hint: the KV cache is full, start again from position 0");
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab_size) {
+      return Status(StatusCode::kInvalidArgument, "tokens[" + std::to_string(i) + "]: expected an id in [0, " +
+                                                      std::to_string(vocab_size) + "), got " +
+                                                      std::to_string(tokens[i]));
+    }
+  }
+  return Status::ok_status();
+}
+
 bool is_regular_file(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);

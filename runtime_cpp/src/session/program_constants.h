@@ -59,6 +59,12 @@ Status check_adapter_choices(const std::vector<AdapterChoice>& adapters, const P
 Status check_file_not_chosen(const AdapterFile* file, const std::vector<const AdapterFile*>& files,
                              const std::vector<AdapterChoice>& adapters);
 
+// The rules on a forward call both sessions apply: 1 .. limit tokens, each in
+// [0, vocab_size), start_pos + tokens <= limit. `limit_label` says what the
+// limit is in errors ("max_seq_len", "cache_len of HTP program X").
+Status check_forward_tokens(const std::vector<int64_t>& tokens, int64_t start_pos, int64_t limit,
+                            const std::string& limit_label, int64_t vocab_size);
+
 // A regular file at `path`.
 bool is_regular_file(const std::string& path);
 

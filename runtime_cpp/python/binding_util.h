@@ -1,0 +1,88 @@
+// What every part of etlora._runtime shares: C++ Status -> Python exception,
+// tokens in, logits and text out, and the generation loop with the GIL released.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <etlora/generator.h>
+#include <etlora/loaded_bundle.h>
+#include <etlora/status.h>
+
+namespace etlora_python {
+
+namespace py = pybind11;
+
+// MissingFileError (FileNotFoundError and ValueError), created at import.
+py::object& missing_file_error();
+
+// ValueError for bad input or incompatible files, MissingFileError for missing
+// files, RuntimeError for ExecuTorch failures; the message is the C++ one.
+[[noreturn]] void raise_status(const etlora::Status& status);
+
+// Tokens as a list of ints or an integer array of shape [T] or [1, T].
+std::vector<int64_t> to_tokens(const py::object& tokens);
+
+py::array_t<float> to_array(std::vector<float>&& values);
+
+// Decoded bytes as str; a character cut off at the end shows as U+FFFD.
+py::str to_text(const std::string& bytes);
+
+// The generation statistics as the dict Python callers read.
+py::dict stats_dict(const etlora::GenerationStats& stats);
+
+// The packed cache figures of a load as a dict.
+py::dict packed_cache_dict(const etlora::PackedCacheInfo& info);
+
+// The C++ generator over a Session, an HtpSession or a LoadedBundle with the
+// GIL released; on_token(id) runs with the GIL held and may return False to
+// stop. Returns (ids, stats).
+template <class Runs>
+py::tuple run_generate(Runs& runs, std::mutex& mutex, const py::object& prompt, int64_t max_new_tokens,
+                       float temperature, float top_p, uint64_t seed, const py::object& on_token,
+                       const std::vector<int64_t>& eos_ids, bool reuse_prefix) {
+  std::vector<int64_t> ids = to_tokens(prompt);
+  etlora::GenerationOptions options{max_new_tokens, temperature, top_p, seed, eos_ids, reuse_prefix};
+  std::optional<py::error_already_set> callback_error;
+  etlora::TokenCallback callback;
+  if (!on_token.is_none()) {
+    callback = [&](int64_t token) {
+      py::gil_scoped_acquire acquire;
+      try {
+        py::object keep_going = on_token(token);
+        return keep_going.is_none() || keep_going.cast<bool>();
+      } catch (py::error_already_set& error) {
+        callback_error.emplace(std::move(error));
+        return false;
+      }
+    };
+  }
+  etlora::StatusOr<etlora::GenerationResult> result = etlora::Status();
+  {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex);
+    if constexpr (std::is_same_v<Runs, etlora::LoadedBundle>) {
+      result = runs.generate(ids, options, callback);
+    } else {
+      result = etlora::generate(runs, ids, options, callback);
+    }
+  }
+  if (callback_error) throw std::move(*callback_error);
+  if (!result.ok()) raise_status(result.status());
+  return py::make_tuple(py::cast(result->tokens), stats_dict(result->stats));
+}
+
+// The parts of the module, each in its own file.
+void bind_sessions(py::module_& m);       // bind_sessions.cpp: Session, HtpSession
+void bind_loaded_bundle(py::module_& m);  // bind_loaded_bundle.cpp: Bundle, LoadedBundle
+void bind_text(py::module_& m);           // bind_text.cpp: Tokenizer, TokenStream
+void bind_device(py::module_& m);         // bind_device.cpp: backend choice, thread pool, kernels, caches
+
+}  // namespace etlora_python
