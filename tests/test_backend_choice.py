@@ -204,9 +204,9 @@ def test_the_binding_refuses_incomplete_or_mistyped_facts():
     missing = {k: v for k, v in USABLE.items() if k != "dsp_device"}
     with pytest.raises(ValueError, match=r"^facts: expected a 'dsp_device' key, received none$"):
         _runtime.choose_backend("auto", missing, PROGRAM)
-    with pytest.raises(ValueError, match=r"^facts: expected only the keys .*, received 'dsp' \(hint: start from htp_facts\(\)\)$"):
+    with pytest.raises(ValueError, match=r"^facts: expected only the keys .*, received 'dsp'$"):
         _runtime.choose_backend("auto", {**USABLE, "dsp": ""}, PROGRAM)
-    with pytest.raises(ValueError, match=r"^facts\['htp_library_loadable'\]: expected a bool, received 1$"):
+    with pytest.raises(ValueError, match=r"^facts: 'htp_library_loadable' expected a boolean, received a number$"):
         _runtime.choose_backend("auto", {**USABLE, "htp_library_loadable": 1}, PROGRAM)
     with pytest.raises(ValueError, match=r"^htp_program: expected a 'path' key, received none$"):
         _runtime.choose_backend("auto", USABLE, {"soc": "SM8650"})

@@ -1,4 +1,4 @@
-"""Which program a session runs, decided before anything is loaded (issue 14; torch-free).
+"""Which program a session runs, decided before anything is loaded (torch-free).
 
 A bundle may hold an HTP program (for the Hexagon NPU of one Snapdragon SoC) beside the XNNPACK
 program model.pte. ExecuTorch's QnnBackend crashes the process on a program it cannot run instead
@@ -6,9 +6,11 @@ of refusing it, so the choice is never made by trying: the device is probed (QNN
 Hexagon DSP device node, the SoC) and one rule in C++ decides (etlora::choose_backend, the table in
 runtime_cpp/include/etlora/htp_probe.h), the same rule etlora_runner applies.
 
-When the answer is HTP, etlora.load (and etlora_runner) open the HTP program in an HtpSession
-(the static-shape session with the KV cache on the host, runtime_cpp/src/session/htp_session.cpp); `htp`
-requested where it cannot run is an error, never a silent fallback.
+etlora.load and etlora_runner decide through etlora::LoadedBundle, which applies that rule; this
+module exposes it for callers that decide first (a BackendChoice handed to etlora.load) and for
+tests that fake the device facts. When the answer is HTP, the HTP program runs in an HtpSession
+(the static-shape session with the KV cache on the host); `htp` requested where it cannot run is an
+error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from etlora.export.errors import BundleError, EtloraError
-
-# Whether this runtime can run an HTP program: etlora.load opens it in an HtpSession.
-HTP_SESSION_AVAILABLE = True
 
 
 class Backend(enum.Enum):
@@ -78,7 +77,7 @@ def choose_backend(bundle: str | Path | Any, requested: Backend | str = Backend.
     try:
         backend, reason = _runtime.choose_backend(
             requested.value, dict(facts) if facts is not None else _runtime.htp_facts(), bundle.htp_program,
-            htp_session_available=HTP_SESSION_AVAILABLE,
+            htp_session_available=True,  # this runtime has an HtpSession
         )
     except ValueError as error:
         raise EtloraError(str(error)) from None

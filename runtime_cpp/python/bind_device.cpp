@@ -8,6 +8,7 @@
 
 #include <pybind11/stl.h>
 
+#include <etlora/htp_facts_json.h>
 #include <etlora/htp_probe.h>
 #include <etlora/kernel_path.h>
 #include <etlora/logging.h>
@@ -23,57 +24,28 @@ namespace {
 
 using namespace pybind11::literals;
 
-// HtpFacts as a flat dict (the keys of kHtpFactKeys), and back, so tests can fake each fact.
-constexpr const char* kHtpFactKeys[] = {"htp_library_loadable", "htp_library_error", "system_library_loadable",
-                                        "system_library_error", "dsp_device", "soc", "soc_source"};
-
-py::dict htp_facts_dict(const etlora::HtpFacts& facts) {
-  return py::dict("htp_library_loadable"_a = facts.htp_library.loadable,
-                  "htp_library_error"_a = facts.htp_library.error,
-                  "system_library_loadable"_a = facts.system_library.loadable,
-                  "system_library_error"_a = facts.system_library.error, "dsp_device"_a = facts.dsp_device,
-                  "soc"_a = facts.soc, "soc_source"_a = facts.soc_source);
+// The device facts as a dict, and back: through their JSON form, whose seven
+// keys are written once (etlora/htp_facts_json.h).
+py::object htp_facts_dict(const etlora::HtpFacts& facts) {
+  return py::module_::import("json").attr("loads")(etlora::htp_facts_to_json(facts));
 }
 
-std::string key_list(const char* const* keys, size_t count) {
-  std::string out;
-  for (size_t i = 0; i < count; ++i) out += (i ? ", " : "") + std::string(keys[i]);
-  return out;
+etlora::HtpFacts htp_facts_from(const py::dict& dict) {
+  const std::string text = py::str(py::module_::import("json").attr("dumps")(dict));
+  auto facts = etlora::htp_facts_from_json(text, "facts");
+  if (!facts.ok()) raise_status(facts.status());
+  return *facts;
 }
 
 template <typename T>
 T dict_member(const py::dict& dict, const char* where, const char* key) {
   if (!dict.contains(key)) throw py::value_error(std::string(where) + ": expected a '" + key + "' key, received none");
   py::object value = dict[key];
-  const bool right_type = std::is_same_v<T, bool> ? py::isinstance<py::bool_>(value) : py::isinstance<py::str>(value);
-  if (!right_type) {
-    throw py::value_error(std::string(where) + "['" + key + "']: expected " +
-                          (std::is_same_v<T, bool> ? "a bool" : "a str") + ", received " +
+  if (!py::isinstance<py::str>(value)) {
+    throw py::value_error(std::string(where) + "['" + key + "']: expected a str, received " +
                           std::string(py::str(py::repr(value))));
   }
   return value.cast<T>();
-}
-
-etlora::HtpFacts htp_facts_from(const py::dict& dict) {
-  constexpr size_t count = sizeof(kHtpFactKeys) / sizeof(kHtpFactKeys[0]);
-  for (const auto& item : dict) {
-    const std::string key = py::str(item.first);
-    bool known = false;
-    for (const char* k : kHtpFactKeys) known = known || key == k;
-    if (!known) {
-      throw py::value_error("facts: expected only the keys " + key_list(kHtpFactKeys, count) + ", received '" +
-                            key + "' (hint: start from htp_facts())");
-    }
-  }
-  etlora::HtpFacts facts;
-  facts.htp_library.loadable = dict_member<bool>(dict, "facts", "htp_library_loadable");
-  facts.htp_library.error = dict_member<std::string>(dict, "facts", "htp_library_error");
-  facts.system_library.loadable = dict_member<bool>(dict, "facts", "system_library_loadable");
-  facts.system_library.error = dict_member<std::string>(dict, "facts", "system_library_error");
-  facts.dsp_device = dict_member<std::string>(dict, "facts", "dsp_device");
-  facts.soc = dict_member<std::string>(dict, "facts", "soc");
-  facts.soc_source = dict_member<std::string>(dict, "facts", "soc_source");
-  return facts;
 }
 
 // None, or a dict with at least soc and path (Bundle.htp_program's dict qualifies).

@@ -21,6 +21,7 @@
 #include <etlora/htp_session.h>
 #include <etlora/packed_cache.h>
 #include <etlora/program_info.h>
+#include <etlora/running_program.h>
 #include <etlora/session.h>
 #include <etlora/status.h>
 #include <etlora/tokenizer.h>
@@ -31,7 +32,7 @@ struct LoadOptions {
   BackendRequest backend = BackendRequest::kAuto;
   // The device facts choose_backend decides on; unset = probe this device
   // (gather_htp_facts). Facts not probed (a test's) refuse an HTP program that
-  // delegates to QnnBackend: only a probed device may ever reach it.
+  // delegates to QnnBackend, decided or not: only a probed device may reach it.
   std::optional<HtpFacts> facts;
   std::string facts_source = "facts";  // where injected facts came from, named in that refusal
   // A decision the caller already made with choose_backend; facts are then not consulted.
@@ -56,6 +57,8 @@ struct NamedAdapter {
 class LoadedBundle {
  public:
   static StatusOr<std::unique_ptr<LoadedBundle>> open(const std::string& dir, const LoadOptions& options = {});
+  // The backend decision open() makes, for a front end that prints it before loading.
+  static StatusOr<BackendChoice> choose(const Bundle& bundle, const LoadOptions& options);
 
   const Bundle& bundle() const { return bundle_; }
   const BackendChoice& backend() const { return backend_; }
@@ -65,11 +68,11 @@ class LoadedBundle {
   const ProgramInfo& info() const;
   // The program file that runs (model.pte or model_htp.pte).
   const std::string& program_path() const;
-  // The session kind that runs; exactly one is non-null.
-  Session* session();
-  const Session* session() const;
-  HtpSession* htp_session();
-  const HtpSession* htp_session() const;
+  // The program that runs, and the session kind behind it (exactly one non-null).
+  RunningProgram& program() { return *running_; }
+  const RunningProgram& program() const { return *running_; }
+  const Session* session() const { return running_->session(); }
+  const HtpSession* htp_session() const { return running_->htp_session(); }
 
   // The bundle's tokenizer, loaded on first use and checked against the
   // program's vocabulary; an error when the bundle has none.
@@ -99,7 +102,6 @@ class LoadedBundle {
   ~LoadedBundle();
 
  private:
-  struct Running;  // the session that runs, behind one interface (loaded_bundle.cpp)
   explicit LoadedBundle(Bundle bundle);
   Status open_session(const LoadOptions& options);
   Status open_htp_session(const LoadOptions& options);
@@ -107,7 +109,7 @@ class LoadedBundle {
   Bundle bundle_;
   BackendChoice backend_;
   std::string packed_cache_warning_;
-  std::unique_ptr<Running> running_;
+  std::unique_ptr<RunningProgram> running_;
   std::shared_ptr<Tokenizer> tokenizer_;
   std::vector<NamedAdapter> active_;
 };

@@ -69,48 +69,6 @@ std::string strength_text(float strength) {
 
 }  // namespace
 
-// The session that runs, behind the calls LoadedBundle makes on either kind.
-struct LoadedBundle::Running {
-  virtual ~Running() = default;
-  virtual const ProgramInfo& info() const = 0;
-  virtual const std::string& program_path() const = 0;
-  virtual Status set_adapters(const std::vector<AdapterChoice>& adapters) = 0;
-  virtual StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos) = 0;
-  virtual int64_t reusable_prefix(const std::vector<int64_t>& prompt) const = 0;
-  virtual StatusOr<GenerationResult> generate(const std::vector<int64_t>& prompt, const GenerationOptions& options,
-                                              const TokenCallback& on_token) = 0;
-  virtual std::vector<std::string> resident_adapter_paths() const = 0;
-  virtual uint64_t resident_adapter_bytes() const = 0;
-  virtual size_t release_unbound_adapters() = 0;
-  Session* session = nullptr;
-  HtpSession* htp_session = nullptr;
-
-  template <class AnySession>
-  struct On;
-};
-
-template <class AnySession>
-struct LoadedBundle::Running::On final : LoadedBundle::Running {
-  explicit On(std::unique_ptr<AnySession> opened) : owned(std::move(opened)) {}
-  const ProgramInfo& info() const override { return owned->info(); }
-  const std::string& program_path() const override { return owned->program_path(); }
-  Status set_adapters(const std::vector<AdapterChoice>& adapters) override { return owned->set_adapters(adapters); }
-  StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos) override {
-    return owned->forward(tokens, start_pos);
-  }
-  int64_t reusable_prefix(const std::vector<int64_t>& prompt) const override {
-    return owned->reusable_prefix(prompt);
-  }
-  StatusOr<GenerationResult> generate(const std::vector<int64_t>& prompt, const GenerationOptions& options,
-                                      const TokenCallback& on_token) override {
-    return etlora::generate(*owned, prompt, options, on_token);
-  }
-  std::vector<std::string> resident_adapter_paths() const override { return owned->resident_adapter_paths(); }
-  uint64_t resident_adapter_bytes() const override { return owned->resident_adapter_bytes(); }
-  size_t release_unbound_adapters() override { return owned->release_unbound_adapters(); }
-  std::unique_ptr<AnySession> owned;
-};
-
 LoadedBundle::LoadedBundle(Bundle bundle) : bundle_(std::move(bundle)) {}
 LoadedBundle::~LoadedBundle() = default;
 
@@ -119,15 +77,10 @@ StatusOr<std::unique_ptr<LoadedBundle>> LoadedBundle::open(const std::string& di
   if (!read.ok()) return read.status();
   std::unique_ptr<LoadedBundle> loaded(new LoadedBundle(std::move(*read)));
   const Bundle& bundle = loaded->bundle_;
-  // Decided before anything is loaded: QnnBackend crashes on a program it
-  // cannot run, so only a program the probe cleared may ever reach it.
-  std::optional<HtpProgramFacts> htp_program;
-  if (bundle.htp_program()) htp_program = HtpProgramFacts{bundle.htp_program()->soc, bundle.htp_program()->path};
   if (options.decided) {
     loaded->backend_ = *options.decided;
   } else {
-    auto choice = choose_backend(options.backend, options.facts ? *options.facts : gather_htp_facts(), htp_program,
-                                 /*htp_session_available=*/true);
+    auto choice = choose(bundle, options);
     if (!choice.ok()) return choice.status();
     loaded->backend_ = *choice;
   }
@@ -148,6 +101,15 @@ StatusOr<std::unique_ptr<LoadedBundle>> LoadedBundle::open(const std::string& di
   return loaded;
 }
 
+StatusOr<BackendChoice> LoadedBundle::choose(const Bundle& bundle, const LoadOptions& options) {
+  // Decided before anything is loaded: QnnBackend crashes on a program it
+  // cannot run, so only a program the probe cleared may ever reach it.
+  std::optional<HtpProgramFacts> htp_program;
+  if (bundle.htp_program()) htp_program = HtpProgramFacts{bundle.htp_program()->soc, bundle.htp_program()->path};
+  return choose_backend(options.backend, options.facts ? *options.facts : gather_htp_facts(), htp_program,
+                        /*htp_session_available=*/true);
+}
+
 Status LoadedBundle::open_session(const LoadOptions& options) {
   SessionOptions session_options;
   session_options.weight_cache = options.weight_cache;
@@ -165,15 +127,13 @@ Status LoadedBundle::open_session(const LoadOptions& options) {
   }
   auto session = Session::open(bundle_.program_path(), bundle_.foundation_path(), session_options);
   if (!session.ok()) return session.status();
-  auto running = std::make_unique<Running::On<Session>>(std::move(*session));
-  running->session = running->owned.get();
-  running_ = std::move(running);
+  running_ = running_program(std::move(*session));
   return Status::ok_status();
 }
 
 Status LoadedBundle::open_htp_session(const LoadOptions& options) {
   const HtpProgram& htp = *bundle_.htp_program();  // choose_backend says htp only with one
-  if (options.facts && !options.decided) {
+  if (options.facts) {
     // Facts not probed (a test's): a stand-in program only, never a QNN payload.
     auto backends = program_backends(htp.path);
     if (!backends.ok()) return backends.status();
@@ -196,18 +156,12 @@ Status LoadedBundle::open_htp_session(const LoadOptions& options) {
                       std::to_string(info.cache_len) + "; manifest htp_program says " + std::to_string(htp.chunk_len) +
                       ", " + std::to_string(htp.cache_len) + " (hint: files from different exports)");
   }
-  auto running = std::make_unique<Running::On<HtpSession>>(std::move(*session));
-  running->htp_session = running->owned.get();
-  running_ = std::move(running);
+  running_ = running_program(std::move(*session));
   return Status::ok_status();
 }
 
 const ProgramInfo& LoadedBundle::info() const { return running_->info(); }
 const std::string& LoadedBundle::program_path() const { return running_->program_path(); }
-Session* LoadedBundle::session() { return running_->session; }
-const Session* LoadedBundle::session() const { return running_->session; }
-HtpSession* LoadedBundle::htp_session() { return running_->htp_session; }
-const HtpSession* LoadedBundle::htp_session() const { return running_->htp_session; }
 
 StatusOr<std::shared_ptr<Tokenizer>> LoadedBundle::tokenizer() {
   if (tokenizer_) return tokenizer_;
