@@ -19,9 +19,8 @@ namespace {
 
 using namespace pybind11::literals;
 
-// A LoadedBundle run with the GIL released, the mutex keeping two Python
-// threads from running it at once.
-class PyLoadedBundle {
+// A LoadedBundle: adapters by name.
+class PyLoadedBundle : public PyRunning<etlora::LoadedBundle, etlora::NamedAdapter> {
  public:
   PyLoadedBundle(const std::string& dir, const std::string& backend, const py::object& decided, bool weight_cache,
                  bool packed_cache, const std::string& packed_cache_dir, const std::string& packed_cache_residency,
@@ -41,70 +40,18 @@ class PyLoadedBundle {
     options.weight_cache = weight_cache;
     options.packed_cache = packed_cache;
     options.packed_cache_dir = packed_cache_dir;
-    if (packed_cache_residency == "map") {
-      options.packed_cache_residency = etlora::PackedCacheResidency::kMap;
-    } else if (packed_cache_residency != "copy") {
-      throw py::value_error("packed_cache_residency: expected 'copy' or 'map', got '" + packed_cache_residency + "'");
-    }
+    options.packed_cache_residency = to_residency(packed_cache_residency);
     options.max_resident_adapters = max_resident_adapters;
     options.max_resident_adapter_bytes = max_resident_adapter_bytes;
-    etlora::StatusOr<std::unique_ptr<etlora::LoadedBundle>> opened = etlora::Status();
-    {
-      py::gil_scoped_release release;
-      opened = etlora::LoadedBundle::open(dir, options);
-    }
-    if (!opened.ok()) raise_status(opened.status());
-    loaded_ = std::move(*opened);
-  }
-
-  void set_adapters(const std::vector<std::tuple<std::string, float>>& adapters) {
-    std::vector<etlora::NamedAdapter> named;
-    for (const auto& [name, strength] : adapters) named.push_back({name, strength});
-    etlora::Status status;
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = loaded_->set_adapters(named);
-    }
-    if (!status.ok()) raise_status(status);
-  }
-
-  py::array_t<float> forward(const py::object& tokens, int64_t start_pos) {
-    std::vector<int64_t> ids = to_tokens(tokens);
-    etlora::StatusOr<std::vector<float>> logits = std::vector<float>();
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      logits = loaded_->forward(ids, start_pos);
-    }
-    if (!logits.ok()) raise_status(logits.status());
-    return to_array(std::move(*logits));
-  }
-
-  py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
-                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids,
-                     bool reuse_prefix) {
-    return run_generate(*loaded_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids,
-                        reuse_prefix);
+    open([&] { return etlora::LoadedBundle::open(dir, options); });
   }
 
   std::shared_ptr<etlora::Tokenizer> tokenizer() {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto tokenizer = loaded_->tokenizer();
+    auto tokenizer = session_->tokenizer();
     if (!tokenizer.ok()) raise_status(tokenizer.status());
     return *tokenizer;
   }
-
-  size_t release_unbound_adapters() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return loaded_->release_unbound_adapters();
-  }
-
-  const etlora::LoadedBundle& loaded() const { return *loaded_; }
-
- private:
-  std::unique_ptr<etlora::LoadedBundle> loaded_;
-  std::mutex mutex_;
 };
 
 }  // namespace
@@ -174,34 +121,34 @@ void bind_loaded_bundle(py::module_& m) {
            py::arg("on_token") = py::none(), py::arg("eos_ids") = std::vector<int64_t>(),
            py::arg("reuse_prefix") = false, "As Session.generate, on whichever program runs.")
       .def("reusable_prefix",
-           [](const Py& s, const py::object& prompt) { return s.loaded().reusable_prefix(to_tokens(prompt)); },
+           [](const Py& s, const py::object& prompt) { return s.session().reusable_prefix(to_tokens(prompt)); },
            py::arg("prompt"))
       .def("release_unbound_adapters", &Py::release_unbound_adapters,
            "Close every open adapter file no slot binds; returns how many.")
       .def_property_readonly("tokenizer", &Py::tokenizer,
                              "The bundle's tokenizer, checked against the program's vocabulary.")
-      .def_property_readonly("resident_adapters", [](const Py& s) { return s.loaded().resident_adapters(); },
+      .def_property_readonly("resident_adapters", [](const Py& s) { return s.session().resident_adapters(); },
                              "Names of the adapters whose files are open, most recently bound first.")
       .def_property_readonly("resident_adapter_bytes",
-                             [](const Py& s) { return s.loaded().resident_adapter_bytes(); })
+                             [](const Py& s) { return s.session().resident_adapter_bytes(); })
       .def_property_readonly("backend",
-                             [](const Py& s) { return std::string(etlora::backend_name(s.loaded().backend().backend)); })
-      .def_property_readonly("backend_reason", [](const Py& s) { return s.loaded().backend().reason; })
+                             [](const Py& s) { return std::string(etlora::backend_name(s.session().backend().backend)); })
+      .def_property_readonly("backend_reason", [](const Py& s) { return s.session().backend().reason; })
       .def_property_readonly("packed_cache",
                              [](const Py& s) {
-                               const etlora::Session* session = s.loaded().session();
+                               const etlora::Session* session = s.session().session();
                                return packed_cache_dict(session ? session->packed_cache() : etlora::PackedCacheInfo{});
                              })
-      .def_property_readonly("packed_cache_warning", [](const Py& s) { return s.loaded().packed_cache_warning(); })
-      .def_property_readonly("program_path", [](const Py& s) { return s.loaded().program_path(); })
-      .def_property_readonly("vocab_size", [](const Py& s) { return s.loaded().info().vocab_size; })
-      .def_property_readonly("max_seq_len", [](const Py& s) { return s.loaded().info().max_seq_len; })
-      .def_property_readonly("adapter_slots", [](const Py& s) { return s.loaded().info().adapter_slots; })
+      .def_property_readonly("packed_cache_warning", [](const Py& s) { return s.session().packed_cache_warning(); })
+      .def_property_readonly("program_path", [](const Py& s) { return s.session().program_path(); })
+      .def_property_readonly("vocab_size", [](const Py& s) { return s.session().info().vocab_size; })
+      .def_property_readonly("max_seq_len", [](const Py& s) { return s.session().info().max_seq_len; })
+      .def_property_readonly("adapter_slots", [](const Py& s) { return s.session().info().adapter_slots; })
       .def_property_readonly("foundation_fingerprint",
-                             [](const Py& s) { return s.loaded().info().foundation_fingerprint; })
+                             [](const Py& s) { return s.session().info().foundation_fingerprint; })
       .def_property_readonly("active_adapters", [](const Py& s) {
         std::vector<std::tuple<std::string, float>> active;
-        for (const auto& a : s.loaded().active_adapters()) active.emplace_back(a.name, a.strength);
+        for (const auto& a : s.session().active_adapters()) active.emplace_back(a.name, a.strength);
         return active;
       });
 }

@@ -19,68 +19,7 @@ namespace {
 
 using namespace pybind11::literals;
 
-// A Session or an HtpSession run with the GIL released, the mutex keeping two
-// Python threads from running one session at once.
-template <class AnySession>
-class PyRunning {
- public:
-  void set_adapters(const std::vector<std::tuple<std::string, float>>& adapters) {
-    std::vector<etlora::AdapterChoice> choices;
-    for (const auto& [path, strength] : adapters) choices.push_back({path, strength});
-    etlora::Status status;
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = session_->set_adapters(choices);
-    }
-    if (!status.ok()) raise_status(status);
-  }
-
-  py::array_t<float> forward(const py::object& tokens, int64_t start_pos) {
-    std::vector<int64_t> ids = to_tokens(tokens);
-    etlora::StatusOr<std::vector<float>> logits = std::vector<float>();
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      logits = session_->forward(ids, start_pos);
-    }
-    if (!logits.ok()) raise_status(logits.status());
-    return to_array(std::move(*logits));
-  }
-
-  py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
-                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids,
-                     bool reuse_prefix) {
-    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids,
-                        reuse_prefix);
-  }
-
-  size_t release_unbound_adapters() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return session_->release_unbound_adapters();
-  }
-
-  const AnySession& session() const { return *session_; }
-
- protected:
-  // Opens with the GIL released; raises on failure.
-  template <class Open>
-  void open(Open&& open_session) {
-    etlora::StatusOr<std::unique_ptr<AnySession>> opened =
-        etlora::Status(etlora::StatusCode::kRuntimeError, "not opened");
-    {
-      py::gil_scoped_release release;
-      opened = open_session();
-    }
-    if (!opened.ok()) raise_status(opened.status());
-    session_ = std::move(*opened);
-  }
-
-  std::unique_ptr<AnySession> session_;
-  std::mutex mutex_;
-};
-
-class PySession : public PyRunning<etlora::Session> {
+class PySession : public PyRunning<etlora::Session, etlora::AdapterChoice> {
  public:
   PySession(const std::string& program_path, const std::string& foundation_path, bool weight_cache,
             const std::string& packed_cache_path, const std::string& packed_cache_residency,
@@ -90,17 +29,13 @@ class PySession : public PyRunning<etlora::Session> {
     options.max_resident_adapters = max_resident_adapters;
     options.max_resident_adapter_bytes = max_resident_adapter_bytes;
     options.packed_cache_path = packed_cache_path;
-    if (packed_cache_residency == "map") {
-      options.packed_cache_residency = etlora::PackedCacheResidency::kMap;
-    } else if (packed_cache_residency != "copy") {
-      throw py::value_error("packed_cache_residency: expected 'copy' or 'map', got '" + packed_cache_residency + "'");
-    }
+    options.packed_cache_residency = to_residency(packed_cache_residency);
     open([&] { return etlora::Session::open(program_path, foundation_path, options); });
   }
 };
 
 // An HtpSession: the HTP-shaped program with its KV cache on the host.
-class PyHtpSession : public PyRunning<etlora::HtpSession> {
+class PyHtpSession : public PyRunning<etlora::HtpSession, etlora::AdapterChoice> {
  public:
   PyHtpSession(const std::string& program_path, const std::string& foundation_path, size_t max_resident_adapters,
                uint64_t max_resident_adapter_bytes) {

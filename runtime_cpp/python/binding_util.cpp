@@ -65,6 +65,12 @@ py::dict stats_dict(const etlora::GenerationStats& stats) {
                   "stop_reason"_a = stats.stop_reason);
 }
 
+etlora::PackedCacheResidency to_residency(const std::string& name) {
+  if (name == "map") return etlora::PackedCacheResidency::kMap;
+  if (name != "copy") throw py::value_error("packed_cache_residency: expected 'copy' or 'map', got '" + name + "'");
+  return etlora::PackedCacheResidency::kCopy;
+}
+
 py::dict packed_cache_dict(const etlora::PackedCacheInfo& info) {
   return py::dict("path"_a = info.path, "source"_a = etlora::packed_cache_source_name(info.source),
                   "file_bytes"_a = info.file_bytes, "file_entries"_a = info.file_entries,

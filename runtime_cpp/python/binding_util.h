@@ -4,8 +4,10 @@
 
 #include <cstdint>
 #include <mutex>
+#include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -37,6 +39,9 @@ py::str to_text(const std::string& bytes);
 
 // The generation statistics as the dict Python callers read.
 py::dict stats_dict(const etlora::GenerationStats& stats);
+
+// "copy" or "map" (anything else: ValueError).
+etlora::PackedCacheResidency to_residency(const std::string& name);
 
 // The packed cache figures of a load as a dict.
 py::dict packed_cache_dict(const etlora::PackedCacheInfo& info);
@@ -78,6 +83,68 @@ py::tuple run_generate(Runs& runs, std::mutex& mutex, const py::object& prompt, 
   if (!result.ok()) raise_status(result.status());
   return py::make_tuple(py::cast(result->tokens), stats_dict(result->stats));
 }
+
+// A Session, an HtpSession or a LoadedBundle run with the GIL released, the
+// mutex keeping two Python threads from running one at once. Choice is what
+// set_adapters takes: (path, strength) or (name, strength).
+template <class AnySession, class Choice>
+class PyRunning {
+ public:
+  void set_adapters(const std::vector<std::tuple<std::string, float>>& adapters) {
+    std::vector<Choice> choices;
+    for (const auto& [path, strength] : adapters) choices.push_back({path, strength});
+    etlora::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = session_->set_adapters(choices);
+    }
+    if (!status.ok()) raise_status(status);
+  }
+
+  py::array_t<float> forward(const py::object& tokens, int64_t start_pos) {
+    std::vector<int64_t> ids = to_tokens(tokens);
+    etlora::StatusOr<std::vector<float>> logits = std::vector<float>();
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      logits = session_->forward(ids, start_pos);
+    }
+    if (!logits.ok()) raise_status(logits.status());
+    return to_array(std::move(*logits));
+  }
+
+  py::tuple generate(const py::object& prompt, int64_t max_new_tokens, float temperature, float top_p,
+                     uint64_t seed, const py::object& on_token, const std::vector<int64_t>& eos_ids,
+                     bool reuse_prefix) {
+    return run_generate(*session_, mutex_, prompt, max_new_tokens, temperature, top_p, seed, on_token, eos_ids,
+                        reuse_prefix);
+  }
+
+  size_t release_unbound_adapters() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return session_->release_unbound_adapters();
+  }
+
+  const AnySession& session() const { return *session_; }
+
+ protected:
+  // Opens with the GIL released; raises on failure.
+  template <class Open>
+  void open(Open&& open_session) {
+    etlora::StatusOr<std::unique_ptr<AnySession>> opened =
+        etlora::Status(etlora::StatusCode::kRuntimeError, "not opened");
+    {
+      py::gil_scoped_release release;
+      opened = open_session();
+    }
+    if (!opened.ok()) raise_status(opened.status());
+    session_ = std::move(*opened);
+  }
+
+  std::unique_ptr<AnySession> session_;
+  std::mutex mutex_;
+};
 
 // The parts of the module, each in its own file.
 void bind_sessions(py::module_& m);       // bind_sessions.cpp: Session, HtpSession

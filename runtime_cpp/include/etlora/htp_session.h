@@ -26,7 +26,7 @@
 #include <vector>
 
 #include <etlora/program_info.h>
-#include <etlora/session.h>  // AdapterChoice
+#include <etlora/session_adapters.h>
 #include <etlora/status.h>
 
 namespace etlora {
@@ -49,7 +49,7 @@ struct HtpSessionOptions {
   uint64_t max_resident_adapter_bytes = 0;  // 0 = no byte limit; bound ones always kept
 };
 
-class HtpSession {
+class HtpSession : public SessionAdapters {
  public:
   // Loads the program and its foundation (both memory-mapped), reads and
   // checks the constant methods (etlora_program_kind must be "htp") and the
@@ -66,15 +66,9 @@ class HtpSession {
   const HtpProgramInfo& htp_info() const { return htp_; }
   const std::string& program_path() const { return program_path_; }
 
-  // Binds these adapter files to the slots in order, with Session::set_adapters'
-  // rules and the same registry (a file opened and checked once, kept open
-  // within the residency budget). The cache is kept.
-  Status set_adapters(const std::vector<AdapterChoice>& adapters);
-
-  // As Session's: the open adapter files, their sizes, closing the unbound ones.
-  std::vector<std::string> resident_adapter_paths() const;
-  uint64_t resident_adapter_bytes() const;
-  size_t release_unbound_adapters();
+  // set_adapters, active_adapters, resident_adapter_paths / _bytes,
+  // release_unbound_adapters, reusable_prefix: SessionAdapters, as Session's
+  // (the cache is on the host, with the same bookkeeping).
 
   // Runs `tokens` at positions start_pos.. (appending to the cache: rows
   // 0 .. start_pos-1 are what earlier calls wrote) and returns the logits of
@@ -83,16 +77,10 @@ class HtpSession {
   // the call runs in segments cut there, each as its own chunks.
   StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
 
-  // As Session::reusable_prefix: the cache is on the host, same bookkeeping.
-  int64_t reusable_prefix(const std::vector<int64_t>& prompt) const;
-
   // forward() from position 0: a fresh prefill.
   StatusOr<std::vector<float>> logits(const std::vector<int64_t>& tokens) {
     return forward(tokens, 0);
   }
-
-  // Adapters currently bound to the slots, in slot order.
-  const std::vector<AdapterChoice>& active_adapters() const;
 
   // How many runs of `forward` the last forward() call took (ceil(tokens / T)
   // per segment).
@@ -106,7 +94,6 @@ class HtpSession {
   static StatusOr<std::unique_ptr<HtpSession>> open_unguarded(const std::string& program_path,
                                                               const std::string& foundation_path,
                                                               const HtpSessionOptions& options);
-  Status set_adapters_unguarded(const std::vector<AdapterChoice>& adapters);
   StatusOr<std::vector<float>> forward_unguarded(const std::vector<int64_t>& tokens,
                                                  int64_t start_pos);
   Status run_chunk(const int64_t* tokens, int64_t count, int64_t start, bool want_logits,

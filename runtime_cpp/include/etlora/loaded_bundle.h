@@ -54,9 +54,15 @@ struct NamedAdapter {
   float strength = 1.0f;
 };
 
+// The tokenizer at `path`, checked against a program's vocabulary (the one
+// rule for the bundle's tokenizer and the runner's --tokenizer).
+StatusOr<std::unique_ptr<Tokenizer>> load_tokenizer_for(const std::string& path, const ProgramInfo& program);
+
 class LoadedBundle {
  public:
   static StatusOr<std::unique_ptr<LoadedBundle>> open(const std::string& dir, const LoadOptions& options = {});
+  // The same over a manifest already read (a front end that reads it first to print the backend).
+  static StatusOr<std::unique_ptr<LoadedBundle>> open(Bundle bundle, const LoadOptions& options);
   // The backend decision open() makes, for a front end that prints it before loading.
   static StatusOr<BackendChoice> choose(const Bundle& bundle, const LoadOptions& options);
 

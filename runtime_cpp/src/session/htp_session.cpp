@@ -21,8 +21,7 @@
 #include "etlora/thread_pool.h"
 #include "format/flat_tensor_check.h"
 #include "format/format_util.h"
-#include "session/adapter_registry.h"
-#include "session/cache_history.h"
+#include "session/session_adapters.h"
 #include "session/program_constants.h"
 
 namespace etlora {
@@ -93,9 +92,6 @@ struct HtpSession::Impl {
   std::vector<float> scales;       // [S]
   std::vector<float> zeros;        // backs the LoRA inputs of absent sites and empty slots
   std::vector<TensorPtr> fixed_inputs;  // tokens, positions, mask, k, v, scales
-  AdapterRegistry::BindSlot bind_slot;        // re-points one slot's LoRA inputs of forward
-  std::unique_ptr<AdapterRegistry> adapters;  // after module: its files outlive no input
-  std::unique_ptr<CacheHistory> history;      // what k_cache / v_cache hold
 };
 
 HtpSession::HtpSession() : impl_(std::make_unique<Impl>()) {}
@@ -328,43 +324,12 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
     }
   }
   const std::string label = "HTP program " + program_path;
-  impl.history = std::make_unique<CacheHistory>(C);
-  impl.bind_slot = slot_binder(module, kFirstAdapterInput, site_count, label);
-  impl.adapters = std::make_unique<AdapterRegistry>(
-      info, program_path, label, impl.zeros.data(),
-      ResidencyBudget{options.max_resident_adapters, options.max_resident_adapter_bytes});
-  if (Status no_adapters = impl.adapters->bind_empty(impl.bind_slot); !no_adapters.ok()) return no_adapters;
+  session->adapters_ = std::make_unique<SessionAdapterState>(
+      slot_binder(module, kFirstAdapterInput, site_count, label), info, program_path, label, impl.zeros.data(),
+      ResidencyBudget{options.max_resident_adapters, options.max_resident_adapter_bytes}, C);
+  Status no_adapters = session->adapters_->registry.bind_empty(session->adapters_->bind);
+  if (!no_adapters.ok()) return no_adapters;
   return session;
-}
-
-Status HtpSession::set_adapters(const std::vector<AdapterChoice>& adapters) {
-  try {
-    return set_adapters_unguarded(adapters);
-  } catch (const std::exception& error) {
-    return Status(StatusCode::kRuntimeError, "HTP program " + program_path_ + ": set_adapters: " + error.what());
-  }
-}
-
-Status HtpSession::set_adapters_unguarded(const std::vector<AdapterChoice>& adapters) {
-  auto changed = impl_->adapters->set_adapters(adapters, impl_->bind_slot);
-  if (!changed.ok()) return changed.status();
-  if (*changed) impl_->history->adapters_changed();
-  return Status::ok_status();
-}
-
-const std::vector<AdapterChoice>& HtpSession::active_adapters() const { return impl_->adapters->active(); }
-
-size_t HtpSession::release_unbound_adapters() { return impl_->adapters->release_unbound(); }
-
-uint64_t HtpSession::resident_adapter_bytes() const { return impl_->adapters->resident_bytes(); }
-
-std::vector<std::string> HtpSession::resident_adapter_paths() const { return impl_->adapters->resident_paths(); }
-
-int64_t HtpSession::reusable_prefix(const std::vector<int64_t>& prompt) const {
-  const int64_t count = static_cast<int64_t>(prompt.size());
-  return impl_->history->reusable_prefix(prompt.data(), count,
-                                         impl_->adapters->activation_starts(prompt.data(), count),
-                                         impl_->adapters->any_activated());
 }
 
 StatusOr<std::vector<float>> HtpSession::forward(const std::vector<int64_t>& tokens, int64_t start_pos) {
@@ -385,20 +350,20 @@ StatusOr<std::vector<float>> HtpSession::forward_unguarded(const std::vector<int
   }
   const int64_t count = static_cast<int64_t>(tokens.size());
   const int64_t end = start_pos + count;
-  impl.history->begin_write(tokens.data(), count, start_pos);
+  adapters_->history.begin_write(tokens.data(), count, start_pos);
   // Each segment (AdapterRegistry::segments: an activated LoRA's slot at scale
   // 0 before its activation start) runs as its own chunks of T; a cut inside
   // a chunk makes a shorter, padded one. The mask keeps it exact either way.
   std::vector<float> logits;
   last_chunks_ = 0;
-  for (const Segment& segment : impl.adapters->segments(impl.history->tokens(), start_pos, end)) {
+  for (const Segment& segment : adapters_->registry.segments(adapters_->history.tokens(), start_pos, end)) {
     std::copy(segment.scales.begin(), segment.scales.end(), impl.scales.begin());
-    if (segment.any_adapter) impl.history->adapter_touched(segment.begin);
+    if (segment.any_adapter) adapters_->history.adapter_touched(segment.begin);
     for (int64_t at = segment.begin; at < segment.end; at += htp_.chunk_len) {
       const int64_t n = std::min(htp_.chunk_len, segment.end - at);
       const bool last = at + n == end;
       if (Status ran = run_chunk(tokens.data() + (at - start_pos), n, at, last, &logits); !ran.ok()) {
-        impl.history->written_up_to(at);  // what follows was not written
+        adapters_->history.written_up_to(at);  // what follows was not written
         return ran;
       }
       ++last_chunks_;

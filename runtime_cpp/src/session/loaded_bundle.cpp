@@ -75,7 +75,11 @@ LoadedBundle::~LoadedBundle() = default;
 StatusOr<std::unique_ptr<LoadedBundle>> LoadedBundle::open(const std::string& dir, const LoadOptions& options) {
   auto read = Bundle::open(dir);
   if (!read.ok()) return read.status();
-  std::unique_ptr<LoadedBundle> loaded(new LoadedBundle(std::move(*read)));
+  return open(std::move(*read), options);
+}
+
+StatusOr<std::unique_ptr<LoadedBundle>> LoadedBundle::open(Bundle read, const LoadOptions& options) {
+  std::unique_ptr<LoadedBundle> loaded(new LoadedBundle(std::move(read)));
   const Bundle& bundle = loaded->bundle_;
   if (options.decided) {
     loaded->backend_ = *options.decided;
@@ -163,6 +167,18 @@ Status LoadedBundle::open_htp_session(const LoadOptions& options) {
 const ProgramInfo& LoadedBundle::info() const { return running_->info(); }
 const std::string& LoadedBundle::program_path() const { return running_->program_path(); }
 
+StatusOr<std::unique_ptr<Tokenizer>> load_tokenizer_for(const std::string& path, const ProgramInfo& program) {
+  auto loaded = Tokenizer::load(path);
+  if (!loaded.ok()) return loaded.status();
+  if ((*loaded)->vocab_size() > program.vocab_size) {
+    return Status(StatusCode::kIncompatible,
+                  "tokenizer " + path + " has " + std::to_string((*loaded)->vocab_size()) +
+                      " tokens, the program's vocabulary " + std::to_string(program.vocab_size) +
+                      " (hint: tokenizer from another model?)");
+  }
+  return loaded;
+}
+
 StatusOr<std::shared_ptr<Tokenizer>> LoadedBundle::tokenizer() {
   if (tokenizer_) return tokenizer_;
   const std::string path = bundle_.tokenizer_path();
@@ -170,14 +186,8 @@ StatusOr<std::shared_ptr<Tokenizer>> LoadedBundle::tokenizer() {
     return Status(StatusCode::kIncompatible,
                   bundle_.dir() + ": bundle has no tokenizer (exported from a checkpoint without one)");
   }
-  auto loaded = Tokenizer::load(path);
+  auto loaded = load_tokenizer_for(path, info());
   if (!loaded.ok()) return loaded.status();
-  if ((*loaded)->vocab_size() > info().vocab_size) {
-    return Status(StatusCode::kIncompatible,
-                  "tokenizer " + path + " has " + std::to_string((*loaded)->vocab_size()) +
-                      " tokens, the program's vocabulary " + std::to_string(info().vocab_size) +
-                      " (hint: tokenizer from another model?)");
-  }
   tokenizer_ = std::move(*loaded);
   return tokenizer_;
 }

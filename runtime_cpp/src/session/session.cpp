@@ -21,9 +21,8 @@
 #include "format/flat_tensor_check.h"
 #include "format/format_util.h"
 #include "platform/process_memory.h"
-#include "session/adapter_registry.h"
-#include "session/cache_history.h"
-#include "session/packed_file_use.h"
+#include "session/session_adapters.h"
+#include "session/packed_cache_use.h"
 #include "session/program_constants.h"
 
 namespace etlora {
@@ -67,7 +66,7 @@ StatusOr<WeightCacheStats> weight_cache_stats() {
   stats.rss_bytes = rss.total;
   stats.rss_anon_bytes = rss.anon;
   stats.rss_file_bytes = rss.file;
-  stats.packed_cache_files = packed_files_in_use();
+  stats.packed_cache_files = packed_cache_files_in_use();
   return stats;
 }
 
@@ -97,7 +96,7 @@ StatusOr<std::string> read_foundation_weights_id(const std::string& program_path
 
 struct Session::Impl {
   // Declared first so it is released last, after the module's delegates.
-  std::unique_ptr<PackedFileUse> packed_file;
+  std::unique_ptr<PackedCacheUse> packed_file;
   std::unique_ptr<Module> module;
   // Input storage. The exporter keeps inputs out of memory planning, so
   // ExecuTorch points the method's inputs at these buffers (no copy): they
@@ -108,9 +107,6 @@ struct Session::Impl {
   const float* absent_rows = nullptr;  // bound to every slot/site without an adapter
   std::vector<float> zeros;  // backs absent_rows when the shared zero region is too small
   TensorPtr scales_input;                 // over `scales`, bound once
-  AdapterRegistry::BindSlot bind_slot;        // re-points one slot's LoRA inputs of forward
-  std::unique_ptr<AdapterRegistry> adapters;  // after module: its files outlive no input
-  std::unique_ptr<CacheHistory> history;      // what the program's KV cache holds
   size_t memory_planned_inputs = 0;
 };
 
@@ -154,7 +150,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                         " given with the weight cache off; hint: the XNNPACK backend reads and "
                         "writes the packed file only through its weight cache, turn it on");
     }
-    auto planned = PackedFileUse::plan(options.packed_cache_path, options.packed_cache_residency);
+    auto planned = PackedCacheUse::plan(options.packed_cache_path, options.packed_cache_residency);
     if (!planned.ok()) return planned.status();
     impl.packed_file = std::move(*planned);
   }
@@ -252,7 +248,6 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   impl.tokens.assign(info.max_seq_len, 0);
   impl.positions.assign(info.max_seq_len, 0);
   impl.scales.assign(std::max<int64_t>(info.adapter_slots, 1), 0.0f);
-  impl.history = std::make_unique<CacheHistory>(info.max_seq_len);
   // Absent sites read the process-wide zero region, which the attention kernel skips.
   impl.absent_rows = absent_adapter_rows(largest_site * info.max_rank);
   if (impl.absent_rows == nullptr) {
@@ -261,17 +256,17 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   }
   impl.scales_input = make_tensor_ptr({static_cast<int32_t>(info.adapter_slots)},
                                       impl.scales.data(), ScalarType::Float);
-  impl.bind_slot = slot_binder(module, kFirstAdapterInput, info.sites.size(), "program " + program_path);
-  impl.adapters = std::make_unique<AdapterRegistry>(
-      session->info_, program_path, "program " + program_path, impl.absent_rows,
-      ResidencyBudget{options.max_resident_adapters, options.max_resident_adapter_bytes});
+  session->adapters_ = std::make_unique<SessionAdapterState>(
+      slot_binder(module, kFirstAdapterInput, info.sites.size(), "program " + program_path), session->info_,
+      program_path, "program " + program_path, impl.absent_rows,
+      ResidencyBudget{options.max_resident_adapters, options.max_resident_adapter_bytes}, info.max_seq_len);
   if (Error err = module.set_input("forward", *impl.scales_input, kScalesInput); err != Error::Ok) {
     return Status(StatusCode::kRuntimeError,
                   "program " + program_path + ": ExecuTorch refused the adapter scales input (" +
                       error_name(err) + "); hint: the program's input layout differs from its "
                       "constant methods");
   }
-  Status no_adapters = impl.adapters->bind_empty(impl.bind_slot);
+  Status no_adapters = session->adapters_->registry.bind_empty(session->adapters_->bind);
   if (!no_adapters.ok()) return no_adapters;
   if (impl.packed_file) session->packed_cache_ = impl.packed_file->settle();
   session->load_anon_bytes_ = read_process_memory().anon - anon_before;
@@ -282,28 +277,6 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   return session;
 }
 
-
-Status Session::set_adapters(const std::vector<AdapterChoice>& adapters) {
-  auto changed = impl_->adapters->set_adapters(adapters, impl_->bind_slot);
-  if (!changed.ok()) return changed.status();
-  if (*changed) impl_->history->adapters_changed();
-  return Status::ok_status();
-}
-
-const std::vector<AdapterChoice>& Session::active_adapters() const { return impl_->adapters->active(); }
-
-size_t Session::release_unbound_adapters() { return impl_->adapters->release_unbound(); }
-
-uint64_t Session::resident_adapter_bytes() const { return impl_->adapters->resident_bytes(); }
-
-std::vector<std::string> Session::resident_adapter_paths() const { return impl_->adapters->resident_paths(); }
-
-int64_t Session::reusable_prefix(const std::vector<int64_t>& prompt) const {
-  const int64_t count = static_cast<int64_t>(prompt.size());
-  return impl_->history->reusable_prefix(prompt.data(), count,
-                                         impl_->adapters->activation_starts(prompt.data(), count),
-                                         impl_->adapters->any_activated());
-}
 
 StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens,
                                               int64_t start_pos) {
@@ -316,17 +289,17 @@ StatusOr<std::vector<float>> Session::forward(const std::vector<int64_t>& tokens
   // The cache now holds what this call writes: positions from end on are stale.
   const int64_t count = static_cast<int64_t>(tokens.size());
   const int64_t end = start_pos + count;
-  impl.history->begin_write(tokens.data(), count, start_pos);
+  adapters_->history.begin_write(tokens.data(), count, start_pos);
   // Activated LoRA: a slot's adapter applies from its activation start on, so
   // the call runs in segments cut at those starts, each slot's scale 0 before.
   StatusOr<std::vector<float>> logits = std::vector<float>();
-  for (const Segment& segment : impl.adapters->segments(impl.history->tokens(), start_pos, end)) {
+  for (const Segment& segment : adapters_->registry.segments(adapters_->history.tokens(), start_pos, end)) {
     std::copy(segment.scales.begin(), segment.scales.end(), impl.scales.begin());
-    if (segment.any_adapter) impl.history->adapter_touched(segment.begin);
+    if (segment.any_adapter) adapters_->history.adapter_touched(segment.begin);
     logits = run_segment(tokens.data() + (segment.begin - start_pos), segment.end - segment.begin,
                          segment.begin);
     if (!logits.ok()) {
-      impl.history->written_up_to(segment.begin);  // what follows was not written
+      adapters_->history.written_up_to(segment.begin);  // what follows was not written
       return logits;
     }
   }
