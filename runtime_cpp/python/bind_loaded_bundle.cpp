@@ -99,8 +99,8 @@ void bind_loaded_bundle(py::module_& m) {
       }, py::arg("name"));
 
   using Py = PyLoadedBundle;
-  py::class_<Py>(m, "LoadedBundle")
-      .def(py::init<const std::string&, const std::string&, const py::object&, bool, bool, const std::string&,
+  py::class_<Py> loaded(m, "LoadedBundle");
+  loaded.def(py::init<const std::string&, const std::string&, const py::object&, bool, bool, const std::string&,
                     const std::string&, size_t, uint64_t>(),
            py::arg("dir"), py::kw_only(), py::arg("backend") = "auto", py::arg("decided") = py::none(),
            py::arg("weight_cache") = true, py::arg("packed_cache") = true, py::arg("packed_cache_dir") = "",
@@ -108,24 +108,9 @@ void bind_loaded_bundle(py::module_& m) {
            py::arg("max_resident_adapter_bytes") = 0,
            "Open a bundle (etlora::LoadedBundle::open): the backend chosen ('auto' | 'xnnpack' | 'htp', or "
            "decided=(backend, reason) already), files checked against the manifest, the program opened, its "
-           "foundation fingerprint checked. packed_cache_dir '' = <bundle>/.etlora-cache.")
-      .def("set_adapters", &Py::set_adapters, py::arg("adapters"),
-           "Activate [(name, strength), ...] in slot order by bundle name; [] turns adapters off.")
-      .def("forward", &Py::forward, py::arg("tokens"), py::arg("start_pos"),
-           "Run tokens at positions start_pos.. and return the last position's logits.")
-      .def(
-          "logits", [](Py& s, const py::object& tokens) { return s.forward(tokens, 0); }, py::arg("tokens"),
-          "forward(tokens, 0): a fresh prefill.")
-      .def("generate", &Py::generate, py::arg("prompt_ids"), py::arg("max_new_tokens"),
-           py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
-           py::arg("on_token") = py::none(), py::arg("eos_ids") = std::vector<int64_t>(),
-           py::arg("reuse_prefix") = false, "As Session.generate, on whichever program runs.")
-      .def("reusable_prefix",
-           [](const Py& s, const py::object& prompt) { return s.session().reusable_prefix(to_tokens(prompt)); },
-           py::arg("prompt"))
-      .def("release_unbound_adapters", &Py::release_unbound_adapters,
-           "Close every open adapter file no slot binds; returns how many.")
-      .def_property_readonly("tokenizer", &Py::tokenizer,
+           "foundation fingerprint checked. packed_cache_dir '' = <bundle>/.etlora-cache.");
+  def_run_calls(loaded, "Activate [(name, strength), ...] in slot order by bundle name; [] turns adapters off.");
+  loaded.def_property_readonly("tokenizer", &Py::tokenizer,
                              "The bundle's tokenizer, checked against the program's vocabulary.")
       .def_property_readonly("resident_adapters", [](const Py& s) { return s.session().resident_adapters(); },
                              "Names of the adapters whose files are open, most recently bound first.")

@@ -47,27 +47,8 @@ class PyHtpSession : public PyRunning<etlora::HtpSession, etlora::AdapterChoice>
 // What Session and HtpSession both offer, bound once for each.
 template <class Py>
 void def_running(py::class_<Py>& cls) {
-  cls.def("set_adapters", &Py::set_adapters, py::arg("adapters"),
-          "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.")
-      .def("forward", &Py::forward, py::arg("tokens"), py::arg("start_pos"),
-           "Run tokens at positions start_pos.. and return the last position's logits.")
-      .def(
-          "logits", [](Py& s, const py::object& tokens) { return s.forward(tokens, 0); }, py::arg("tokens"),
-          "forward(tokens, 0): a fresh prefill.")
-      .def("generate", &Py::generate, py::arg("prompt_ids"), py::arg("max_new_tokens"),
-           py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
-           py::arg("on_token") = py::none(), py::arg("eos_ids") = std::vector<int64_t>(),
-           py::arg("reuse_prefix") = false,
-           "Generate after prompt_ids (prefill from position 0): greedy at temperature 0, else\n"
-           "top-p sampling seeded by seed. Stops at an eos_ids token (not returned), max_new_tokens\n"
-           "or max_seq_len; on_token(id) is called per token and may return False to stop.\n"
-           "Returns (ids, stats dict).")
-      .def("reusable_prefix",
-           [](const Py& s, const py::object& prompt) { return s.session().reusable_prefix(to_tokens(prompt)); },
-           py::arg("prompt"), "Leading positions of the KV cache a prefill of prompt can keep.")
-      .def("release_unbound_adapters", &Py::release_unbound_adapters,
-           "Close every open adapter file no slot binds (unmaps its pages); returns how many.")
-      .def_property_readonly(
+  def_run_calls(cls, "Activate [(adapter.ptd, strength), ...] in slot order; [] turns adapters off.");
+  cls.def_property_readonly(
           "resident_adapters", [](const Py& s) { return s.session().resident_adapter_paths(); },
           "Adapter files held open (checked, mapped), most recently bound first.")
       .def_property_readonly(

@@ -127,13 +127,7 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
       return checked;
     }
   }
-  install_runtime_log_filter();
-  if (!thread_pool_state().configured) {
-    // Only speed depends on it (the XNNPACK stand-in); a pool that cannot take the executor runs as before.
-    if (Status pool = configure_thread_pool({}); !pool.ok()) {
-      ET_LOG(Info, "etlora: thread pool left as it is: %s", pool.message().c_str());
-    }
-  }
+  prepare_process_for_programs();
   std::unique_ptr<HtpSession> session(new HtpSession());
   session->program_path_ = program_path;
   Impl& impl = *session->impl_;
@@ -152,13 +146,8 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   }
 
   // Constant methods: what kind of program, and the layout of forward.
-  auto names = module.method_names();
-  if (!names.ok() || !names->count("etlora_format_version")) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path +
-                      " is not an etlora program: expected constant method etlora_format_version, "
-                      "found none; hint: export it with etlora, not with another ExecuTorch tool");
-  }
+  auto names = etlora_method_names(module, program_path);
+  if (!names.ok()) return names.status();
   if (!names->count("etlora_program_kind")) {
     return Status(StatusCode::kIncompatible,
                   "program " + program_path +
@@ -175,15 +164,10 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   }
   ProgramInfo& info = session->info_;
   HtpProgramInfo& htp = session->htp_;
-  auto version = constant_int(module, program_path, "etlora_format_version");
-  if (!version.ok()) return version.status();
-  info.format_version = *version;
-  if (info.format_version != kHtpFormatVersion) {
-    return Status(StatusCode::kIncompatible,
-                  "HTP program " + program_path + ": format version expected " +
-                      std::to_string(kHtpFormatVersion) + ", got " +
-                      std::to_string(info.format_version) +
-                      "; hint: use the etlora runtime that matches the exporter");
+  if (Status version =
+          read_format_version(module, program_path, "HTP program " + program_path, kHtpFormatVersion, info);
+      !version.ok()) {
+    return version;
   }
   auto largest = read_adapter_layout(module, program_path, info);
   if (!largest.ok()) return largest.status();

@@ -31,7 +31,6 @@ using executorch::aten::ScalarType;
 using executorch::extension::TensorPtr;
 using executorch::extension::make_tensor_ptr;
 using executorch::extension::module::Module;
-using executorch::runtime::EValue;
 using executorch::runtime::Error;
 
 namespace {
@@ -130,14 +129,8 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                   "foundation file " + foundation_path +
                       " not found (expected foundation.ptd beside model.pte)");
   }
-  install_runtime_log_filter();  // before the pool and the delegate print their info lines
+  prepare_process_for_programs();
   if (Status registered = register_kernels(); !registered.ok()) return registered;
-  if (!thread_pool_state().configured) {
-    // Only speed depends on it: a pool that cannot take the executor runs as before.
-    if (Status pool = configure_thread_pool({}); !pool.ok()) {
-      ET_LOG(Info, "etlora: thread pool left as it is: %s", pool.message().c_str());
-    }
-  }
   const auto load_start = std::chrono::steady_clock::now();
   const int64_t anon_before = read_process_memory().anon;
   std::unique_ptr<Session> session(new Session());
@@ -187,23 +180,12 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   }
 
   // Constant methods: the input layout of `forward`.
-  auto names = module.method_names();
-  if (!names.ok() || !names->count("etlora_format_version")) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path +
-                      " is not an etlora program: expected constant method etlora_format_version, "
-                      "found none; hint: export it with etlora, not with another ExecuTorch tool");
-  }
+  auto names = etlora_method_names(module, program_path);
+  if (!names.ok()) return names.status();
   ProgramInfo& info = session->info_;
-  auto version = constant_int(module, program_path, "etlora_format_version");
-  if (!version.ok()) return version.status();
-  info.format_version = *version;
-  if (info.format_version != kFormatVersion) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path + ": format version expected " +
-                      std::to_string(kFormatVersion) + ", got " +
-                      std::to_string(info.format_version) +
-                      "; hint: use the etlora runtime that matches the exporter");
+  if (Status version = read_format_version(module, program_path, "program " + program_path, kFormatVersion, info);
+      !version.ok()) {
+    return version;
   }
   auto largest = read_adapter_layout(module, program_path, info);
   if (!largest.ok()) return largest.status();
