@@ -1,4 +1,4 @@
-// Which program runs, decided before anything is loaded (issue 14).
+// Which program runs, decided before anything is loaded.
 //
 // A bundle may carry an HTP program (model_htp.pte, for the Hexagon NPU of one
 // Snapdragon SoC) beside the XNNPACK program (model.pte, any CPU). ExecuTorch's
