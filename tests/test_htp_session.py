@@ -16,7 +16,6 @@ import torch
 from conftest import MAX_SEQ_LEN, TOKENS
 
 import etlora
-from etlora.format.manifest import read_manifest
 
 CHUNK_LEN = 4
 PROMPT = TOKENS + [5, 120, 33]  # 11 tokens: chunks of 4, 4, 3 (the last padded)
@@ -33,26 +32,14 @@ CASES = {
 @pytest.fixture(scope="module")
 def htp(bundle, model_dir, tmp_path_factory):
     """The bundle's program spec, lowered HTP-shaped (T = 4, C = the bundle's max_seq_len)."""
-    from etlora.export.foundation import load_foundation
-    from etlora.export.htp_program import HtpShape, lower_htp_shaped
-    from etlora.export.program import ProgramSpec
-    from etlora.format.backends import Backend
+    from etlora.testing.htp_stand_in import lower_bundle_htp_shaped
 
-    manifest = read_manifest(bundle)
-    program = manifest.program
-    assert program.max_seq_len == MAX_SEQ_LEN and program.adapter_slots == 2
-    foundation = load_foundation(model_dir)
-    spec = ProgramSpec(tuple(program.sites), tuple(program.target_modules), max_rank=program.max_rank,
-                       adapter_slots=program.adapter_slots, max_seq_len=program.max_seq_len,
-                       backend=Backend.XNNPACK)
-    assert [list(d) for d in spec.slots(foundation).site_dims] == program.site_dims
-    result = lower_htp_shaped(foundation, spec, HtpShape(CHUNK_LEN, MAX_SEQ_LEN))
-    # The same foundation bytes: the HTP-shaped program runs on the bundle's own foundation.ptd.
-    assert result.lowered.foundation_bytes == (bundle / manifest.foundation.file).read_bytes()
     path = tmp_path_factory.mktemp("htp_session") / "model_htp.pte"
-    path.write_bytes(result.lowered.program_bytes)
-    return {"foundation": foundation, "spec": spec, "manifest": manifest, "path": path,
-            "foundation_path": bundle / manifest.foundation.file}
+    lowered = lower_bundle_htp_shaped(bundle, model_dir, CHUNK_LEN, path)
+    program = lowered.manifest.program
+    assert program.max_seq_len == MAX_SEQ_LEN and program.adapter_slots == 2
+    return {"foundation": lowered.foundation, "spec": lowered.spec, "manifest": lowered.manifest,
+            "path": path, "foundation_path": lowered.foundation_path}
 
 
 def adapter_path(bundle, manifest, name: str) -> str:
@@ -61,8 +48,8 @@ def adapter_path(bundle, manifest, name: str) -> str:
 
 def method_inputs(bundle, htp, active: dict[str, float]):
     """adapter_scales and LoRA inputs from the bundle's adapter .ptd files, read back by Python."""
+    from etlora.export.adapter_format import read_adapter_ptd
     from etlora.export.htp_model import adapter_method_inputs
-    from etlora.format.adapter_format import read_adapter_ptd
 
     spec, manifest = htp["spec"], htp["manifest"]
     chosen = []
@@ -181,10 +168,9 @@ def test_adapter_refusals(htp, bundle, fixtures_dir, tmp_path):
     """Another foundation's adapter: refused with check_for_program's words (as the XNNPACK Session
     says them), leaving the adapters bound before active. Too many adapters, non-finite strength."""
     from etlora import _runtime
-    from etlora.export.adapter_file import write_adapter_ptd
+    from etlora.export.adapter_file import ProgramSlots, write_adapter_ptd
     from etlora.export.adapters import load_adapter
     from etlora.export.model import LlamaShape
-    from etlora.format.adapter_format import ProgramSlots
 
     manifest = htp["manifest"]
     program = manifest.program
@@ -247,7 +233,7 @@ def install_stand_in(bundle_dir, program: bytes) -> dict:
     model_htp.pte, listed in the manifest's files and htp_program. Returns the manifest's data."""
     import json
 
-    from etlora.format.manifest import FileRecord
+    from etlora.export.manifest import FileRecord
 
     target = bundle_dir / "model_htp.pte"
     target.write_bytes(program)
@@ -265,8 +251,7 @@ def test_etlora_load_runs_the_htp_program_when_the_backend_is_htp(bundle_copy, h
     adapter files."""
     import json
 
-    from etlora.backend import choose_backend
-    from etlora.format.backends import Backend
+    from etlora.backend import Backend, choose_backend
 
     data = install_stand_in(bundle_copy, htp["path"].read_bytes())
     device = dict(CLEARED_DEVICE)

@@ -6,9 +6,11 @@ of refusing it, so the choice is never made by trying: the device is probed (QNN
 Hexagon DSP device node, the SoC) and one rule in C++ decides (etlora::choose_backend, the table in
 runtime_cpp/include/etlora/htp_probe.h), the same rule etlora_runner applies.
 
-When the answer is HTP, etlora.load (and etlora_runner) open the HTP program in an HtpSession
-(the static-shape session with the KV cache on the host, runtime_cpp/src/session/htp_session.cpp); `htp`
-requested where it cannot run is an error, never a silent fallback.
+etlora.load and etlora_runner decide through etlora::LoadedBundle, which applies that rule; this
+module exposes it for callers that decide first (a BackendChoice handed to etlora.load) and for
+tests that fake the device facts. When the answer is HTP, the HTP program runs in an HtpSession
+(the static-shape session with the KV cache on the host); `htp` requested where it cannot run is an
+error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ from typing import Any, Mapping
 
 from etlora.format.backends import Backend, BackendRequest
 from etlora.format.errors import BundleError, EtloraError
-
-# Whether this runtime can run an HTP program: etlora.load opens it in an HtpSession.
-HTP_SESSION_AVAILABLE = True
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,7 @@ def choose_backend(bundle: str | Path | Any, requested: BackendRequest | str = B
             raise BundleError(str(error)) from None
     try:
         backend, reason = _runtime.choose_backend(
-            requested.value, dict(facts) if facts is not None else _runtime.htp_facts(), bundle.htp_program,
-            htp_session_available=HTP_SESSION_AVAILABLE,
-        )
+            requested.value, dict(facts) if facts is not None else _runtime.htp_facts(), bundle.htp_program)
     except ValueError as error:
         raise EtloraError(str(error)) from None
     return BackendChoice(Backend(backend), reason)

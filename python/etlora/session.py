@@ -1,13 +1,12 @@
-"""The Python session: bundle-level checks in Python, all running in the C++ runtime (etlora._runtime).
+"""The Python session: etlora.load over the C++ owner of an opened bundle (etlora._runtime.LoadedBundle).
 
-The manifest is read here so that a wrong adapter name or a missing file is reported by name
-before the runtime is touched; the runtime itself checks each adapter file's fingerprint and
-shapes against the program, so a file that travels without its manifest is still refused.
+The runtime reads the manifest, chooses the backend, checks the files, the fingerprint and the
+tokenizer and maps adapter names to files, as it does for etlora_runner; this module turns Python
+arguments into its options and its errors into EtloraError / BundleError.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from etlora.backend import BackendChoice, choose_backend
-from etlora.format.backends import Backend, BackendRequest
+from etlora.backend import BackendChoice
+from etlora.format.backends import BackendRequest
 from etlora.format.errors import BundleError, EtloraError
 from etlora.format.manifest import Manifest, read_manifest
-from etlora.packed_cache import PackedCacheInfo, PackedCacheResidency, log, packed_cache_path
+from etlora.packed_cache import PackedCacheInfo, PackedCacheResidency, log
 
 
 @dataclass(frozen=True)
@@ -64,87 +63,34 @@ class Session:
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
-        try:  # the runtime's own reading of the bundle, the one etlora_runner uses
-            self._bundle = _runtime.Bundle(str(self.bundle_dir))
+        # A BackendChoice is a decision the caller already made with choose_backend (etlora.backend).
+        decided = (backend.backend.value, backend.reason) if isinstance(backend, BackendChoice) else None
+        requested = BackendRequest.AUTO if decided else BackendRequest.parse(backend)
+        try:
+            self._runtime = _runtime.LoadedBundle(
+                str(self.bundle_dir), backend=requested.value, decided=decided, packed_cache=packed_cache,
+                packed_cache_dir=str(cache_dir or ""),
+                packed_cache_residency=_residency(packed_cache_residency).value,
+                max_resident_adapters=_count("max_resident_adapters", max_resident_adapters),
+                max_resident_adapter_bytes=_count("max_resident_adapter_bytes", max_resident_adapter_bytes),
+            )
         except (ValueError, RuntimeError) as error:
             raise BundleError(str(error)) from None
-        # Before anything is loaded (etlora.backend): only a program the probe cleared may run.
-        # A BackendChoice is a decision the caller already made with choose_backend.
-        choice = backend if isinstance(backend, BackendChoice) else choose_backend(self._bundle, backend)
-        self.backend: str = choice.backend.value  # "xnnpack" or "htp"
-        self.backend_reason: str = choice.reason
-        self._check_files_present()
-        max_resident_adapters = _count("max_resident_adapters", max_resident_adapters)
-        max_resident_adapter_bytes = _count("max_resident_adapter_bytes", max_resident_adapter_bytes)
-        if choice.backend is Backend.HTP:
-            self._runtime = self._open_htp()
-            self.packed_cache = PackedCacheInfo.off()
-        else:
-            packed_path = None
-            if packed_cache:
-                packed_path = packed_cache_path(self.bundle_dir, manifest.foundation.weights_id, cache_dir)
-            try:
-                self._runtime = _runtime.Session(
-                    self._bundle.program_path,
-                    self._bundle.foundation_path,
-                    packed_cache_path=str(packed_path) if packed_path else "",
-                    packed_cache_residency=_residency(packed_cache_residency).value,
-                    max_resident_adapters=max_resident_adapters,
-                    max_resident_adapter_bytes=max_resident_adapter_bytes,
-                )
-            except (ValueError, RuntimeError) as error:
-                raise BundleError(str(error)) from None
-            self.packed_cache = PackedCacheInfo(**self._runtime.packed_cache)
+        self.backend: str = self._runtime.backend  # "xnnpack" or "htp"
+        self.backend_reason: str = self._runtime.backend_reason
+        if self._runtime.packed_cache_warning:
+            log.warning("etlora: %s", self._runtime.packed_cache_warning)
+        self.packed_cache = PackedCacheInfo(**self._runtime.packed_cache)
         info = self.packed_cache
         if info.note:
             log.warning("etlora: packed cache: %s", info.note)
         elif info.source != "off":
             log.info("etlora: packed cache %s: %s (%d entries, %.1f MiB), load %.3f s", info.source,
                      info.path, info.file_entries, info.file_bytes / 2**20, info.load_seconds)
-        if self._runtime.foundation_fingerprint != manifest.foundation.fingerprint:
-            raise BundleError(
-                f"{self.bundle_dir / manifest.program.file}: program made for foundation "
-                f"{self._runtime.foundation_fingerprint[:12]}, manifest says "
-                f"{manifest.foundation.fingerprint[:12]} (hint: files from different bundles)"
-            )
-        self._active: dict[str, float] = {}
-        self._tokenizer = None
-        # The C++ reader's paths (as the runner's); a missing file is reported by the runtime.
-        self._adapter_paths = {name: self._bundle.adapter_path(name) for name in manifest.adapters}
-
-    def _open_htp(self):
-        """The HTP program (model_htp.pte) in an HtpSession: only after choose_backend said htp,
-        since QnnBackend crashes on a program it cannot run (docs/htp.md)."""
-        from etlora import _runtime
-
-        htp = self._bundle.htp_program
-        foundation = self._bundle.foundation_path if htp["foundation_in_context_bytes"] == 0 else ""
-        try:
-            runtime = _runtime.HtpSession(htp["path"], foundation)
-        except (ValueError, RuntimeError) as error:
-            raise BundleError(str(error)) from None
-        if (runtime.chunk_len, runtime.cache_len) != (htp["chunk_len"], htp["cache_len"]):
-            raise BundleError(
-                f"{htp['path']}: chunk_len {runtime.chunk_len}, cache_len {runtime.cache_len}; manifest "
-                f"htp_program says {htp['chunk_len']}, {htp['cache_len']} (hint: files from different exports)"
-            )
-        return runtime
-
-    def _check_files_present(self) -> None:
-        for name in (self.manifest.program.file, self.manifest.foundation.file):
-            path = self.bundle_dir / name
-            record = self.manifest.files[name]
-            if not path.is_file():
-                raise BundleError(f"{path}: missing (manifest lists {record.size} bytes)")
-            if path.stat().st_size != record.size:
-                raise BundleError(
-                    f"{path}: {path.stat().st_size} bytes, manifest says {record.size} "
-                    "(hint: damaged, or a file from another bundle)"
-                )
 
     @property
     def active_adapters(self) -> dict[str, float]:
-        return dict(self._active)
+        return dict(self._runtime.active_adapters)
 
     @property
     def vocab_size(self) -> int:
@@ -161,49 +107,26 @@ class Session:
         later only re-binds (SessionOptions in session.h). A failure leaves the active set unchanged.
         """
         adapters = dict(adapters or {})
-        slots = self.manifest.program.adapter_slots
-        if len(adapters) > slots:
-            raise EtloraError(
-                f"{len(adapters)} adapters requested ({', '.join(adapters)}), this program has "
-                f"{slots} adapter slot(s) (hint: export with --adapter-slots {len(adapters)})"
-            )
-        paths = []
         for name, strength in adapters.items():
-            path = self._adapter_paths.get(name)
-            if path is None:
-                raise EtloraError(
-                    f"{self.bundle_dir}: no adapter named {name!r} (bundle has: "
-                    f"{', '.join(sorted(self.manifest.adapters)) or 'none'})"
-                )
-            if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+            if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
                 raise EtloraError(f"adapter {name!r}: strength must be a finite number, got {strength!r}")
-            paths.append((path, float(strength)))
         try:
-            self._runtime.set_adapters(paths)
+            self._runtime.set_adapters([(name, float(strength)) for name, strength in adapters.items()])
         except (ValueError, RuntimeError) as error:
-            named = [name for name in adapters if self._adapter_paths[name] in str(error)]
-            raise BundleError(f"adapter {named[0]!r}: {error}" if named else str(error)) from None
-        self._active = {name: float(strength) for name, strength in adapters.items()}
+            raise BundleError(str(error)) from None
 
     def release_adapters(self) -> int:
         """Close the files of adapters no slot uses (their pages are unmapped); returns how many."""
-        if self.backend == Backend.HTP.value:
-            return 0  # the HTP session opens its adapters per set_adapters and keeps only the bound
         return self._runtime.release_unbound_adapters()
 
     @property
     def resident_adapters(self) -> list[str]:
         """Names of the adapters whose files the runtime holds open, most recently bound first."""
-        if self.backend == Backend.HTP.value:
-            return list(self._active)
-        by_path = {path: name for name, path in self._adapter_paths.items()}
-        return [by_path.get(path, path) for path in self._runtime.resident_adapters]
+        return self._runtime.resident_adapters
 
     @property
     def resident_adapter_bytes(self) -> int:
         """The resident adapters' file sizes together (what max_resident_adapter_bytes bounds)."""
-        if self.backend == Backend.HTP.value:
-            return sum(Path(self._adapter_paths[name]).stat().st_size for name in self._active)
         return self._runtime.resident_adapter_bytes
 
     def forward(self, token_ids: Sequence[int], start_pos: int) -> np.ndarray:
@@ -220,18 +143,12 @@ class Session:
 
     @property
     def tokenizer(self):
-        """The bundle's tokenizer in the C++ runtime (etlora._runtime.Tokenizer)."""
-        if self._tokenizer is None:
-            from etlora import _runtime
-
-            record = self.manifest.tokenizer
-            if record is None:
-                raise BundleError(f"{self.bundle_dir}: bundle has no tokenizer (exported from a checkpoint without one)")
-            try:
-                self._tokenizer = _runtime.Tokenizer(str(self.bundle_dir / record.runtime_file))
-            except (ValueError, RuntimeError) as error:
-                raise BundleError(str(error)) from None
-        return self._tokenizer
+        """The bundle's tokenizer in the C++ runtime (etlora._runtime.Tokenizer), checked against
+        the program's vocabulary."""
+        try:
+            return self._runtime.tokenizer
+        except (ValueError, RuntimeError) as error:
+            raise BundleError(str(error)) from None
 
     def generate(
         self,
@@ -301,9 +218,9 @@ def load(bundle_dir: str | Path, adapters: Mapping[str, float] | None = None, *,
     back; beyond it the least recently used ones are closed and their pages unmapped. 0 = no limit.
     max_resident_adapter_bytes: the same budget in bytes of adapter files (the active adapters
     always stay open, even above it); 0 = no limit. Both budgets apply.
-    backend: "auto" (default), "xnnpack" or "htp", decided before loading (etlora.backend);
-    `session.backend` says which runs and `session.backend_reason` why. This runtime has no HTP
-    session yet, so "auto" runs XNNPACK and "htp" raises EtloraError naming what is missing.
+    backend: "auto" (default), "xnnpack" or "htp", decided before loading (etlora.backend), or a
+    BackendChoice already made; `session.backend` says which runs and `session.backend_reason` why.
+    "htp" where the HTP program cannot run raises EtloraError naming what is missing.
     """
     session = Session(bundle_dir, read_manifest(bundle_dir), packed_cache=packed_cache,
                       cache_dir=cache_dir, packed_cache_residency=packed_cache_residency,

@@ -10,13 +10,14 @@
 
 #include <etlora/chat_commands.h>
 
-namespace py = pybind11;
+#include "binding_util.h"
 
+namespace etlora_python {
 namespace {
 
 template <typename T>
 T value_or_raise(etlora::StatusOr<T> result) {
-  if (!result.ok()) throw py::value_error(result.status().message());
+  if (!result.ok()) raise_status(result.status());
   return std::move(*result);
 }
 
@@ -62,7 +63,7 @@ void bind_chat_commands(py::module_& m) {
         std::vector<etlora::NamedStrength> adapters;
         for (const auto& [name, strength] : pairs) adapters.push_back({name, strength});
         const etlora::Status once = etlora::check_each_adapter_once(adapters, where);
-        if (!once.ok()) throw py::value_error(once.message());
+        if (!once.ok()) raise_status(once);
       },
       py::arg("adapters"), py::arg("where"), "ValueError when a name is given twice.");
   m.def(
@@ -71,3 +72,5 @@ void bind_chat_commands(py::module_& m) {
   m.def("resident_line", &etlora::resident_line, py::arg("names"), py::arg("bytes"),
         "The line both front ends print after an adapter switch.");
 }
+
+}  // namespace etlora_python

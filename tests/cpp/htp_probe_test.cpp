@@ -54,30 +54,30 @@ int main() {
   const auto htp = BackendRequest::kHtp;
 
   // xnnpack requested: the facts are not consulted.
-  expect_choice(etlora::choose_backend(BackendRequest::kXnnpack, etlora::HtpFacts{}, program, true),
+  expect_choice(etlora::choose_backend(BackendRequest::kXnnpack, etlora::HtpFacts{}, program),
                 Backend::kXnnpack, "xnnpack requested", "xnnpack requested");
   // No HTP program.
-  expect_choice(etlora::choose_backend(auto_, usable_device("SM8650"), std::nullopt, true), Backend::kXnnpack,
+  expect_choice(etlora::choose_backend(auto_, usable_device("SM8650"), std::nullopt), Backend::kXnnpack,
                 "no HTP program in the bundle", "no program");
-  expect_error(etlora::choose_backend(htp, usable_device("SM8650"), std::nullopt, true),
+  expect_error(etlora::choose_backend(htp, usable_device("SM8650"), std::nullopt),
                "received: no HTP program in the bundle (hint: export with --backend htp --soc SM8650", "htp, no program");
   // Libraries present, no DSP node.
   etlora::HtpFacts no_node = usable_device("SM8650");
   no_node.dsp_device = "";
-  expect_choice(etlora::choose_backend(auto_, no_node, program, true), Backend::kXnnpack,
+  expect_choice(etlora::choose_backend(auto_, no_node, program), Backend::kXnnpack,
                 "no Hexagon DSP device node (/dev/fastrpc-cdsp, /dev/fastrpc-cdsp-secure, /dev/adsprpc-smd)",
                 "no node");
   // A library missing: dlerror's words kept.
   etlora::HtpFacts no_library = usable_device("SM8650");
   no_library.htp_library = {"libQnnHtp.so", false, "libQnnHtp.so: cannot open shared object file"};
-  expect_choice(etlora::choose_backend(auto_, no_library, program, true), Backend::kXnnpack,
+  expect_choice(etlora::choose_backend(auto_, no_library, program), Backend::kXnnpack,
                 "libQnnHtp.so not loadable: libQnnHtp.so: cannot open shared object file", "no library");
   // Wrong SoC; the SoC compared without regard to case.
-  expect_choice(etlora::choose_backend(auto_, usable_device("SM8550"), program, true), Backend::kXnnpack,
+  expect_choice(etlora::choose_backend(auto_, usable_device("SM8550"), program), Backend::kXnnpack,
                 "program compiled for SM8650, device is SM8550", "wrong soc");
-  expect_error(etlora::choose_backend(htp, usable_device("SM8550"), program, true), "re-export with --soc SM8550",
+  expect_error(etlora::choose_backend(htp, usable_device("SM8550"), program), "re-export with --soc SM8550",
                "htp, wrong soc");
-  expect_choice(etlora::choose_backend(auto_, usable_device("SM8650"), etlora::HtpProgramFacts{"sm8650", "p"}, true),
+  expect_choice(etlora::choose_backend(auto_, usable_device("SM8650"), etlora::HtpProgramFacts{"sm8650", "p"}),
                 Backend::kHtp,
                 "HTP program for SM8650 (p), libQnnHtp.so and libQnnSystem.so loadable, /dev/fastrpc-cdsp, "
                 "SoC SM8650 from ETLORA_SOC",
@@ -85,17 +85,11 @@ int main() {
   // Unknown SoC: the probe cannot clear the program.
   etlora::HtpFacts unknown = usable_device("");
   unknown.soc_source = "no soc0";
-  expect_choice(etlora::choose_backend(auto_, unknown, program, true), Backend::kXnnpack,
+  expect_choice(etlora::choose_backend(auto_, unknown, program), Backend::kXnnpack,
                 "device SoC unknown (no soc0), program compiled for SM8650", "unknown soc");
-  // Everything present, no HTP session in this runtime.
-  const std::string no_session =
-      "HTP program present and device usable, but this caller has no HTP session to run it";
-  expect_choice(etlora::choose_backend(auto_, usable_device("SM8650"), program, false), Backend::kXnnpack,
-                no_session, "no session");
-  expect_error(etlora::choose_backend(htp, usable_device("SM8650"), program, false), no_session, "htp, no session");
-  // Everything present with a session: htp, for auto and htp alike.
+  // Everything present: htp, for auto and htp alike.
   for (BackendRequest request : {auto_, htp}) {
-    auto choice = etlora::choose_backend(request, usable_device("SM8650"), program, true);
+    auto choice = etlora::choose_backend(request, usable_device("SM8650"), program);
     expect(choice.ok() && choice->backend == Backend::kHtp, std::string("htp for ") + etlora::backend_request_name(request));
   }
   // Requests by name; the SoC table.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -58,6 +59,13 @@ class Bundle {
   const std::vector<BundleAdapter>& adapters() const { return adapters_; }
   // The HTP program, or nullopt when the bundle has none (versions 1-3, or null).
   const std::optional<HtpProgram>& htp_program() const { return htp_program_; }
+  // The size manifest "files" lists for `file` (relative to the bundle), or -1 when unlisted.
+  int64_t listed_size(const std::string& file) const {
+    auto found = file_sizes_.find(file);
+    return found == file_sizes_.end() ? -1 : found->second;
+  }
+  const std::string& program_file() const { return program_file_; }
+  const std::string& foundation_file() const { return foundation_file_; }
   // The adapter file of `name`, or an error listing the names the bundle has.
   StatusOr<std::string> adapter_path(const std::string& name) const;
 
@@ -67,6 +75,7 @@ class Bundle {
   std::string program_file_, foundation_file_, tokenizer_file_;
   std::string fingerprint_, weights_id_, scheme_ = "fp32";
   std::vector<BundleAdapter> adapters_;
+  std::map<std::string, int64_t> file_sizes_;  // manifest "files": path -> size
   std::optional<HtpProgram> htp_program_;
   // (manifest field, path) for every path the manifest lists, checked by parse and open alike.
   std::vector<std::pair<std::string, std::string>> listed_paths_;

@@ -1,4 +1,4 @@
-// Which program runs, decided before anything is loaded (issue 14).
+// Which program runs, decided before anything is loaded.
 //
 // A bundle may carry an HTP program (model_htp.pte, for the Hexagon NPU of one
 // Snapdragon SoC) beside the XNNPACK program (model.pte, any CPU). ExecuTorch's
@@ -16,24 +16,17 @@
 // not loadable, libQnnSystem.so not loadable, no Hexagon DSP device node, SoC
 // unknown, SoC different from the program's, joined by "; "):
 //
-//   requested | HTP program | device problems | HTP session | result
-//   ----------+-------------+-----------------+-------------+-----------------------------
-//   xnnpack   |     any     |       any       |     any     | xnnpack ("xnnpack requested")
-//   auto      |    none     |       any       |     any     | xnnpack ("no HTP program in the bundle")
-//   auto      |   present   |     some        |     any     | xnnpack (the problems)
-//   auto      |   present   |     none        |     no      | xnnpack ("HTP program present and device
-//             |             |                 |             |   usable, but this caller has no HTP session
-//             |             |                 |             |   to run it")
-//   auto      |   present   |     none        |     yes     | htp
-//   htp       |   any row that would not give htp under auto  | error Status, never a fallback
-//   htp       |   present   |     none        |     yes     | htp
+//   requested | HTP program | device problems | result
+//   ----------+-------------+-----------------+-----------------------------------------
+//   xnnpack   |     any     |       any       | xnnpack ("xnnpack requested")
+//   auto      |    none     |       any       | xnnpack ("no HTP program in the bundle")
+//   auto      |   present   |     some        | xnnpack (the problems)
+//   auto      |   present   |     none        | htp
+//   htp       |   any row that would not give htp under auto | error Status, never a fallback
+//   htp       |   present   |     none        | htp
 //
-// "HTP session": running the HTP program needs a static-shape session that owns
-// the KV cache on the host (the HTP graph takes the cache as inputs and returns
-// the new rows). etlora::HtpSession (htp_session.h) is that session: etlora.load
-// and etlora_runner pass htp_session_available = true and open the HTP program
-// in it when the answer is htp. A caller without one passes false and gets
-// xnnpack (or an error for an explicit htp) even on a device that could run it.
+// When the answer is htp, the HTP program runs in etlora::HtpSession
+// (htp_session.h), the static-shape session that owns the KV cache on the host.
 #pragma once
 
 #include <optional>
@@ -98,7 +91,6 @@ std::string soc_name_for_id(long soc_id);
 // The rule above. An error Status (kIncompatible) only when htp was requested
 // and cannot run: expected -> received -> hint, naming everything missing.
 StatusOr<BackendChoice> choose_backend(BackendRequest requested, const HtpFacts& facts,
-                                       const std::optional<HtpProgramFacts>& htp_program,
-                                       bool htp_session_available);
+                                       const std::optional<HtpProgramFacts>& htp_program);
 
 }  // namespace etlora

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include <etlora/program_info.h>
-#include <etlora/session.h>  // AdapterChoice
+#include <etlora/session_adapters.h>
 #include <etlora/status.h>
 
 namespace etlora {
@@ -43,7 +43,13 @@ struct HtpProgramInfo {
   int64_t head_dim = 0;
 };
 
-class HtpSession {
+// How many adapter files an HtpSession keeps open (SessionOptions has the same two).
+struct HtpSessionOptions {
+  size_t max_resident_adapters = 0;        // 0 = keep every adapter ever opened
+  uint64_t max_resident_adapter_bytes = 0;  // 0 = no byte limit; bound ones always kept
+};
+
+class HtpSession : public SessionAdapters {
  public:
   // Loads the program and its foundation (both memory-mapped), reads and
   // checks the constant methods (etlora_program_kind must be "htp") and the
@@ -52,25 +58,23 @@ class HtpSession {
   // foundation, as QNN context binaries do). No adapter is active and the
   // cache is empty until set_adapters() / forward().
   static StatusOr<std::unique_ptr<HtpSession>> open(const std::string& program_path,
-                                                   const std::string& foundation_path);
+                                                   const std::string& foundation_path,
+                                                   const HtpSessionOptions& options = {});
 
   // ProgramInfo as adapters are checked against it; max_seq_len is the cache length C.
   const ProgramInfo& info() const { return info_; }
   const HtpProgramInfo& htp_info() const { return htp_; }
   const std::string& program_path() const { return program_path_; }
 
-  // Binds these adapter files to the slots in order (at most adapter_slots;
-  // the rest get zeros and scale 0): each file is opened (AdapterFile::open)
-  // and checked against info() (AdapterFile::check_for_program), its tensors
-  // become forward's LoRA inputs (zeros for sites it lacks) and
-  // strength * scaling its slot's scale. Everything is checked before anything
-  // changes, so a failure leaves the previous adapters active. A strength that
-  // is not finite, or the same file twice, is an error. The cache is kept.
-  Status set_adapters(const std::vector<AdapterChoice>& adapters);
+  // set_adapters, active_adapters, resident_adapter_paths / _bytes,
+  // release_unbound_adapters, reusable_prefix: SessionAdapters, as Session's
+  // (the cache is on the host, with the same bookkeeping).
 
   // Runs `tokens` at positions start_pos.. (appending to the cache: rows
   // 0 .. start_pos-1 are what earlier calls wrote) and returns the logits of
   // the last one (vocab_size floats). start_pos + tokens must be <= cache_len.
+  // An activated LoRA applies from its activation start on, as in Session:
+  // the call runs in segments cut there, each as its own chunks.
   StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
 
   // forward() from position 0: a fresh prefill.
@@ -78,10 +82,8 @@ class HtpSession {
     return forward(tokens, 0);
   }
 
-  // Adapters currently bound to the slots, in slot order.
-  const std::vector<AdapterChoice>& active_adapters() const { return active_; }
-
-  // How many runs of `forward` the last forward() call took (ceil(tokens / T)).
+  // How many runs of `forward` the last forward() call took (ceil(tokens / T)
+  // per segment).
   int64_t last_chunks() const { return last_chunks_; }
 
   ~HtpSession();
@@ -90,8 +92,8 @@ class HtpSession {
   struct Impl;  // ExecuTorch objects and the host buffers, kept out of this header
   HtpSession();
   static StatusOr<std::unique_ptr<HtpSession>> open_unguarded(const std::string& program_path,
-                                                              const std::string& foundation_path);
-  Status set_adapters_unguarded(const std::vector<AdapterChoice>& adapters);
+                                                              const std::string& foundation_path,
+                                                              const HtpSessionOptions& options);
   StatusOr<std::vector<float>> forward_unguarded(const std::vector<int64_t>& tokens,
                                                  int64_t start_pos);
   Status run_chunk(const int64_t* tokens, int64_t count, int64_t start, bool want_logits,
@@ -100,7 +102,6 @@ class HtpSession {
   std::string program_path_;
   ProgramInfo info_;
   HtpProgramInfo htp_;
-  std::vector<AdapterChoice> active_;
   int64_t last_chunks_ = 0;
   std::unique_ptr<Impl> impl_;
 };

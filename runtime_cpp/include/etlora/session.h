@@ -13,6 +13,7 @@
 #include <etlora/adapter_file.h>
 #include <etlora/program_info.h>
 #include <etlora/packed_cache.h>
+#include <etlora/session_adapters.h>
 #include <etlora/status.h>
 
 namespace etlora {
@@ -30,8 +31,8 @@ struct WeightCacheStats {
   int64_t cached_sessions = 0;      // ... of which loaded with the cache on
   int64_t rss_bytes = 0;            // VmRSS of the process
   int64_t rss_anon_bytes = 0;       // RssAnon: heap, packed weights included
-  int64_t rss_file_bytes = 0;       // RssFile: mapped files (model.pte, .ptd, packed file)
-  int64_t packed_cache_files = 0;   // packed foundation files live Sessions hold
+  int64_t rss_file_bytes = 0;       // RssFile: mapped files (model.pte, .ptd, packed cache file)
+  int64_t packed_cache_files = 0;   // packed cache files live Sessions hold
 };
 
 // Reads the figures above. Fails if the XNNPACK backend is not registered.
@@ -39,14 +40,14 @@ StatusOr<WeightCacheStats> weight_cache_stats();
 
 // The program's etlora_foundation_weights_id (its fingerprint for programs
 // without one), read without loading the foundation or any delegate: names the
-// packed file before Session::open.
+// packed cache file before Session::open.
 StatusOr<std::string> read_foundation_weights_id(const std::string& program_path);
 
 struct SessionOptions {
   // Share packed foundation weights with other Sessions of the same
   // foundation (XNNPACK option weight_cache_enabled, set for this load only).
   bool weight_cache = true;
-  // The packed foundation file (packed_cache.h), a full path whose name is
+  // The packed cache file (packed_cache.h), a full path whose name is
   // packed_cache_file_name(foundation weights id); empty = off. Needs weight_cache. The
   // first start packs and writes it (temp name, renamed when complete); a
   // later start maps it instead of packing. A file that fails the footer
@@ -68,15 +69,7 @@ struct SessionOptions {
   uint64_t max_resident_adapter_bytes = 0;
 };
 
-struct OpenAdapter;  // session.cpp: an adapter file checked against this program
-
-// An adapter to activate: its file and how strongly to apply it.
-struct AdapterChoice {
-  std::string path;
-  float strength = 1.0f;
-};
-
-class Session {
+class Session : public SessionAdapters {
  public:
   // Loads the program with its foundation weights (both memory-mapped) and
   // reads the constant methods. No adapter is active until set_adapters().
@@ -87,25 +80,8 @@ class Session {
   const ProgramInfo& info() const { return info_; }
   const std::string& program_path() const { return program_path_; }
 
-  // Points the adapter inputs of `forward` at these files (at most
-  // adapter_slots; the remaining slots get zeros and scale 0). A file is
-  // opened and checked against the program (AdapterFile::check_for_program)
-  // the first time it is named; later calls only re-point the inputs of the
-  // slots that changed. Everything is checked before anything changes, so a
-  // failure leaves the previous adapters active. Never reloads the program or
-  // the foundation. The same file twice, or a strength that is not finite,
-  // is an error.
-  Status set_adapters(const std::vector<AdapterChoice>& adapters);
-
-  // Paths of the adapter files this Session holds open, most recently bound
-  // first (SessionOptions::max_resident_adapters and _bytes bound them).
-  std::vector<std::string> resident_adapter_paths() const;
-  // Their file sizes together, what the resident budget in bytes counts.
-  uint64_t resident_adapter_bytes() const;
-
-  // Closes every open adapter file that no slot binds (their pages are
-  // unmapped unless another Session holds the same file); returns how many.
-  size_t release_unbound_adapters();
+  // set_adapters, active_adapters, resident_adapter_paths / _bytes,
+  // release_unbound_adapters, reusable_prefix: SessionAdapters.
 
   // Runs `tokens` at positions start_pos.. and returns the logits of the last
   // one (vocab_size floats). The KV cache keeps what earlier calls wrote. An
@@ -114,22 +90,10 @@ class Session {
   // the call runs in segments cut there, the slot's scale 0 before the cut.
   StatusOr<std::vector<float>> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
 
-  // How many leading positions of the KV cache a prefill of `prompt` can keep,
-  // at most prompt.size() - 1: positions whose tokens equal the prompt's and
-  // whose K/V was computed with the adapters and strengths bound now (a switch
-  // makes every position an adapter touched stale). With an activated LoRA
-  // bound, only positions no adapter touched and before its activation start
-  // for this prompt (the invocation's start): they hold the foundation's K/V,
-  // which any adapter would have computed there too. Exact either way.
-  int64_t reusable_prefix(const std::vector<int64_t>& prompt) const;
-
   // forward() from position 0: a fresh prefill.
   StatusOr<std::vector<float>> logits(const std::vector<int64_t>& tokens) {
     return forward(tokens, 0);
   }
-
-  // Adapters currently bound to the slots, in slot order.
-  const std::vector<AdapterChoice>& active_adapters() const { return active_; }
 
   // How many inputs of `forward` ExecuTorch memory-planned. The exporter
   // plans none, so inputs are shared, not copied; a nonzero count still works
@@ -141,7 +105,7 @@ class Session {
   // Approximate when other threads allocate during the load.
   int64_t load_anon_bytes() const { return load_anon_bytes_; }
   bool weight_cache() const { return weight_cache_; }
-  // How this load used the packed foundation file, and its load time.
+  // How this load used the packed cache file, and its load time.
   const PackedCacheInfo& packed_cache() const { return packed_cache_; }
 
   ~Session();
@@ -149,16 +113,10 @@ class Session {
  private:
   struct Impl;  // ExecuTorch objects, kept out of this header
   Session();
-  StatusOr<OpenAdapter*> open_adapter(const std::string& path);
-  Status bind_all();
-  std::vector<int64_t> activation_starts(const int64_t* tokens, int64_t count) const;
   StatusOr<std::vector<float>> run_segment(const int64_t* tokens, int64_t count, int64_t start_pos);
-  Status bind_slots(const std::vector<const OpenAdapter*>& previous);
-  void close_unused_adapters();
 
   std::string program_path_;
   ProgramInfo info_;
-  std::vector<AdapterChoice> active_;
   int64_t load_anon_bytes_ = 0;
   bool weight_cache_ = false;
   PackedCacheInfo packed_cache_;

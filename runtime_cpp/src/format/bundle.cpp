@@ -219,6 +219,9 @@ StatusOr<Bundle> Bundle::parse(const std::string& text, const std::string& dir) 
   if (!files.is(Kind::kObject)) return reader.fail("manifest is missing or has unexpected fields (files: expected an object)");
   for (const auto& [name, record] : files.object()) {
     if (Status s = reader.check_record(&record, kFile, "files['" + name + "']"); !s.ok()) return s;
+    int64_t size = 0;
+    if (Status s = reader.integer_member(record, "size", "files['" + name + "']", 0, size); !s.ok()) return s;
+    bundle.file_sizes_[name] = size;
   }
   const JsonValue& adapters = *root.find("adapters");
   if (!adapters.is(Kind::kObject)) {

@@ -173,8 +173,7 @@ HtpFacts gather_htp_facts() {
 }
 
 StatusOr<BackendChoice> choose_backend(BackendRequest requested, const HtpFacts& facts,
-                                       const std::optional<HtpProgramFacts>& htp_program,
-                                       bool htp_session_available) {
+                                       const std::optional<HtpProgramFacts>& htp_program) {
   if (requested == BackendRequest::kXnnpack) return BackendChoice{Backend::kXnnpack, "xnnpack requested"};
 
   std::vector<std::string> problems, hints;
@@ -206,11 +205,6 @@ StatusOr<BackendChoice> choose_backend(BackendRequest requested, const HtpFacts&
       problems.push_back("program compiled for " + program_soc + ", device is " + facts.soc);
       hints.push_back("re-export with --soc " + facts.soc);
     }
-  }
-  if (problems.empty() && !htp_session_available) {
-    problems.push_back(
-        "HTP program present and device usable, but this caller has no HTP session to run it");
-    hints.push_back("wait for the HTP session (issue 14)");
   }
   if (problems.empty()) {
     return BackendChoice{Backend::kHtp, "HTP program for " + upper(htp_program->soc) + " (" + htp_program->path +

@@ -58,8 +58,12 @@ int64_t pick_token(const std::vector<float>& logits, float temperature, float to
   return order[kept - 1];
 }
 
-StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>& prompt,
-                                    const GenerationOptions& options, const TokenCallback& on_token) {
+namespace {
+
+// The loop over either session kind: its forward, cache length and exact prefix.
+template <class AnySession>
+StatusOr<GenerationResult> generate_on(AnySession& session, const std::vector<int64_t>& prompt,
+                                       const GenerationOptions& options, const TokenCallback& on_token) {
   const ForwardModel model{[&](const std::vector<int64_t>& tokens, int64_t start) {
                              return session.forward(tokens, start);
                            },
@@ -68,13 +72,16 @@ StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>
   return generate(model, prompt, options, on_token);
 }
 
+}  // namespace
+
+StatusOr<GenerationResult> generate(Session& session, const std::vector<int64_t>& prompt,
+                                    const GenerationOptions& options, const TokenCallback& on_token) {
+  return generate_on(session, prompt, options, on_token);
+}
+
 StatusOr<GenerationResult> generate(HtpSession& session, const std::vector<int64_t>& prompt,
                                     const GenerationOptions& options, const TokenCallback& on_token) {
-  const ForwardModel model{[&](const std::vector<int64_t>& tokens, int64_t start) {
-                             return session.forward(tokens, start);
-                           },
-                           session.info().max_seq_len};
-  return generate(model, prompt, options, on_token);
+  return generate_on(session, prompt, options, on_token);
 }
 
 StatusOr<GenerationResult> generate(const ForwardModel& model, const std::vector<int64_t>& prompt,

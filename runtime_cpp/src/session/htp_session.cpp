@@ -6,8 +6,6 @@
 // contents, and set_adapters re-points the LoRA inputs.
 #include <etlora/htp_session.h>
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -23,6 +21,7 @@
 #include "etlora/thread_pool.h"
 #include "format/flat_tensor_check.h"
 #include "format/format_util.h"
+#include "session/session_adapters.h"
 #include "session/program_constants.h"
 
 namespace etlora {
@@ -82,12 +81,6 @@ Status check_tensor(const std::string& program, const char* side, size_t index, 
 
 }  // namespace
 
-// An adapter file checked against the program, as the 2 * sites inputs of one slot.
-struct HtpBoundAdapter {
-  std::shared_ptr<const AdapterFile> file;
-  std::vector<TensorPtr> inputs;  // lora_a, lora_b per site; sites it lacks over zeros
-};
-
 struct HtpSession::Impl {
   std::unique_ptr<Module> module;
   // Input buffers (bound once; ExecuTorch reads them in place).
@@ -99,24 +92,23 @@ struct HtpSession::Impl {
   std::vector<float> scales;       // [S]
   std::vector<float> zeros;        // backs the LoRA inputs of absent sites and empty slots
   std::vector<TensorPtr> fixed_inputs;  // tokens, positions, mask, k, v, scales
-  std::vector<TensorPtr> empty_slot;    // 2 per site over `zeros`
-  std::vector<HtpBoundAdapter> bound;   // per slot; file == nullptr for an empty slot
 };
 
 HtpSession::HtpSession() : impl_(std::make_unique<Impl>()) {}
 HtpSession::~HtpSession() = default;
 
 StatusOr<std::unique_ptr<HtpSession>> HtpSession::open(const std::string& program_path,
-                                                       const std::string& foundation_path) {
+                                                       const std::string& foundation_path,
+                                                       const HtpSessionOptions& options) {
   try {  // no exception leaves the C++ API (an allocation can still fail)
-    return open_unguarded(program_path, foundation_path);
+    return open_unguarded(program_path, foundation_path, options);
   } catch (const std::exception& error) {
     return Status(StatusCode::kRuntimeError, "HTP program " + program_path + ": " + error.what());
   }
 }
 
 StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
-    const std::string& program_path, const std::string& foundation_path) {
+    const std::string& program_path, const std::string& foundation_path, const HtpSessionOptions& options) {
   if (!is_regular_file(program_path)) {
     return Status(StatusCode::kNotFound,
                   "HTP program file " + program_path +
@@ -135,13 +127,7 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
       return checked;
     }
   }
-  install_runtime_log_filter();
-  if (!thread_pool_state().configured) {
-    // Only speed depends on it (the XNNPACK stand-in); a pool that cannot take the executor runs as before.
-    if (Status pool = configure_thread_pool({}); !pool.ok()) {
-      ET_LOG(Info, "etlora: thread pool left as it is: %s", pool.message().c_str());
-    }
-  }
+  prepare_process_for_programs();
   std::unique_ptr<HtpSession> session(new HtpSession());
   session->program_path_ = program_path;
   Impl& impl = *session->impl_;
@@ -160,13 +146,8 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   }
 
   // Constant methods: what kind of program, and the layout of forward.
-  auto names = module.method_names();
-  if (!names.ok() || !names->count("etlora_format_version")) {
-    return Status(StatusCode::kIncompatible,
-                  "program " + program_path +
-                      " is not an etlora program: expected constant method etlora_format_version, "
-                      "found none; hint: export it with etlora, not with another ExecuTorch tool");
-  }
+  auto names = etlora_method_names(module, program_path);
+  if (!names.ok()) return names.status();
   if (!names->count("etlora_program_kind")) {
     return Status(StatusCode::kIncompatible,
                   "program " + program_path +
@@ -183,15 +164,10 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   }
   ProgramInfo& info = session->info_;
   HtpProgramInfo& htp = session->htp_;
-  auto version = constant_int(module, program_path, "etlora_format_version");
-  if (!version.ok()) return version.status();
-  info.format_version = *version;
-  if (info.format_version != kHtpFormatVersion) {
-    return Status(StatusCode::kIncompatible,
-                  "HTP program " + program_path + ": format version expected " +
-                      std::to_string(kHtpFormatVersion) + ", got " +
-                      std::to_string(info.format_version) +
-                      "; hint: use the etlora runtime that matches the exporter");
+  if (Status version =
+          read_format_version(module, program_path, "HTP program " + program_path, kHtpFormatVersion, info);
+      !version.ok()) {
+    return version;
   }
   auto largest = read_adapter_layout(module, program_path, info);
   if (!largest.ok()) return largest.status();
@@ -324,7 +300,6 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
       make_tensor_ptr(cache_sizes, impl.v_cache.data(), ScalarType::Float),
       make_tensor_ptr({i32(info.adapter_slots)}, impl.scales.data(), ScalarType::Float),
   };
-  impl.empty_slot = lora_inputs(info, nullptr, impl.zeros.data());
   for (size_t index = 0; index < impl.fixed_inputs.size(); ++index) {
     if (Error err = module.set_input("forward", *impl.fixed_inputs[index], index); err != Error::Ok) {
       return Status(StatusCode::kRuntimeError,
@@ -332,77 +307,13 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
                         " (" + error_name(err) + ")");
     }
   }
-  impl.bound.assign(info.adapter_slots, HtpBoundAdapter{});
-  for (int64_t slot = 0; slot < info.adapter_slots; ++slot) {
-    for (size_t k = 0; k < 2 * site_count; ++k) {
-      const size_t index = kFirstAdapterInput + slot * 2 * site_count + k;
-      if (Error err = module.set_input("forward", *impl.empty_slot[k], index); err != Error::Ok) {
-        return Status(StatusCode::kRuntimeError,
-                      "HTP program " + program_path + ": ExecuTorch refused adapter input " +
-                          std::to_string(index) + " (" + error_name(err) + ")");
-      }
-    }
-  }
+  const std::string label = "HTP program " + program_path;
+  session->adapters_ = std::make_unique<SessionAdapterState>(
+      slot_binder(module, kFirstAdapterInput, site_count, label), info, program_path, label, impl.zeros.data(),
+      ResidencyBudget{options.max_resident_adapters, options.max_resident_adapter_bytes}, C);
+  Status no_adapters = session->adapters_->registry.bind_empty(session->adapters_->bind);
+  if (!no_adapters.ok()) return no_adapters;
   return session;
-}
-
-Status HtpSession::set_adapters(const std::vector<AdapterChoice>& adapters) {
-  try {
-    return set_adapters_unguarded(adapters);
-  } catch (const std::exception& error) {
-    return Status(StatusCode::kRuntimeError, "HTP program " + program_path_ + ": set_adapters: " + error.what());
-  }
-}
-
-Status HtpSession::set_adapters_unguarded(const std::vector<AdapterChoice>& adapters) {
-  Impl& impl = *impl_;
-  if (Status valid = check_adapter_choices(adapters, info_, "HTP program " + program_path_); !valid.ok()) {
-    return valid;
-  }
-  // Open and check everything first, so that a bad choice leaves the session unchanged.
-  const size_t site_count = info_.sites.size();
-  std::vector<HtpBoundAdapter> chosen;
-  std::vector<const AdapterFile*> files;
-  for (size_t slot = 0; slot < adapters.size(); ++slot) {
-    auto opened = AdapterFile::open(adapters[slot].path);
-    if (!opened.ok()) return opened.status();
-    // The one rule of an adapter against a program, shared with Session and Python.
-    if (Status fits = (*opened)->check_for_program(info_, program_path_); !fits.ok()) return fits;
-    if (Status once = check_file_not_chosen(opened->get(), files, adapters); !once.ok()) return once;
-    files.push_back(opened->get());
-    HtpBoundAdapter adapter;
-    adapter.file = *opened;
-    adapter.inputs = lora_inputs(info_, adapter.file.get(), impl.zeros.data());
-    chosen.push_back(std::move(adapter));
-  }
-  chosen.resize(info_.adapter_slots);  // empty slots
-  for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
-    const HtpBoundAdapter& adapter = chosen[slot];
-    const std::vector<TensorPtr>& inputs = adapter.file ? adapter.inputs : impl.empty_slot;
-    for (size_t k = 0; k < 2 * site_count; ++k) {
-      const size_t index = kFirstAdapterInput + slot * 2 * site_count + k;
-      if (Error err = impl.module->set_input("forward", *inputs[k], index); err != Error::Ok) {
-        // Shapes were checked at open; restore what was bound so the session stays consistent.
-        for (int64_t s = 0; s < info_.adapter_slots; ++s) {
-          const std::vector<TensorPtr>& old =
-              impl.bound[s].file ? impl.bound[s].inputs : impl.empty_slot;
-          for (size_t m = 0; m < 2 * site_count; ++m) {
-            (void)impl.module->set_input("forward", *old[m], kFirstAdapterInput + s * 2 * site_count + m);
-          }
-        }
-        return Status(StatusCode::kRuntimeError,
-                      "HTP program " + program_path_ + ": ExecuTorch refused adapter input " +
-                          std::to_string(index) + " (" + error_name(err) + ")");
-      }
-    }
-  }
-  for (int64_t slot = 0; slot < info_.adapter_slots; ++slot) {
-    impl.scales[slot] =
-        chosen[slot].file ? adapters[slot].strength * chosen[slot].file->scaling() : 0.0f;
-  }
-  impl.bound = std::move(chosen);  // the previous files are released after their inputs were re-pointed
-  active_.assign(adapters.begin(), adapters.end());
-  return Status::ok_status();
 }
 
 StatusOr<std::vector<float>> HtpSession::forward(const std::vector<int64_t>& tokens, int64_t start_pos) {
@@ -415,36 +326,32 @@ StatusOr<std::vector<float>> HtpSession::forward(const std::vector<int64_t>& tok
 
 StatusOr<std::vector<float>> HtpSession::forward_unguarded(const std::vector<int64_t>& tokens,
                                                            int64_t start_pos) {
+  Impl& impl = *impl_;
+  if (Status valid = check_forward_tokens(tokens, start_pos, htp_.cache_len,
+                                          "cache_len of HTP program " + program_path_, info_.vocab_size);
+      !valid.ok()) {
+    return valid;
+  }
   const int64_t count = static_cast<int64_t>(tokens.size());
-  const int64_t C = htp_.cache_len, T = htp_.chunk_len;
-  if (count < 1 || count > C) {
-    return Status(StatusCode::kInvalidArgument,
-                  "tokens: expected 1 to " + std::to_string(C) + " tokens (cache_len of HTP program " +
-                      program_path_ + "), got " + std::to_string(count));
-  }
-  if (start_pos < 0 || start_pos > C - count) {
-    return Status(StatusCode::kInvalidArgument,
-                  "start_pos: expected 0 <= start_pos and start_pos + tokens <= " + std::to_string(C) +
-                      " (cache_len of HTP program " + program_path_ + "), got start_pos " +
-                      std::to_string(start_pos) + " with " + std::to_string(count) +
-                      " tokens; hint: the KV cache is full, start again from position 0");
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= info_.vocab_size) {
-      return Status(StatusCode::kInvalidArgument,
-                    "tokens[" + std::to_string(i) + "]: expected an id in [0, " +
-                        std::to_string(info_.vocab_size) + "), got " + std::to_string(tokens[i]));
-    }
-  }
+  const int64_t end = start_pos + count;
+  adapters_->history.begin_write(tokens.data(), count, start_pos);
+  // Each segment (AdapterRegistry::segments: an activated LoRA's slot at scale
+  // 0 before its activation start) runs as its own chunks of T; a cut inside
+  // a chunk makes a shorter, padded one. The mask keeps it exact either way.
   std::vector<float> logits;
   last_chunks_ = 0;
-  for (int64_t offset = 0; offset < count; offset += T) {
-    const int64_t n = std::min(T, count - offset);
-    const bool last = offset + n == count;
-    if (Status ran = run_chunk(tokens.data() + offset, n, start_pos + offset, last, &logits); !ran.ok()) {
-      return ran;
+  for (const Segment& segment : adapters_->registry.segments(adapters_->history.tokens(), start_pos, end)) {
+    std::copy(segment.scales.begin(), segment.scales.end(), impl.scales.begin());
+    if (segment.any_adapter) adapters_->history.adapter_touched(segment.begin);
+    for (int64_t at = segment.begin; at < segment.end; at += htp_.chunk_len) {
+      const int64_t n = std::min(htp_.chunk_len, segment.end - at);
+      const bool last = at + n == end;
+      if (Status ran = run_chunk(tokens.data() + (at - start_pos), n, at, last, &logits); !ran.ok()) {
+        adapters_->history.written_up_to(at);  // what follows was not written
+        return ran;
+      }
+      ++last_chunks_;
     }
-    ++last_chunks_;
   }
   return logits;
 }

@@ -7,6 +7,10 @@
 #include <cmath>
 #include <limits>
 
+#include <executorch/runtime/platform/log.h>
+
+#include "etlora/logging.h"
+#include "etlora/thread_pool.h"
 #include "format/format_util.h"
 
 namespace etlora {
@@ -145,6 +149,63 @@ std::vector<executorch::extension::TensorPtr> lora_inputs(const ProgramInfo& inf
     }
   }
   return inputs;
+}
+
+Status check_forward_tokens(const std::vector<int64_t>& tokens, int64_t start_pos, int64_t limit,
+                            const std::string& limit_label, int64_t vocab_size) {
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  if (count < 1 || count > limit) {
+    return Status(StatusCode::kInvalidArgument, "tokens: expected 1 to " + std::to_string(limit) + " tokens (" +
+                                                    limit_label + "), got " + std::to_string(count));
+  }
+  if (start_pos < 0 || start_pos > limit - count) {
+    return Status(StatusCode::kInvalidArgument,
+                  "start_pos: expected 0 <= start_pos and start_pos + tokens <= " + std::to_string(limit) + " (" +
+                      limit_label + "), got start_pos " + std::to_string(start_pos) + " with " +
+                      std::to_string(count) + " tokens; hint: the KV cache is full, start again from position 0");
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab_size) {
+      return Status(StatusCode::kInvalidArgument, "tokens[" + std::to_string(i) + "]: expected an id in [0, " +
+                                                      std::to_string(vocab_size) + "), got " +
+                                                      std::to_string(tokens[i]));
+    }
+  }
+  return Status::ok_status();
+}
+
+void prepare_process_for_programs() {
+  install_runtime_log_filter();  // before the pool and the delegate print their info lines
+  if (!thread_pool_state().configured) {
+    if (Status pool = configure_thread_pool({}); !pool.ok()) {
+      ET_LOG(Info, "etlora: thread pool left as it is: %s", pool.message().c_str());
+    }
+  }
+}
+
+StatusOr<std::unordered_set<std::string>> etlora_method_names(executorch::extension::module::Module& module,
+                                                              const std::string& program) {
+  auto names = module.method_names();
+  if (!names.ok() || !names->count("etlora_format_version")) {
+    return Status(StatusCode::kIncompatible,
+                  "program " + program +
+                      " is not an etlora program: expected constant method etlora_format_version, "
+                      "found none; hint: export it with etlora, not with another ExecuTorch tool");
+  }
+  return std::unordered_set<std::string>(names->begin(), names->end());
+}
+
+Status read_format_version(executorch::extension::module::Module& module, const std::string& program,
+                           const std::string& label, int64_t expected, ProgramInfo& info) {
+  auto version = constant_int(module, program, "etlora_format_version");
+  if (!version.ok()) return version.status();
+  info.format_version = *version;
+  if (info.format_version != expected) {
+    return Status(StatusCode::kIncompatible, label + ": format version expected " + std::to_string(expected) +
+                                                 ", got " + std::to_string(info.format_version) +
+                                                 "; hint: use the etlora runtime that matches the exporter");
+  }
+  return Status::ok_status();
 }
 
 bool is_regular_file(const std::string& path) {

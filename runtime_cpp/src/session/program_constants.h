@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <executorch/extension/module/module.h>
@@ -58,6 +59,27 @@ Status check_adapter_choices(const std::vector<AdapterChoice>& adapters, const P
 // the choices before it): the same file twice is an error naming both paths.
 Status check_file_not_chosen(const AdapterFile* file, const std::vector<const AdapterFile*>& files,
                              const std::vector<AdapterChoice>& adapters);
+
+// The rules on a forward call both sessions apply: 1 .. limit tokens, each in
+// [0, vocab_size), start_pos + tokens <= limit. `limit_label` says what the
+// limit is in errors ("max_seq_len", "cache_len of HTP program X").
+Status check_forward_tokens(const std::vector<int64_t>& tokens, int64_t start_pos, int64_t limit,
+                            const std::string& limit_label, int64_t vocab_size);
+
+// What both sessions do before loading a program: ExecuTorch's info lines
+// filtered, etlora's thread pool installed unless the process configured one
+// (only speed depends on it: a pool that cannot take the executor runs as before).
+void prepare_process_for_programs();
+
+// The program's method names, after checking it is an etlora program (it has
+// etlora_format_version); `program` names the file in errors.
+StatusOr<std::unordered_set<std::string>> etlora_method_names(executorch::extension::module::Module& module,
+                                                              const std::string& program);
+
+// etlora_format_version into info.format_version, which must be `expected`;
+// `label` names the program in errors ("program X", "HTP program X").
+Status read_format_version(executorch::extension::module::Module& module, const std::string& program,
+                           const std::string& label, int64_t expected, ProgramInfo& info);
 
 // A regular file at `path`.
 bool is_regular_file(const std::string& path);

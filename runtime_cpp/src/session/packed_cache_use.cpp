@@ -1,5 +1,5 @@
-// PackedFileUse (packed_file_use.h).
-#include "session/packed_file_use.h"
+// PackedCacheUse (packed_cache_use.h).
+#include "session/packed_cache_use.h"
 
 #include <dirent.h>
 #include <signal.h>
@@ -94,12 +94,12 @@ void remove_dead_writers_files(const std::string& final_path) {
 
 }  // namespace
 
-int64_t packed_files_in_use() {
+int64_t packed_cache_files_in_use() {
   std::lock_guard<std::mutex> lock(table_mutex());
   return static_cast<int64_t>(live_files().size());
 }
 
-StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& final_path,
+StatusOr<std::unique_ptr<PackedCacheUse>> PackedCacheUse::plan(const std::string& final_path,
                                                               PackedCacheResidency residency) {
   if (final_path.size() > kMaxPackedCachePath) {
     return Status(StatusCode::kInvalidArgument,
@@ -109,7 +109,7 @@ StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& 
                       "; hint: the XNNPACK backend truncates longer option strings, choose a "
                       "shorter cache folder");
   }
-  std::unique_ptr<PackedFileUse> use(new PackedFileUse());
+  std::unique_ptr<PackedCacheUse> use(new PackedCacheUse());
   use->open_lock_ = std::unique_lock<std::mutex>(open_mutex());
   use->final_path_ = final_path;
   use->residency_ = residency;
@@ -157,7 +157,7 @@ StatusOr<std::unique_ptr<PackedFileUse>> PackedFileUse::plan(const std::string& 
   return use;
 }
 
-Status PackedFileUse::check_name(const std::string& foundation_weights_id) const {
+Status PackedCacheUse::check_name(const std::string& foundation_weights_id) const {
   const std::string expected = packed_cache_file_name(foundation_weights_id);
   if (base_name(final_path_) == expected) return Status::ok_status();
   return Status(StatusCode::kInvalidArgument,
@@ -170,7 +170,7 @@ Status PackedFileUse::check_name(const std::string& foundation_weights_id) const
 
 // The checksum file first, then the packed file, each under a temp name
 // renamed into place: a reader never sees a packed file without its sum.
-std::string PackedFileUse::publish_written_file() const {
+std::string PackedCacheUse::publish_written_file() const {
   const std::string sum = packed_cache_sum_line(backend_path_);
   if (sum.empty()) return "could not read back " + backend_path_;
   const std::string sum_temp = packed_cache_sum_path(backend_path_);
@@ -192,7 +192,7 @@ std::string PackedFileUse::publish_written_file() const {
   return "";
 }
 
-PackedCacheInfo PackedFileUse::settle() {
+PackedCacheInfo PackedCacheUse::settle() {
   PackedCacheInfo info;
   info.path = final_path_;
   info.source = expected_;
@@ -255,7 +255,7 @@ PackedCacheInfo PackedFileUse::settle() {
   return info;
 }
 
-PackedFileUse::~PackedFileUse() {
+PackedCacheUse::~PackedCacheUse() {
   if (registered_) {
     std::lock_guard<std::mutex> lock(table_mutex());
     auto live = live_files().find(final_path_);

@@ -1,5 +1,6 @@
-// One Session's use of the packed foundation file: which path the XNNPACK
-// backend gets for the load (plan), and what happened, once it loaded (settle).
+// One Session's use of the packed cache file (the packed foundation weights on
+// disk, packed_cache.h): which path the XNNPACK backend gets for the load
+// (plan), and what happened, once it loaded (settle).
 //
 // Within one process the backend keeps one cache per path string, so a
 // process-wide table remembers the path a live Session handed over: a second
@@ -17,11 +18,11 @@
 
 namespace etlora {
 
-class PackedFileUse {
+class PackedCacheUse {
  public:
   // Decides the backend path for `final_path` (a path whose name comes from
   // packed_cache_file_name). Holds the open lock until settle() or destruction.
-  static StatusOr<std::unique_ptr<PackedFileUse>> plan(const std::string& final_path,
+  static StatusOr<std::unique_ptr<PackedCacheUse>> plan(const std::string& final_path,
                                                        PackedCacheResidency residency);
 
   // The string for the backend's packed_cache_path; empty: give none.
@@ -36,10 +37,10 @@ class PackedFileUse {
   PackedCacheInfo settle();
 
   // Unregisters; removes a temp file the load left behind.
-  ~PackedFileUse();
+  ~PackedCacheUse();
 
  private:
-  PackedFileUse() = default;
+  PackedCacheUse() = default;
   std::string publish_written_file() const;  // "" on success, else what failed
 
   std::unique_lock<std::mutex> open_lock_;
@@ -54,7 +55,7 @@ class PackedFileUse {
   bool registered_ = false;
 };
 
-// Distinct packed files that live Sessions of this process hold.
-int64_t packed_files_in_use();
+// Distinct packed cache files that live Sessions of this process hold.
+int64_t packed_cache_files_in_use();
 
 }  // namespace etlora

@@ -1,0 +1,26 @@
+// etlora_runner --chat: prompts and commands from stdin over one loaded program.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <etlora/running_program.h>
+#include <etlora/status.h>
+#include <etlora/tokenizer.h>
+
+#include "runner/runner_options.h"
+
+namespace etlora_runner {
+
+// An adapter as given (a bundle's name or a path) -> its file.
+using AdapterResolver = std::function<etlora::StatusOr<std::vector<etlora::AdapterChoice>>(
+    const std::vector<etlora::AdapterChoice>&)>;
+
+// Each stdin line a prompt, or "/adapters a=1,b=0.5" (a switch), or "/quit". A
+// bad command or a failed generation is reported and the loop goes on (a
+// refused switch leaves the program unchanged); returns 1 if anything failed.
+int run_chat(etlora::RunningProgram& program, const etlora::Tokenizer& tok, const AdapterResolver& resolve,
+             const Options& options);
+
+}  // namespace etlora_runner
