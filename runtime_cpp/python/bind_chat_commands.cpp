@@ -23,7 +23,7 @@ T value_or_raise(etlora::StatusOr<T> result) {
 
 using Pair = std::pair<std::string, float>;
 
-std::vector<Pair> as_pairs(const std::vector<etlora::NamedStrength>& adapters) {
+std::vector<Pair> as_pairs(const std::vector<etlora::NamedAdapter>& adapters) {
   std::vector<Pair> pairs;
   for (const auto& adapter : adapters) pairs.emplace_back(adapter.name, adapter.strength);
   return pairs;
@@ -53,14 +53,14 @@ void bind_chat_commands(py::module_& m) {
   m.def(
       "parse_named_strength",
       [](const std::string& text, const std::string& where) {
-        etlora::NamedStrength choice = value_or_raise(etlora::parse_named_strength(text, where));
+        etlora::NamedAdapter choice = value_or_raise(etlora::parse_named_adapter(text, where));
         return Pair(choice.name, choice.strength);
       },
       py::arg("text"), py::arg("where"), "NAME or NAME=STRENGTH -> (name, strength).");
   m.def(
       "check_each_adapter_once",
       [](const std::vector<Pair>& pairs, const std::string& where) {
-        std::vector<etlora::NamedStrength> adapters;
+        std::vector<etlora::NamedAdapter> adapters;
         for (const auto& [name, strength] : pairs) adapters.push_back({name, strength});
         const etlora::Status once = etlora::check_each_adapter_once(adapters, where);
         if (!once.ok()) raise_status(once);

@@ -9,15 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <etlora/session_adapters.h>  // NamedAdapter
 #include <etlora/status.h>
 
 namespace etlora {
-
-// An adapter of a bundle by name, with how strongly to apply it.
-struct NamedStrength {
-  std::string name;
-  float strength = 1.0f;
-};
 
 enum class ChatCommandKind {
   kNothing,      // an empty or blank line
@@ -29,7 +24,7 @@ enum class ChatCommandKind {
 struct ChatCommand {
   ChatCommandKind kind = ChatCommandKind::kNothing;
   std::string prompt;                   // kPrompt: the line without surrounding blanks
-  std::vector<NamedStrength> adapters;  // kSetAdapters
+  std::vector<NamedAdapter> adapters;  // kSetAdapters
 };
 
 // One line of --chat. An unknown "/command", a malformed or repeated adapter is an error.
@@ -37,10 +32,10 @@ StatusOr<ChatCommand> parse_chat_line(const std::string& line);
 
 // "NAME" or "NAME=STRENGTH" (a finite number); `where` names the option in errors
 // (empty: no prefix, for argument parsers that name the option themselves).
-StatusOr<NamedStrength> parse_named_strength(const std::string& text, const std::string& where);
+StatusOr<NamedAdapter> parse_named_adapter(const std::string& text, const std::string& where);
 
 // Each name once: a repeated name is an error rather than the last strength winning.
-Status check_each_adapter_once(const std::vector<NamedStrength>& adapters, const std::string& where);
+Status check_each_adapter_once(const std::vector<NamedAdapter>& adapters, const std::string& where);
 
 // Bytes: digits with an optional K, M or G (powers of 1024, as llama.cpp and dd);
 // no sign, no space, no fraction, no overflow.

@@ -49,11 +49,6 @@ struct LoadOptions {
 };
 
 // An adapter of the bundle by name, with its strength.
-struct NamedAdapter {
-  std::string name;
-  float strength = 1.0f;
-};
-
 // The tokenizer at `path`, checked against a program's vocabulary (the one
 // rule for the bundle's tokenizer and the runner's --tokenizer).
 StatusOr<std::unique_ptr<Tokenizer>> load_tokenizer_for(const std::string& path, const ProgramInfo& program);

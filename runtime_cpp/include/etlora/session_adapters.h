@@ -18,6 +18,12 @@ struct AdapterChoice {
   float strength = 1.0f;
 };
 
+// The same by a bundle's adapter name (LoadedBundle::set_adapters, what users type).
+struct NamedAdapter {
+  std::string name;
+  float strength = 1.0f;
+};
+
 struct SessionAdapterState;  // src/session/session_adapters.h: the registry and the cache history
 
 class SessionAdapters {

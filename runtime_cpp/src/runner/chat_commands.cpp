@@ -31,9 +31,9 @@ std::string quoted(const std::string& text) {
 
 }  // namespace
 
-StatusOr<NamedStrength> parse_named_strength(const std::string& text, const std::string& where) {
+StatusOr<NamedAdapter> parse_named_adapter(const std::string& text, const std::string& where) {
   const size_t eq = text.find('=');
-  NamedStrength choice{text.substr(0, eq), 1.0f};
+  NamedAdapter choice{text.substr(0, eq), 1.0f};
   bool valid = !choice.name.empty();
   if (valid && eq != std::string::npos) {
     const std::string number = trimmed(text.substr(eq + 1));
@@ -51,9 +51,9 @@ StatusOr<NamedStrength> parse_named_strength(const std::string& text, const std:
   return choice;
 }
 
-Status check_each_adapter_once(const std::vector<NamedStrength>& adapters, const std::string& where) {
+Status check_each_adapter_once(const std::vector<NamedAdapter>& adapters, const std::string& where) {
   std::set<std::string> seen, twice;
-  for (const NamedStrength& adapter : adapters) {
+  for (const NamedAdapter& adapter : adapters) {
     if (!seen.insert(adapter.name).second) twice.insert(adapter.name);
   }
   if (twice.empty()) return Status::ok_status();
@@ -84,7 +84,7 @@ StatusOr<ChatCommand> parse_chat_line(const std::string& line) {
       const std::string item = trimmed(list.substr(start, end - start));
       start = end + 1;
       if (item.empty()) continue;
-      auto choice = parse_named_strength(item, kAdaptersCommand);
+      auto choice = parse_named_adapter(item, kAdaptersCommand);
       if (!choice.ok()) return choice.status();
       command.adapters.push_back(*choice);
     }

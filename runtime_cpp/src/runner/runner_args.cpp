@@ -1,11 +1,12 @@
 // etlora_runner's argument parsing (runner_options.h).
-#include <cctype>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+#include <etlora/chat_commands.h>
 
 #include "runner/runner_options.h"
 
@@ -26,9 +27,9 @@ void usage(FILE* stream) {
                "                     [--show N]\n"
                "       either form: [--show-cache] (XNNPACK weight cache figures on stderr)\n"
                "                    [--no-weight-cache] (load without the cache)\n"
-               "                    [--packed-cache DIR | --no-packed-cache] (packed foundation file;\n"
+               "                    [--packed-cache DIR | --no-packed-cache] (packed cache file;\n"
                "                     default DIR: .etlora-cache/ beside model.pte)\n"
-               "                    [--map-packed-cache] (keep the packed file mapped instead of\n"
+               "                    [--map-packed-cache] (keep the packed cache file mapped instead of\n"
                "                     copying its weights into private memory)\n"
                "                    [--pool-spin-us N] (idle thread-pool workers spin N us before\n"
                "                     sleeping; default 1000, 0 saves power)\n"
@@ -52,22 +53,12 @@ bool parse_number(const std::string& option, const std::string& text, double& va
   return true;
 }
 
-// Digits only, with an optional K, M or G (powers of 1024, as `etlora run`) when
-// `suffixes`; no sign, no spaces, no overflow.
-bool parse_size(const std::string& text, bool suffixes, uint64_t& value) {
-  uint64_t scale = 1;
-  std::string digits = text;
-  const char last = text.empty() ? '\0' : static_cast<char>(std::toupper(static_cast<unsigned char>(text.back())));
-  if (suffixes && (last == 'K' || last == 'M' || last == 'G')) {
-    scale = last == 'K' ? (1ull << 10) : last == 'M' ? (1ull << 20) : (1ull << 30);
-    digits.pop_back();
-  }
-  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return false;
+// Digits only: no sign, no spaces, no overflow.
+bool parse_count(const std::string& text, uint64_t& value) {
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) return false;
   errno = 0;
-  const unsigned long long number = std::strtoull(digits.c_str(), nullptr, 10);
-  if (errno == ERANGE || number > UINT64_MAX / scale) return false;
-  value = number * scale;
-  return true;
+  value = std::strtoull(text.c_str(), nullptr, 10);
+  return errno != ERANGE;
 }
 
 bool parse_tokens(const std::string& text, std::vector<int64_t>& tokens) {
@@ -160,16 +151,20 @@ bool parse_args(int argc, char** argv, Options& options) {
         return false;
       }
       options.backend = *request;
-    } else if (arg == "--max-resident-adapters" || arg == "--max-resident-adapter-bytes") {
-      const bool bytes = arg == "--max-resident-adapter-bytes";
+    } else if (arg == "--max-resident-adapters") {
       uint64_t number = 0;
-      if (!parse_size(value, /*suffixes=*/bytes, number)) {
-        std::fprintf(stderr, "error: %s expects %s, got '%s'\n", arg.c_str(),
-                     bytes ? "a size in bytes >= 0 (suffix K, M or G allowed)" : "an integer >= 0", value.c_str());
+      if (!parse_count(value, number)) {
+        std::fprintf(stderr, "error: %s expects an integer >= 0, got '%s'\n", arg.c_str(), value.c_str());
         return false;
       }
-      if (bytes) options.max_resident_adapter_bytes = number;
-      else options.max_resident_adapters = static_cast<size_t>(number);
+      options.max_resident_adapters = static_cast<size_t>(number);
+    } else if (arg == "--max-resident-adapter-bytes") {
+      auto bytes = etlora::parse_byte_size(value);  // the parser `etlora run` uses
+      if (!bytes.ok()) {
+        std::fprintf(stderr, "error: %s: %s\n", arg.c_str(), bytes.status().message().c_str());
+        return false;
+      }
+      options.max_resident_adapter_bytes = *bytes;
     } else if (arg == "--pool-spin-us") {
       if (!parse_number(arg, value, options.pool_spin_us)) return false;
     } else if (arg == "--bundle") {

@@ -17,10 +17,14 @@ namespace etlora_runner {
 using AdapterResolver = std::function<etlora::StatusOr<std::vector<etlora::AdapterChoice>>(
     const std::vector<etlora::AdapterChoice>&)>;
 
+// The adapter files held open, as the resident line names them (a bundle's
+// adapter names, else the files' names).
+using ResidentNames = std::function<std::vector<std::string>()>;
+
 // Each stdin line a prompt, or "/adapters a=1,b=0.5" (a switch), or "/quit". A
 // bad command or a failed generation is reported and the loop goes on (a
 // refused switch leaves the program unchanged); returns 1 if anything failed.
 int run_chat(etlora::RunningProgram& program, const etlora::Tokenizer& tok, const AdapterResolver& resolve,
-             const Options& options);
+             const ResidentNames& resident_names, const Options& options);
 
 }  // namespace etlora_runner

@@ -223,7 +223,13 @@ int run(Opened& opened, const Options& options, double load_ms) {
   }
   const double adapter_ms = ms_since(adapter_start);
   if (options.has_prompt) return generate_text(program, *opened.tokenizer, options.prompt, options, false);
-  if (options.chat) return run_chat(program, *opened.tokenizer, opened.resolve, options);
+  if (options.chat) {
+    etlora::LoadedBundle* bundle = opened.bundle.get();
+    const ResidentNames resident_names = [bundle, &program] {
+      return bundle ? bundle->resident_adapters() : resident_file_names(program);
+    };
+    return run_chat(program, *opened.tokenizer, opened.resolve, resident_names, options);
+  }
   const auto run_start = std::chrono::steady_clock::now();
   auto logits = program.forward(options.tokens, 0);
   if (!logits.ok()) {

@@ -101,17 +101,13 @@ void show_cache(const etlora::RunningProgram& program) {
                packed.note.c_str());
 }
 
-std::string resident_line(const etlora::RunningProgram& program) {
-  const std::vector<std::string> paths = program.resident_adapter_paths();
-  std::string names;
-  for (const std::string& path : paths) {
+std::vector<std::string> resident_file_names(const etlora::RunningProgram& program) {
+  std::vector<std::string> names;
+  for (const std::string& path : program.resident_adapter_paths()) {
     const size_t slash = path.rfind('/');
-    names += (names.empty() ? "" : ", ") + path.substr(slash == std::string::npos ? 0 : slash + 1);
+    names.push_back(path.substr(slash == std::string::npos ? 0 : slash + 1));
   }
-  char bytes[64];
-  std::snprintf(bytes, sizeof bytes, "%.2f MB", program.resident_adapter_bytes() / 1e6);
-  return "resident: " + std::to_string(paths.size()) + " adapter file(s), " + bytes +
-         (names.empty() ? "" : " (" + names + ")");
+  return names;
 }
 
 }  // namespace etlora_runner

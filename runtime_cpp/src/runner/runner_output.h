@@ -23,7 +23,7 @@ void print_logits(const etlora::RunningProgram& program, const std::vector<float
 // --show-cache: the XNNPACK weight cache and packed cache file figures on stderr.
 void show_cache(const etlora::RunningProgram& program);
 
-// "resident: N adapter file(s), X MB (a.ptd, b.ptd)": what stays open after a switch.
-std::string resident_line(const etlora::RunningProgram& program);
+// The names of the adapter files the program holds open (--model mode, no bundle names).
+std::vector<std::string> resident_file_names(const etlora::RunningProgram& program);
 
 }  // namespace etlora_runner
