@@ -48,7 +48,7 @@ def adapter_path(bundle, manifest, name: str) -> str:
 
 def method_inputs(bundle, htp, active: dict[str, float]):
     """adapter_scales and LoRA inputs from the bundle's adapter .ptd files, read back by Python."""
-    from etlora.export.adapter_format import read_adapter_ptd
+    from etlora.format.adapter_format import read_adapter_ptd
     from etlora.export.htp_model import adapter_method_inputs
 
     spec, manifest = htp["spec"], htp["manifest"]
@@ -233,7 +233,7 @@ def install_stand_in(bundle_dir, program: bytes) -> dict:
     model_htp.pte, listed in the manifest's files and htp_program. Returns the manifest's data."""
     import json
 
-    from etlora.export.manifest import FileRecord
+    from etlora.format.manifest import FileRecord
 
     target = bundle_dir / "model_htp.pte"
     target.write_bytes(program)

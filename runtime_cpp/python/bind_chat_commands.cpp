@@ -51,7 +51,7 @@ void bind_chat_commands(py::module_& m) {
       py::arg("line"),
       "One --chat line -> (kind, prompt, [(name, strength)]), kind one of nothing, prompt, adapters, quit.");
   m.def(
-      "parse_named_strength",
+      "parse_named_adapter",
       [](const std::string& text, const std::string& where) {
         etlora::NamedAdapter choice = value_or_raise(etlora::parse_named_adapter(text, where));
         return Pair(choice.name, choice.strength);

@@ -77,7 +77,7 @@ void bind_device(py::module_& m) {
                         "packed_cache_files"_a = stats->packed_cache_files);
       },
       "XNNPACK weight cache figures: the backend's global options (default_enabled, "
-      "workspace_sharing_mode), open_sessions, cached_sessions, packed_cache_files (packed foundation files "
+      "workspace_sharing_mode), open_sessions, cached_sessions, packed_cache_files (packed cache files "
       "held by live sessions) and the process's memory (rss_bytes, rss_anon_bytes, rss_file_bytes). "
       "The backend exposes no entry/hit counters.");
   m.def("set_runtime_log_verbose", &etlora::set_runtime_log_verbose, py::arg("verbose"),
@@ -138,10 +138,10 @@ void bind_device(py::module_& m) {
         return *path;
       },
       py::arg("bundle_dir"), py::arg("cache_dir"), py::arg("foundation_weights_id"),
-      "The packed foundation file's path (cache_dir or <bundle>/.etlora-cache, created); ValueError "
+      "The packed cache file's path (cache_dir or <bundle>/.etlora-cache, created); ValueError "
       "saying why when the folder is unusable. The runner uses the same rule.");
   m.def("packed_cache_file_name", &etlora::packed_cache_file_name, py::arg("foundation_weights_id"),
-        "The packed foundation file's name for a fingerprint and this runtime.");
+        "The packed cache file's name for a fingerprint and this runtime.");
   m.def(
       "check_packed_cache_file",
       [](const std::string& path) {
@@ -149,7 +149,7 @@ void bind_device(py::module_& m) {
         return py::dict("valid"_a = check.valid, "problem"_a = check.problem,
                         "file_bytes"_a = check.file_bytes, "entries"_a = check.entries);
       },
-      py::arg("path"), "Footer check of a packed foundation file: valid, problem, file_bytes, entries.");
+      py::arg("path"), "Footer check of a packed cache file: valid, problem, file_bytes, entries.");
   m.def("htp_facts", [] { return htp_facts_dict(etlora::gather_htp_facts()); },
         "What this device offers an HTP program, read now (etlora::gather_htp_facts): "
         "htp_library_loadable/_error (libQnnHtp.so), system_library_loadable/_error (libQnnSystem.so), "

@@ -70,8 +70,8 @@ def etlora_figures(bundle: Path, rounds: int, prompt_len: int) -> dict:
 
     rebind = [timed(lambda i=i: session.set_adapters({(a, b)[i % 2]: 1.0})) for i in range(2000)]
     runtime = session._runtime
-    paths = [(session._adapter_paths[n], 1.0) for n in (a, b)]
-    rebind_raw = [timed(lambda i=i: runtime.set_adapters([paths[i % 2]])) for i in range(2000)]
+    choices = [[(n, 1.0)] for n in (a, b)]  # etlora._runtime.LoadedBundle takes names
+    rebind_raw = [timed(lambda i=i: runtime.set_adapters(choices[i % 2])) for i in range(2000)]
 
     # A session that keeps one adapter open: every switch to another opens its file again.
     single = etlora.load(bundle, max_resident_adapters=1)

@@ -45,7 +45,7 @@ def byte_size_argument(text: str) -> int:
 
 def strength_argument(text: str) -> tuple[str, float]:
     try:
-        return _runtime().parse_named_strength(text, "")
+        return _runtime().parse_named_adapter(text, "")
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

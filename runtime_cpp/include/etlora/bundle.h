@@ -42,7 +42,8 @@ class Bundle {
  public:
   // Reads and checks dir/manifest.json: format and version, every path relative
   // and inside the bundle (no "..", no absolute path, no symlink leading out),
-  // the foundation's quantization scheme known, the files it names present.
+  // the foundation's quantization scheme known. Whether each listed file exists
+  // and has its size is for the code that opens it (LoadedBundle, AdapterFile).
   static StatusOr<Bundle> open(const std::string& dir);
   // The same checks on manifest text, for a bundle at `dir` (files are not looked at).
   static StatusOr<Bundle> parse(const std::string& manifest_text, const std::string& dir);

@@ -30,7 +30,8 @@ struct ChatCommand {
 // One line of --chat. An unknown "/command", a malformed or repeated adapter is an error.
 StatusOr<ChatCommand> parse_chat_line(const std::string& line);
 
-// "NAME" or "NAME=STRENGTH" (a finite number); `where` names the option in errors
+// "NAME" or "NAME=STRENGTH" (any number: the session refuses one that is not
+// finite, naming the adapter); `where` names the option in errors
 // (empty: no prefix, for argument parsers that name the option themselves).
 StatusOr<NamedAdapter> parse_named_adapter(const std::string& text, const std::string& where);
 

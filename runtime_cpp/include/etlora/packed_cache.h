@@ -1,4 +1,4 @@
-// The packed foundation file: XNNPACK's own on-disk copy of the foundation
+// The packed cache file: XNNPACK's own on-disk copy of the foundation
 // weights after packing, so that a later start maps them instead of packing
 // again (SmolLM2-135M: about 2 s). The backend writes and reads the file; this
 // header names it, checks it and says how a Session used it.
@@ -38,7 +38,7 @@ std::string machine_signature();
 // Session needs room for a temp suffix on top.
 constexpr size_t kMaxPackedCachePath = 230;
 
-// Where a bundle's packed foundation file goes: `cache_dir`, or
+// Where a bundle's packed cache file goes: `cache_dir`, or
 // <bundle_dir>/.etlora-cache when it is empty, created if missing, then the
 // file name for the foundation. The one rule for the runner and the Python
 // session. An unusable folder (cannot be created, not writable, a path too

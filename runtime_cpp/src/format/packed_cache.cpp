@@ -1,4 +1,4 @@
-// Naming and checking the packed foundation file (include/etlora/packed_cache.h).
+// Naming and checking the packed cache file (include/etlora/packed_cache.h).
 #include <etlora/packed_cache.h>
 
 #include <fcntl.h>

@@ -37,15 +37,16 @@ StatusOr<NamedAdapter> parse_named_adapter(const std::string& text, const std::s
   bool valid = !choice.name.empty();
   if (valid && eq != std::string::npos) {
     const std::string number = trimmed(text.substr(eq + 1));
+    // Any number, nan and inf included: whether a strength is finite is the
+    // session's rule (it names the adapter), not the parser's.
     char* rest = nullptr;
-    errno = 0;
-    const double strength = number.empty() ? NAN : std::strtod(number.c_str(), &rest);
-    valid = !number.empty() && *rest == '\0' && std::isfinite(strength) && errno != ERANGE;
+    const double strength = number.empty() ? 0.0 : std::strtod(number.c_str(), &rest);
+    valid = !number.empty() && *rest == '\0';
     choice.strength = static_cast<float>(strength);
   }
   if (!valid) {
     return Status(StatusCode::kInvalidArgument, (where.empty() ? "" : where + ": ") +
-                                                    "expected NAME or NAME=STRENGTH (a finite number), received " +
+                                                    "expected NAME or NAME=STRENGTH, received " +
                                                     quoted(text));
   }
   return choice;

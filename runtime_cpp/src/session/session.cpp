@@ -141,7 +141,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
       return Status(StatusCode::kInvalidArgument,
                     "packed cache path " + options.packed_cache_path +
                         " given with the weight cache off; hint: the XNNPACK backend reads and "
-                        "writes the packed file only through its weight cache, turn it on");
+                        "writes the packed cache file only through its weight cache, turn it on");
     }
     auto planned = PackedCacheUse::plan(options.packed_cache_path, options.packed_cache_residency);
     if (!planned.ok()) return planned.status();
@@ -158,7 +158,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
                                          Module::LoadMode::Mmap);
   Module& module = *impl.module;
   // Per-load XNNPACK options (the Module keeps a copy for load_method).
-  // The packed file path is honoured only here, per load (the backend ignores
+  // The packed cache file path is honoured only here, per load (the backend ignores
   // a process-wide packed_cache_path for loading).
   executorch::runtime::BackendOptions<2> xnnpack_options;
   executorch::runtime::LoadBackendOptionsMap backend_options;
