@@ -11,7 +11,7 @@
 
 namespace etlora_runner {
 
-int run_chat(etlora::RunningProgram& program, const etlora::Tokenizer& tok, const AdapterResolver& resolve,
+int run_chat(etlora::RunningProgram& program, const etlora::Tokenizer& tok, const SwitchAdapters& switch_adapters,
              const ResidentNames& resident_names, const Options& options) {
   int status = 0;
   std::string line;
@@ -30,14 +30,12 @@ int run_chat(etlora::RunningProgram& program, const etlora::Tokenizer& tok, cons
     if (command->kind != etlora::ChatCommandKind::kSetAdapters) continue;
     std::vector<etlora::AdapterChoice> given;
     for (const etlora::NamedAdapter& adapter : command->adapters) given.push_back({adapter.name, adapter.strength});
-    auto choices = resolve(given);
-    etlora::Status switched = choices.ok() ? program.set_adapters(*choices) : choices.status();
-    if (!switched.ok()) {
+    if (etlora::Status switched = switch_adapters(given); !switched.ok()) {
       std::fprintf(stderr, "error: %s\n", switched.message().c_str());
       status = 1;
       continue;
     }
-    std::fprintf(stderr, "adapters: %zu active | %s\n", choices->size(),
+    std::fprintf(stderr, "adapters: %zu active | %s\n", given.size(),
                  etlora::resident_line(resident_names(), program.resident_adapter_bytes()).c_str());
   }
   return status;

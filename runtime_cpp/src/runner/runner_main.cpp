@@ -38,6 +38,7 @@
 // This file: setting up the process, opening what was asked for (a bundle
 // through etlora::LoadedBundle, or program files), and running it. Arguments
 // are in runner_args.cpp, printing in runner_output.cpp, --chat in runner_chat.cpp.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -95,15 +96,20 @@ std::string dir_of(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
 }
 
-// Something opened: the program, the tokenizer if asked for, and how adapter
-// names given on the command line become files.
+// Something opened: the program, the tokenizer if asked for, and how the
+// adapters given on the command line or in --chat are bound.
 struct Opened {
   std::unique_ptr<etlora::LoadedBundle> bundle;    // --bundle
   std::unique_ptr<etlora::RunningProgram> files;   // --model / --data
   etlora::RunningProgram* program = nullptr;
   std::shared_ptr<etlora::Tokenizer> tokenizer;
-  AdapterResolver resolve;
+  SwitchAdapters switch_adapters;
 };
+
+// An adapter on the command line is a bundle's adapter name unless it looks like a path.
+bool looks_like_path(const std::string& given) {
+  return given.find('/') != std::string::npos || (given.size() > 4 && given.substr(given.size() - 4) == ".ptd");
+}
 
 // --bundle: the manifest, the backend decided and printed before anything is
 // loaded, then the bundle opened by its owner (sizes, fingerprint, names).
@@ -150,20 +156,25 @@ etlora::StatusOr<Opened> open_bundle(const Options& options, const std::optional
       opened.tokenizer = std::move(*tokenizer);
     }
   }
-  // An adapter is a bundle's adapter name unless it looks like a path.
-  const etlora::Bundle* names = &opened_bundle.bundle();
-  opened.resolve = [names](const std::vector<etlora::AdapterChoice>& given)
-      -> etlora::StatusOr<std::vector<etlora::AdapterChoice>> {
+  // Names go through the bundle's owner (its name lookup, slot and strength
+  // rules, errors naming the adapter); a path given among them binds that file.
+  etlora::LoadedBundle* owner = &opened_bundle;
+  opened.switch_adapters = [owner](const std::vector<etlora::AdapterChoice>& given) -> etlora::Status {
+    const bool any_path = std::any_of(given.begin(), given.end(),
+                                      [](const etlora::AdapterChoice& choice) { return looks_like_path(choice.path); });
+    if (!any_path) {
+      std::vector<etlora::NamedAdapter> named;
+      for (const etlora::AdapterChoice& choice : given) named.push_back({choice.path, choice.strength});
+      return owner->set_adapters(named);
+    }
     std::vector<etlora::AdapterChoice> files = given;
     for (etlora::AdapterChoice& choice : files) {
-      const bool is_path = choice.path.find('/') != std::string::npos ||
-                           (choice.path.size() > 4 && choice.path.substr(choice.path.size() - 4) == ".ptd");
-      if (is_path) continue;
-      auto path = names->adapter_path(choice.path);
+      if (looks_like_path(choice.path)) continue;
+      auto path = owner->bundle().adapter_path(choice.path);
       if (!path.ok()) return path.status();
       choice.path = *path;
     }
-    return files;
+    return owner->set_adapter_files(files);
   };
   opened.bundle = std::move(*loaded);
   return opened;
@@ -201,8 +212,9 @@ etlora::StatusOr<Opened> open_files(const Options& options, const std::optional<
     if (!tokenizer.ok()) return tokenizer.status();
     opened.tokenizer = std::move(*tokenizer);
   }
-  opened.resolve = [](const std::vector<etlora::AdapterChoice>& given) {
-    return etlora::StatusOr<std::vector<etlora::AdapterChoice>>(given);
+  etlora::RunningProgram* program = opened.program;
+  opened.switch_adapters = [program](const std::vector<etlora::AdapterChoice>& given) {
+    return program->set_adapters(given);
   };
   return opened;
 }
@@ -212,13 +224,8 @@ int run(Opened& opened, const Options& options, double load_ms) {
   etlora::RunningProgram& program = *opened.program;
   if (options.show_cache) show_cache(program);
   const auto adapter_start = std::chrono::steady_clock::now();
-  auto adapters = opened.resolve(options.adapters);
-  if (!adapters.ok()) {
-    std::fprintf(stderr, "error: --adapter: %s\n", adapters.status().message().c_str());
-    return 1;
-  }
-  if (etlora::Status bound = program.set_adapters(*adapters); !bound.ok()) {
-    std::fprintf(stderr, "error: %s\n", bound.message().c_str());
+  if (etlora::Status bound = opened.switch_adapters(options.adapters); !bound.ok()) {
+    std::fprintf(stderr, "error: --adapter: %s\n", bound.message().c_str());
     return 1;
   }
   const double adapter_ms = ms_since(adapter_start);
@@ -228,7 +235,7 @@ int run(Opened& opened, const Options& options, double load_ms) {
     const ResidentNames resident_names = [bundle, &program] {
       return bundle ? bundle->resident_adapters() : resident_file_names(program);
     };
-    return run_chat(program, *opened.tokenizer, opened.resolve, resident_names, options);
+    return run_chat(program, *opened.tokenizer, opened.switch_adapters, resident_names, options);
   }
   const auto run_start = std::chrono::steady_clock::now();
   auto logits = program.forward(options.tokens, 0);
