@@ -26,7 +26,7 @@ from .foundation import Foundation
 from .model import Attention, LlamaForExport
 from .quantization import FoundationQuantization, foundation_path
 
-FORMAT_VERSION = 2  # 2: KV cache [1, S, kv_heads, head_dim] updated by etlora::cached_attention
+FORMAT_VERSION = 3  # 3: cached_attention takes the family features; 2: KV cache [1, S, kv_heads, head_dim]
 FOUNDATION_TAG = "foundation"
 # Buffers computed from the foundation's config rather than loaded from its checkpoint.
 DERIVED_CONSTANTS = ("rope_cos", "rope_sin")

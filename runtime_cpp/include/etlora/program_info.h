@@ -10,8 +10,10 @@
 
 namespace etlora {
 
-// The format version this runtime reads.
-constexpr int64_t kFormatVersion = 2;
+// The program format versions this runtime reads: 3 adds the attention kernel's family features
+// (q/k norms, partial or no RoPE, sliding window, score scale); 2 is read as a Llama program.
+constexpr int64_t kFormatVersion = 3;
+constexpr int64_t kOldestFormatVersion = 2;
 
 // What the program's constant methods say about its input layout.
 struct ProgramInfo {

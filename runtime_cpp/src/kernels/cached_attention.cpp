@@ -16,6 +16,11 @@
 // per slot per listed site (0 q, 1 k, 2 v, 3 o) lora_a [1, in, R] and lora_b
 // [1, R, out]; query head h reads kv head h / (H / KV). o's update goes into
 // residual_out = residual + update, so the graph adds only the foundation o_proj.
+// Family features (after lora_sites): query_norm/key_norm [D] or None (per-head
+// RMSNorm of q/k after LoRA, before RoPE, eps norm_eps), rotary_dim (leading dims
+// rotated; 0 none; tables [S, rotary_dim]), sliding_window (0 none, else a query
+// at p reads rows (p - W, p]) and scale (of the scores). A program of format 5
+// or older calls the op with 15 arguments: those are a Llama layer's defaults.
 //
 // The per-row loops (LoRA, rotation, attention of one query row) live in
 // attention_rows.cpp, compiled once per vector path; this file checks the
@@ -67,9 +72,20 @@ bool fail(KernelRuntimeContext& context, std::string message) {
   return false;
 }
 
+// The layer's family features (defaults: a Llama layer).
+struct LayerFeatures {
+  const Tensor* query_norm = nullptr;
+  const Tensor* key_norm = nullptr;
+  float norm_eps = 0.0f;
+  int64_t rotary_dim = -1;  // -1: head_dim
+  int64_t sliding_window = 0;
+  float scale = 0.0f;  // 0: 1/sqrt(head_dim)
+};
+
 bool check_layout(KernelRuntimeContext& context, const Tensor& query, const Tensor& key,
                   const Tensor& value, const Tensor& key_cache, const Tensor& value_cache,
-                  const Tensor& input_pos, const Tensor& rope_cos, const Tensor& rope_sin) {
+                  const Tensor& input_pos, const Tensor& rope_cos, const Tensor& rope_sin,
+                  const LayerFeatures& features) {
   const Tensor* floats[] = {&query, &key, &value, &key_cache, &value_cache};
   const char* names[] = {"query", "key", "value", "key_cache", "value_cache"};
   for (int i = 0; i < 5; ++i) {
@@ -97,14 +113,32 @@ bool check_layout(KernelRuntimeContext& context, const Tensor& query, const Tens
                              shape_string(input_pos));
   }
   const int64_t capacity = key_cache.size(1);
+  const int64_t rotary_dim = features.rotary_dim;
+  if (rotary_dim < 0 || rotary_dim > head_dim || rotary_dim % 2 != 0) {
+    return fail(context, "rotary_dim: expected an even number in [0, " + std::to_string(head_dim) +
+                             "], got " + std::to_string(rotary_dim));
+  }
   for (const Tensor* table : {&rope_cos, &rope_sin}) {
+    if (rotary_dim == 0) break;  // a layer without RoPE reads no table
     if (table->scalar_type() != ScalarType::Float || table->dim() != 2 ||
-        table->size(0) != capacity || table->size(1) != head_dim || head_dim % 2 != 0) {
+        table->size(0) != capacity || table->size(1) != rotary_dim) {
       return fail(context, std::string(table == &rope_cos ? "rope_cos" : "rope_sin") +
                                ": expected float32 [" + std::to_string(capacity) + ", " +
-                               std::to_string(head_dim) + "] with an even head_dim, got " +
+                               std::to_string(rotary_dim) + "] (max_seq_len, rotary_dim), got " +
                                shape_string(*table));
     }
+  }
+  for (const Tensor* norm : {features.query_norm, features.key_norm}) {
+    if (norm != nullptr && (norm->scalar_type() != ScalarType::Float || norm->dim() != 1 ||
+                            norm->size(0) != head_dim)) {
+      return fail(context, std::string(norm == features.query_norm ? "query_norm" : "key_norm") +
+                               ": expected float32 [" + std::to_string(head_dim) + "], got " +
+                               shape_string(*norm));
+    }
+  }
+  if (features.sliding_window < 0) {
+    return fail(context, "sliding_window: expected 0 (none) or a window length, got " +
+                             std::to_string(features.sliding_window));
   }
   const int64_t* positions = input_pos.const_data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t) {
@@ -180,13 +214,58 @@ bool collect_lora(KernelRuntimeContext& context, const Tensor& hidden, const Ten
   return true;
 }
 
+// q/k rows RMS-normalized per head in place: x * rsqrt(mean(x^2) + eps) * weight.
+void normalize_heads(float* rows, int64_t count, int64_t head_dim, const float* weight, float eps) {
+  for (int64_t row = 0; row < count; ++row) {
+    float* x = rows + row * head_dim;
+    float squares = 0.0f;
+    for (int64_t d = 0; d < head_dim; ++d) squares += x[d] * x[d];
+    const float inverse = 1.0f / std::sqrt(squares / static_cast<float>(head_dim) + eps);
+    for (int64_t d = 0; d < head_dim; ++d) x[d] = weight[d] * (x[d] * inverse);
+  }
+}
+
+// Arguments: 13 inputs (+ 6 family features since format 6) and the two outputs, which the
+// emitter may follow with the returned values again.
+constexpr size_t kLlamaArgs = 15;
+constexpr size_t kFamilyArgs = 21;
+
+bool has_features(Span<EValue*> stack) { return stack.size() >= kFamilyArgs; }
+
+bool read_features(KernelRuntimeContext& context, Span<EValue*> stack, LayerFeatures& features) {
+  if (!has_features(stack)) return true;
+  EValue** f = stack.data() + 13;
+  for (int i = 0; i < 2; ++i) {
+    if (!f[i]->isNone() && !f[i]->isTensor()) {
+      return fail(context, std::string(i == 0 ? "query_norm" : "key_norm") +
+                               ": expected a tensor or None");
+    }
+  }
+  if (!f[2]->isDouble() || !f[3]->isInt() || !f[4]->isInt() || !f[5]->isDouble()) {
+    return fail(context, "expected norm_eps (float), rotary_dim (int), sliding_window (int) and "
+                         "scale (float) after lora_sites");
+  }
+  features.query_norm = f[0]->isTensor() ? &f[0]->toTensor() : nullptr;
+  features.key_norm = f[1]->isTensor() ? &f[1]->toTensor() : nullptr;
+  features.norm_eps = static_cast<float>(f[2]->toDouble());
+  features.rotary_dim = f[3]->toInt();
+  features.sliding_window = f[4]->toInt();
+  features.scale = static_cast<float>(f[5]->toDouble());
+  return true;
+}
+
 void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   t_last_error.clear();  // a message describes this call's failure, never an earlier one
-  if (stack.size() < 15 || !stack[11]->isTensorList() || !stack[12]->isIntList()) {
-    fail(context, "expected 15 arguments (lora a tensor list, lora_sites an int list), got " +
+  if (stack.size() < kLlamaArgs || !stack[11]->isTensorList() || !stack[12]->isIntList()) {
+    fail(context, "expected " + std::to_string(kFamilyArgs) + " arguments (or " +
+                      std::to_string(kLlamaArgs) +
+                      " from a format-5 program; lora a tensor list, lora_sites an int list), got " +
                       std::to_string(stack.size()));
     return;
   }
+  LayerFeatures features;
+  if (!read_features(context, stack, features)) return;
+  const size_t outputs = has_features(stack) ? kFamilyArgs - 2 : kLlamaArgs - 2;
   const Tensor& query = stack[0]->toTensor();
   const Tensor& key = stack[1]->toTensor();
   const Tensor& value = stack[2]->toTensor();
@@ -198,10 +277,11 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const Tensor& hidden = stack[8]->toTensor();
   const Tensor& residual = stack[9]->toTensor();
   const Tensor& adapter_scales = stack[10]->toTensor();
-  Tensor& out = stack[13]->toTensor();
-  Tensor& residual_out = stack[14]->toTensor();
+  Tensor& out = stack[outputs]->toTensor();
+  Tensor& residual_out = stack[outputs + 1]->toTensor();
+  if (features.rotary_dim < 0) features.rotary_dim = query.dim() == 4 ? query.size(3) : 0;
   if (!check_layout(context, query, key, value, key_cache, value_cache, input_pos, rope_cos,
-                    rope_sin)) {
+                    rope_sin, features)) {
     return;
   }
   auto row_ops = attention_row_ops();
@@ -261,23 +341,44 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
     }
     apply_lora(site, hidden.const_data_ptr<float>(), rows.data());
   }
+  // q and k are normalized per head after their LoRA updates (copies again: never the delegate's).
+  const Tensor* norms[2] = {features.query_norm, features.key_norm};
+  const int64_t norm_heads[2] = {heads, kv_heads};
+  for (int site = 0; site < 2; ++site) {
+    if (norms[site] == nullptr) continue;
+    std::vector<float>& rows = updated[site];
+    if (rows.empty()) {
+      rows.assign(projections[site], projections[site] + tokens * out_sizes[site]);
+    }
+    normalize_heads(rows.data(), tokens * norm_heads[site], head_dim,
+                    norms[site]->const_data_ptr<float>(), features.norm_eps);
+  }
   for (int site = 0; site < 3; ++site) {
     if (!updated[site].empty()) projections[site] = updated[site].data();
   }
-  const float* cos_table = rope_cos.const_data_ptr<float>();
-  const float* sin_table = rope_sin.const_data_ptr<float>();
+  // RoPE on the leading rotary_dim dims of each head; the rest pass through.
+  const int64_t rotary_dim = features.rotary_dim;
+  const float* cos_table = rotary_dim > 0 ? rope_cos.const_data_ptr<float>() : nullptr;
+  const float* sin_table = rotary_dim > 0 ? rope_sin.const_data_ptr<float>() : nullptr;
+  auto rotate_head = [&](const float* x, int64_t position, float* rotated) {
+    if (rotary_dim > 0) {
+      ops.rotate(x, cos_table + position * rotary_dim, sin_table + position * rotary_dim,
+                 rotary_dim, rotated);
+    }
+    std::memcpy(rotated + rotary_dim, x + rotary_dim, (head_dim - rotary_dim) * sizeof(float));
+  };
   for (int64_t t = 0; t < tokens; ++t) {
-    const float* cos = cos_table + positions[t] * head_dim;
-    const float* sin = sin_table + positions[t] * head_dim;
     for (int64_t kv = 0; kv < kv_heads; ++kv) {
-      ops.rotate(projections[1] + t * row_stride + kv * head_dim, cos, sin, head_dim,
-             keys + positions[t] * row_stride + kv * head_dim);
+      rotate_head(projections[1] + t * row_stride + kv * head_dim, positions[t],
+                  keys + positions[t] * row_stride + kv * head_dim);
     }
     std::memcpy(values + positions[t] * row_stride, projections[2] + t * row_stride,
                 row_stride * sizeof(float));
   }
 
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float scale =
+      features.scale != 0.0f ? features.scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const int64_t window = features.sliding_window;
   const int64_t groups = heads / kv_heads;
   const float* queries = projections[0];
   float* result = out.mutable_data_ptr<float>();
@@ -286,16 +387,19 @@ void cached_attention_out(KernelRuntimeContext& context, Span<EValue*> stack) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads, kv = h / groups;
       const int64_t offset = (t * heads + h) * head_dim;
-      ops.rotate(queries + offset, cos_table + positions[t] * head_dim,
-             sin_table + positions[t] * head_dim, head_dim, rotated_query.data());
-      ops.attend_row(rotated_query.data(), keys + kv * head_dim, values + kv * head_dim,
-                 positions[t] + 1, row_stride, head_dim, scale, scores.data(), result + offset);
+      rotate_head(queries + offset, positions[t], rotated_query.data());
+      // A sliding-window layer reads the last `window` rows up to the query's own position.
+      const int64_t first = window > 0 ? std::max<int64_t>(0, positions[t] + 1 - window) : 0;
+      ops.attend_row(rotated_query.data(), keys + first * row_stride + kv * head_dim,
+                     values + first * row_stride + kv * head_dim, positions[t] + 1 - first,
+                     row_stride, head_dim, scale, scores.data(), result + offset);
     }
   };
   // Below about a quarter million multiply-adds (a decode step) waking the thread pool costs
   // more than it saves.
   const int64_t items = tokens * heads;
-  const int64_t visible = positions[tokens - 1] + 1;
+  const int64_t visible =
+      window > 0 ? std::min<int64_t>(window, positions[tokens - 1] + 1) : positions[tokens - 1] + 1;
   const int64_t work_per_item = std::max<int64_t>(1, visible * head_dim * 2);
   constexpr int64_t kParallelWork = int64_t{1} << 18;
   if (items * work_per_item < kParallelWork) {

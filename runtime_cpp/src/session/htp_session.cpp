@@ -165,7 +165,8 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   ProgramInfo& info = session->info_;
   HtpProgramInfo& htp = session->htp_;
   if (Status version =
-          read_format_version(module, program_path, "HTP program " + program_path, kHtpFormatVersion, info);
+          read_format_version(module, program_path, "HTP program " + program_path, kHtpFormatVersion,
+                              kHtpFormatVersion, info);
       !version.ok()) {
     return version;
   }

@@ -196,13 +196,15 @@ StatusOr<std::unordered_set<std::string>> etlora_method_names(executorch::extens
 }
 
 Status read_format_version(executorch::extension::module::Module& module, const std::string& program,
-                           const std::string& label, int64_t expected, ProgramInfo& info) {
+                           const std::string& label, int64_t oldest, int64_t newest, ProgramInfo& info) {
   auto version = constant_int(module, program, "etlora_format_version");
   if (!version.ok()) return version.status();
   info.format_version = *version;
-  if (info.format_version != expected) {
-    return Status(StatusCode::kIncompatible, label + ": format version expected " + std::to_string(expected) +
-                                                 ", got " + std::to_string(info.format_version) +
+  if (info.format_version < oldest || info.format_version > newest) {
+    const std::string expected =
+        oldest == newest ? std::to_string(newest) : std::to_string(oldest) + ".." + std::to_string(newest);
+    return Status(StatusCode::kIncompatible, label + ": format version expected " + expected + ", got " +
+                                                 std::to_string(info.format_version) +
                                                  "; hint: use the etlora runtime that matches the exporter");
   }
   return Status::ok_status();

@@ -76,10 +76,10 @@ void prepare_process_for_programs();
 StatusOr<std::unordered_set<std::string>> etlora_method_names(executorch::extension::module::Module& module,
                                                               const std::string& program);
 
-// etlora_format_version into info.format_version, which must be `expected`;
+// etlora_format_version into info.format_version, which must be in [oldest, newest];
 // `label` names the program in errors ("program X", "HTP program X").
 Status read_format_version(executorch::extension::module::Module& module, const std::string& program,
-                           const std::string& label, int64_t expected, ProgramInfo& info);
+                           const std::string& label, int64_t oldest, int64_t newest, ProgramInfo& info);
 
 // A regular file at `path`.
 bool is_regular_file(const std::string& path);

@@ -183,7 +183,8 @@ StatusOr<std::unique_ptr<Session>> Session::open(const std::string& program_path
   auto names = etlora_method_names(module, program_path);
   if (!names.ok()) return names.status();
   ProgramInfo& info = session->info_;
-  if (Status version = read_format_version(module, program_path, "program " + program_path, kFormatVersion, info);
+  if (Status version = read_format_version(module, program_path, "program " + program_path, kOldestFormatVersion,
+                                             kFormatVersion, info);
       !version.ok()) {
     return version;
   }
