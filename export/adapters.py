@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from etlora.format.adapter_format import MAX_ALORA_TOKENS
 from etlora.format.errors import AdapterError
 
-from .model import LINEAR_MODULES, LlamaShape, site_path
+from .families import FUSED_MODULES, LINEAR_MODULES, DecoderShape
+from .model import site_path
 
 _SITE_KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<site>model\.layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\."
@@ -258,7 +259,7 @@ def _site_rank_alpha(config, site: str) -> tuple[int, float]:
     return int(rank), float(alpha)
 
 
-def _check_targeted(config, sites: list[str], weights_path: Path, name: str) -> None:
+def _check_targeted(config, sites: list[str], weights_path: Path, name: str, linear_modules) -> None:
     """Every site with weights is one the config targets; PEFT would not load the others' weights.
 
     Matched by PEFT's own rule (target_modules, exclude_modules, layers_to_transform, layers_pattern).
@@ -270,7 +271,7 @@ def _check_targeted(config, sites: list[str], weights_path: Path, name: str) -> 
 
     targets = config.target_modules
     if targets is None or targets == "all-linear":
-        targets = list(LINEAR_MODULES)
+        targets = list(linear_modules)
     view = SimpleNamespace(target_modules=targets, exclude_modules=config.exclude_modules, modules_to_save=None,
                            target_parameters=None, layers_to_transform=config.layers_to_transform,
                            layers_pattern=config.layers_pattern)
@@ -293,7 +294,7 @@ def _plain(value):
     return sorted(value) if isinstance(value, (set, frozenset)) else value
 
 
-def load_adapter(name: str, directory: str | Path, shape: LlamaShape) -> LoraAdapter:
+def load_adapter(name: str, directory: str | Path, shape: DecoderShape) -> LoraAdapter:
     """Read a PEFT adapter and check every tensor against the foundation's shapes.
 
     With rank_pattern / alpha_pattern (per-site ranks and alphas) the adapter's rank is the largest
@@ -312,14 +313,14 @@ def load_adapter(name: str, directory: str | Path, shape: LlamaShape) -> LoraAda
     site_ranks: dict[str, tuple[int, float]] = {}
     for key, tensor in weights.items():
         site, layer, module, kind = _site_of(key, weights_path, name)
-        if module not in LINEAR_MODULES or layer >= shape.num_layers:
+        if module not in shape.peft_modules or layer >= shape.num_layers:
             raise AdapterError(
                 f"adapter {name!r} targets {site}, absent from the foundation "
-                f"({shape.num_layers} layers, linear modules {', '.join(LINEAR_MODULES)}) "
-                "(hint: wrong base checkpoint?)"
+                f"({shape.family.value}: {shape.num_layers} layers, linear modules "
+                f"{', '.join(shape.peft_modules)}) (hint: wrong base checkpoint?)"
             )
         rank, alpha = site_ranks.setdefault(site, _site_rank_alpha(config, site))
-        in_features, out_features = shape.linear_dims(module)
+        in_features, out_features = shape.peft_linear_dims(module)
         expected = (rank, in_features) if kind == "lora_A" else (out_features, rank)
         if tuple(tensor.shape) != expected:
             raise AdapterError(
@@ -334,7 +335,7 @@ def load_adapter(name: str, directory: str | Path, shape: LlamaShape) -> LoraAda
         if set(kinds) != {"lora_A", "lora_B"}:
             missing = ({"lora_A", "lora_B"} - set(kinds)).pop()
             raise AdapterError(f"adapter {name!r} ({weights_path}): {site}.{missing} is missing")
-    _check_targeted(config, list(pairs), weights_path, name)
+    _check_targeted(config, list(pairs), weights_path, name, shape.peft_modules)
     use_rslora = bool(config.use_rslora)
 
     def scaling_of(rank: int, alpha: float) -> float:  # PEFT's rule, as LoraAdapter.scaling
@@ -353,7 +354,7 @@ def load_adapter(name: str, directory: str | Path, shape: LlamaShape) -> LoraAda
         site_scaling = scaling_of(rank, alpha)
         if site_scaling != adapter_scaling:
             lora_b = (lora_b.double() * (site_scaling / adapter_scaling)).float()
-        tensors[site] = (lora_a, lora_b)
+        tensors.update(_program_sites(shape, site, lora_a, lora_b))
     return LoraAdapter(
         name=name,
         source=str(directory),
@@ -364,6 +365,17 @@ def load_adapter(name: str, directory: str | Path, shape: LlamaShape) -> LoraAda
         tensors=tensors,
         alora_invocation_tokens=alora_tokens,
     )
+
+
+def _program_sites(shape: DecoderShape, site: str, lora_a: torch.Tensor, lora_b: torch.Tensor):
+    """{program site: (lora_A, lora_B)}: a fused module's LoRA (Phi-3's qkv_proj, gate_up_proj) is
+    one lora_A shared by the parts and lora_B's rows cut per part, which is exactly the fused update."""
+    prefix, module = site.rsplit(".", 1)
+    if module not in FUSED_MODULES:
+        return {site: (lora_a, lora_b)}
+    parts = FUSED_MODULES[module]
+    rows = [shape.linear_dims(part)[1] for part in parts]
+    return {f"{prefix}.{part}": (lora_a, rows_b.contiguous()) for part, rows_b in zip(parts, lora_b.split(rows))}
 
 
 def resolve_target_modules(spec: str | None, adapters: list[LoraAdapter]) -> list[str]:
@@ -380,6 +392,7 @@ def resolve_target_modules(spec: str | None, adapters: list[LoraAdapter]) -> lis
             raise AdapterError("--target-modules none builds a foundation-only program: pass no --adapter")
         return []
     requested = [m.strip() for m in spec.split(",") if m.strip()]
+    requested = [part for m in requested for part in FUSED_MODULES.get(m, (m,))]  # Phi-3's fused names
     unknown = [m for m in requested if m not in LINEAR_MODULES]
     if unknown or not requested:
         raise AdapterError(
@@ -390,7 +403,7 @@ def resolve_target_modules(spec: str | None, adapters: list[LoraAdapter]) -> lis
     return [m for m in LINEAR_MODULES if m in requested]
 
 
-def program_sites(shape: LlamaShape, target_modules: list[str]) -> list[str]:
+def program_sites(shape: DecoderShape, target_modules: list[str]) -> list[str]:
     """Every (layer, module) the program adapts, in the program's input order."""
     return [
         site_path(layer, module)

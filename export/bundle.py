@@ -35,7 +35,8 @@ from etlora.format.manifest import (
 from .adapter_file import padded_adapter_tensors, write_adapter_ptd
 from .adapters import LoraAdapter, check_adapter_name, load_adapter, program_sites, resolve_target_modules
 from .foundation import config_summary, load_foundation
-from .program import DERIVED_CONSTANTS, ProgramSpec, lower_program
+from .model import ROPE_BUFFERS
+from .program import ProgramSpec, lower_program
 from .program_plan import ProgramPlan, plan_programs
 from .quantization import FoundationQuantization, module_patterns, sizes_by_pattern
 
@@ -120,7 +121,7 @@ def export_bundle(
     plan = plan_programs(options.backend, options.soc)
     log(plan.line)
     with step("loading foundation"):
-        foundation = load_foundation(model_path)
+        foundation = load_foundation(model_path, options.max_seq_len)
     with step("loading adapters"):
         adapters = [load_adapter(name, path, foundation.shape) for name, path in adapter_dirs.items()]
         spec = _program_spec(foundation.shape, adapters, options)
@@ -204,8 +205,8 @@ def _quantization_record(foundation, spec: ProgramSpec, quantized_modules: tuple
     integer_weights = {f"{path}.weight" for path in quantized_modules}
     float_weights = {name: tensor.numel() * 4 for name, tensor in foundation.state_dict.items()
                      if name not in integer_weights}
-    rope_table_bytes = spec.max_seq_len * foundation.shape.head_dim * 4  # [max_seq_len, head_dim]
-    float_weights.update({name: rope_table_bytes for name in DERIVED_CONSTANTS})
+    for table, rotary_dim in foundation.shape.rope_table_dims.items():  # each [max_seq_len, rotary_dim]
+        float_weights.update({name: spec.max_seq_len * rotary_dim * 4 for name in ROPE_BUFFERS[table]})
     return QuantizationRecord(
         scheme=quantization.scheme.value,
         group_size=quantization.group_size,
@@ -248,7 +249,7 @@ def add_adapter(
 def _add_adapter_locked(
     bundle_dir: Path, name: str, adapter_dir: str | Path, replace_existing: bool, dtype: AdapterDtype
 ) -> Manifest:
-    from .model import LlamaShape
+    from .families import DecoderShape
 
     manifest = read_manifest(bundle_dir)
     check_adapter_name(name)
@@ -256,7 +257,7 @@ def _add_adapter_locked(
         raise AdapterError(
             f"{bundle_dir}: adapter {name!r} already exists (hint: choose another name or pass --replace)"
         )
-    shape = LlamaShape(**manifest.foundation.config)
+    shape = DecoderShape.from_summary(manifest.foundation.config)
     adapter = load_adapter(name, adapter_dir, shape)
     relative = _unreferenced_adapter_path(manifest, name)
     write_adapter_ptd(adapter, manifest.program_slots(), bundle_dir / relative, dtype)

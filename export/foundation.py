@@ -1,4 +1,4 @@
-"""Loading the foundation: a Hugging Face Llama checkpoint directory or a GGUF file."""
+"""Loading the foundation: a Hugging Face checkpoint directory or a GGUF file of a supported family."""
 
 from __future__ import annotations
 
@@ -13,23 +13,20 @@ from safetensors.torch import load_file
 
 from etlora.format.errors import EtloraError
 
-from .model import LlamaShape
-
-SUPPORTED_MODEL_TYPES = ("llama",)
-# RoPE variants whose frequencies change with the sequence length cannot be baked into a table.
-DYNAMIC_ROPE_TYPES = ("dynamic", "longrope")
+from .families import DecoderShape, RopeTable, check_config, decoder_shape, rope_tables, text_config, to_program_state_dict
 
 
 @dataclass(frozen=True)
 class Foundation:
-    """A foundation model in float32, ready to be built into a program."""
+    """A foundation model in float32, ready to be built into a program.
+
+    `state_dict` is under the program's names and conventions (export/families.py); `fingerprint` is
+    of the checkpoint's tensors as read, before that conversion."""
 
     source: str
-    hf_config: object  # transformers.LlamaConfig
-    shape: LlamaShape
+    hf_config: object  # the decoder's transformers config (a gemma3 checkpoint's text_config)
+    shape: DecoderShape
     state_dict: dict[str, torch.Tensor]
-    inv_freq: torch.Tensor
-    rope_attention_scaling: float
     fingerprint: str
     tokenizer: object | None = None  # transformers PreTrainedTokenizerFast, when the checkpoint has one
 
@@ -46,18 +43,6 @@ def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _check_llama(config, source: Path) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise EtloraError(
-            f"{source}: expected a Llama-family model (model_type 'llama'), received "
-            f"model_type {model_type!r} (hint: etlora exports Llama-architecture checkpoints)"
-        )
-    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
-    if rope_type in DYNAMIC_ROPE_TYPES:
-        raise EtloraError(f"{source}: RoPE type {rope_type!r} is not supported (static RoPE only)")
-
-
 def _load_hf_directory(directory: Path):
     from transformers import AutoConfig
 
@@ -70,7 +55,7 @@ def _load_hf_directory(directory: Path):
         config = AutoConfig.from_pretrained(directory)
     except (ValueError, OSError, KeyError) as error:
         raise EtloraError(f"{directory / 'config.json'}: not a readable model config ({error})") from None
-    _check_llama(config, directory)  # before reading gigabytes of weights
+    check_config(text_config(config, directory), directory)  # before reading gigabytes of weights
     shards = sorted(directory.glob("*.safetensors"))
     if not shards:
         raise EtloraError(f"{directory}: expected model weights in *.safetensors, found none")
@@ -106,19 +91,19 @@ def _load_gguf(path: Path):
     return hf_model.config, hf_model.state_dict()
 
 
-def load_foundation(path: str | Path) -> Foundation:
-    """Read a checkpoint, check it is a Llama we can export, and fingerprint its weights."""
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
+def load_foundation(path: str | Path, max_seq_len: int | None = None) -> Foundation:
+    """Read a checkpoint, check it is a family we can export, and fingerprint its weights."""
     source = Path(path)
     if not source.exists():
         raise EtloraError(f"{source}: model not found (expected a checkpoint directory or .gguf file)")
     if source.is_file():
         config, state_dict = _load_gguf(source)
-        _check_llama(config, source)
     else:
         config, state_dict = _load_hf_directory(source)
-    shape = LlamaShape.from_hf_config(config)
+    config = text_config(config, source)
+    check_config(config, source, max_seq_len)
+    state_dict = _decoder_tensors(state_dict)
+    shape = decoder_shape(config)
     if shape.tie_word_embeddings:
         state_dict.pop("lm_head.weight", None)
     state_dict = {
@@ -126,19 +111,32 @@ def load_foundation(path: str | Path) -> Foundation:
         for name, tensor in state_dict.items()
         if not name.endswith("rotary_emb.inv_freq")
     }
-    rotary = LlamaRotaryEmbedding(config)
     return Foundation(
         source=str(source),
         hf_config=config,
         shape=shape,
-        state_dict=state_dict,
-        inv_freq=rotary.inv_freq.detach().clone(),
-        rope_attention_scaling=float(rotary.attention_scaling),
+        state_dict=to_program_state_dict(shape, state_dict),
         fingerprint=fingerprint_state_dict(state_dict),
         tokenizer=_load_tokenizer(source),
     )
 
 
+def _decoder_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A multimodal Gemma 3 checkpoint's text tower under the decoder's names; other towers dropped."""
+    prefix = "model.language_model."
+    if not any(name.startswith(prefix) for name in state_dict):
+        return state_dict
+    return {
+        ("model." + name.removeprefix(prefix)) if name.startswith(prefix) else name: tensor
+        for name, tensor in state_dict.items()
+        if name.startswith(prefix) or name == "lm_head.weight"
+    }
+
+
+def foundation_rope_tables(foundation: Foundation, max_seq_len: int) -> dict[RopeTable, tuple[torch.Tensor, torch.Tensor]]:
+    return rope_tables(foundation.hf_config, foundation.shape, max_seq_len)
+
+
 def config_summary(foundation: Foundation) -> dict:
     """The architecture fields recorded in the manifest."""
-    return json.loads(json.dumps(foundation.shape.__dict__))
+    return foundation.shape.summary()

@@ -1,4 +1,4 @@
-"""HtpLlama: the Llama of model.py reshaped for an NPU (Qualcomm HTP), plus a host-side driver.
+"""HtpDecoder: the decoder of model.py reshaped for an NPU (Qualcomm HTP), plus a host-side driver.
 
 Why a second graph: etlora's CPU program keeps its KV cache as mutable state and attends through
 its own op `etlora::cached_attention` (attention_op.py), with a dynamic token count. The HTP runs
@@ -17,7 +17,7 @@ mutate a cache in place. So this twin, like ExecuTorch's static Llama for Qualco
     v_cache         float32 [L, kv_heads, C, head_dim]   C = cache_len
     adapter_scales  float32 [slots]           strength * scaling of the adapter in each slot
     adapter_tensors float32, for slot in slots, for site in sites: <site>.lora_a [1, in, R],
-                    <site>.lora_b [1, R, out]: the same order as LlamaForExport and the same
+                    <site>.lora_b [1, R, out]: the same order as DecoderForExport and the same
                     keys and layout as an adapter .ptd (adapter_file.py), so one file feeds both
 
     logits          float32 [1, T, vocab]     every position (a padded last prefill chunk has its
@@ -29,47 +29,73 @@ The cache is an input and the new rows an output, so the graph never mutates any
 is an input (built on the host, `attention_mask`) so the graph does no integer compares and the
 host decides which cache rows are filled. Module names follow Hugging Face
 (`model.layers.0.self_attn.q_proj`), and foundation weights load from the same state dict as
-LlamaForExport, so tagging foundation constants by module path works unchanged.
+DecoderForExport, so tagging foundation constants by module path works unchanged.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .model import MLP, AdaptableLinear, AdapterInputs, LlamaShape, RMSNorm, site_path
+from etlora.format.errors import EtloraError
+
+from .families import DecoderShape, RopeTable
+from .model import MLP, ROPE_BUFFERS, AdaptableLinear, AdapterInputs, RMSNorm, site_path
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in Hugging Face's rotate-half convention: x [heads, T, D], cos/sin [T, D]."""
-    half = x.shape[-1] // 2
+    """RoPE in Hugging Face's rotate-half convention on the first rotary_dim dims of x
+    [heads, T, D], cos/sin [T, rotary_dim]; the other dims pass through (rotary_dim 0: none)."""
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == 0:
+        return x
+    if rotary_dim < x.shape[-1]:  # partial rotary: only then slice, since every op that the
+        # delegate does not take splits the graph
+        return torch.cat((rotate(x[..., :rotary_dim], cos, sin), x[..., rotary_dim:]), dim=-1)
+    half = rotary_dim // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def check_htp_shape(shape: DecoderShape) -> None:
+    """Refuse what the HTP-shaped program does not build yet, naming it."""
+    windows = sorted({layer.sliding_window for layer in shape.layers if layer.sliding_window})
+    if windows:
+        raise EtloraError(
+            f"the HTP program has no sliding-window mask yet; this {shape.family.value} model has "
+            f"sliding-window layers (window {windows[0]}) (hint: --backend xnnpack)"
+        )
+
+
 class HtpAttention(nn.Module):
-    def __init__(self, shape: LlamaShape, layer: int):
+    def __init__(self, shape: DecoderShape, layer: int):
         super().__init__()
         self.shape = shape
-        h, q_out, kv_out, bias = (
-            shape.hidden_size, shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim,
-            shape.attention_bias,
-        )
-        self.q_proj = AdaptableLinear(h, q_out, bias, site_path(layer, "q_proj"))
-        self.k_proj = AdaptableLinear(h, kv_out, bias, site_path(layer, "k_proj"))
-        self.v_proj = AdaptableLinear(h, kv_out, bias, site_path(layer, "v_proj"))
-        self.o_proj = AdaptableLinear(q_out, h, bias, site_path(layer, "o_proj"))
+        h, q_out, kv_out = shape.hidden_size, shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+        self.q_proj = AdaptableLinear(h, q_out, shape.qkv_bias, site_path(layer, "q_proj"))
+        self.k_proj = AdaptableLinear(h, kv_out, shape.qkv_bias, site_path(layer, "k_proj"))
+        self.v_proj = AdaptableLinear(h, kv_out, shape.qkv_bias, site_path(layer, "v_proj"))
+        self.o_proj = AdaptableLinear(q_out, h, shape.o_bias, site_path(layer, "o_proj"))
+        if shape.qk_norm:
+            self.q_norm = RMSNorm(shape.head_dim, shape.rms_norm_eps)
+            self.k_norm = RMSNorm(shape.head_dim, shape.rms_norm_eps)
+
+    def _heads(self, rows: torch.Tensor, heads: int, norm: RMSNorm | None) -> torch.Tensor:
+        """[1, T, heads * D] -> [heads, T, D], each head RMS-normalized when the family says so."""
+        s, t = self.shape, rows.shape[1]
+        if norm is not None:
+            rows = norm(rows.view(1, t * heads, s.head_dim))
+        return rows.view(t, heads, s.head_dim).transpose(0, 1)
 
     def forward(self, x, cos, sin, mask, k_cache, v_cache, adapters):
         """x [1, T, hidden]; k_cache/v_cache [kv_heads, C, D] -> (out, new k, new v [kv_heads, T, D])."""
         s = self.shape
         t = x.shape[1]  # a Python int: shapes are static
         # Head-major [heads, T, D]: attention is then plain 3D bmm, which every backend has.
-        q = self.q_proj(x, adapters).view(t, s.num_heads, s.head_dim).transpose(0, 1)
-        k = self.k_proj(x, adapters).view(t, s.num_kv_heads, s.head_dim).transpose(0, 1)
-        v = self.v_proj(x, adapters).view(t, s.num_kv_heads, s.head_dim).transpose(0, 1)
+        q = self._heads(self.q_proj(x, adapters), s.num_heads, self.q_norm if s.qk_norm else None)
+        k = self._heads(self.k_proj(x, adapters), s.num_kv_heads, self.k_norm if s.qk_norm else None)
+        v = self._heads(self.v_proj(x, adapters), s.num_kv_heads, None)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         # Attend over cache rows and this chunk's rows side by side: a concat, not a cache write.
         keys = torch.cat((k_cache, k), dim=1)  # [kv_heads, C + T, D]
@@ -79,7 +105,7 @@ class HtpAttention(nn.Module):
         # as rows [kv_heads, groups * T, D] and meet their keys in one bmm.
         groups = s.num_heads // s.num_kv_heads
         q = q.reshape(s.num_kv_heads, groups * t, s.head_dim)
-        scores = torch.bmm(q, keys.transpose(1, 2)) * (1.0 / math.sqrt(s.head_dim))
+        scores = torch.bmm(q, keys.transpose(1, 2)) * s.attention_scale
         scores = scores.view(s.num_kv_heads, groups, t, -1) + mask  # mask [1, T, C + T] broadcasts
         weights = torch.softmax(scores, dim=-1).view(s.num_kv_heads, groups * t, -1)
         out = torch.bmm(weights, values).view(s.num_heads, t, s.head_dim)
@@ -88,36 +114,46 @@ class HtpAttention(nn.Module):
 
 
 class HtpDecoderLayer(nn.Module):
-    def __init__(self, shape: LlamaShape, layer: int):
+    def __init__(self, shape: DecoderShape, layer: int):
         super().__init__()
+        self.sandwich_norms = shape.sandwich_norms
+        self.rotary_dim = shape.layers[layer].rotary_dim
+        self.rope_table = shape.layers[layer].rope_table
         self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
         self.self_attn = HtpAttention(shape, layer)
         self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        if shape.sandwich_norms:
+            self.pre_feedforward_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
         self.mlp = MLP(shape, layer)  # the CPU program's MLP: standard ops already
 
     def forward(self, x, cos, sin, mask, k_cache, v_cache, adapters):
+        if self.rotary_dim == 0:
+            cos, sin = cos[:, :0], sin[:, :0]
         attended, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, k_cache, v_cache, adapters)
+        if self.sandwich_norms:
+            x = x + self.post_attention_layernorm(attended)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x), adapters)), k, v
         x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x), adapters), k, v
 
 
 class HtpBody(nn.Module):
-    def __init__(self, shape: LlamaShape):
+    def __init__(self, shape: DecoderShape):
         super().__init__()
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
         self.layers = nn.ModuleList(HtpDecoderLayer(shape, layer) for layer in range(shape.num_layers))
         self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
 
 
-class HtpLlama(nn.Module):
+class HtpDecoder(nn.Module):
     """forward(tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales, *adapter_tensors)
     -> (logits [1, T, vocab], new_k, new_v [L, kv_heads, T, head_dim]); see the module docstring."""
 
     def __init__(
         self,
-        shape: LlamaShape,
-        inv_freq: torch.Tensor,
-        rope_attention_scaling: float,
+        shape: DecoderShape,
+        rope_tables: dict[RopeTable, tuple[torch.Tensor, torch.Tensor]],
         chunk_len: int,
         cache_len: int,
         sites: Sequence[str],
@@ -126,6 +162,7 @@ class HtpLlama(nn.Module):
         super().__init__()
         if chunk_len < 1 or cache_len < 1:
             raise ValueError(f"chunk_len and cache_len must be >= 1, received {chunk_len}, {cache_len}")
+        check_htp_shape(shape)
         self.shape = shape
         self.chunk_len = chunk_len
         self.cache_len = cache_len
@@ -133,22 +170,29 @@ class HtpLlama(nn.Module):
         self.adapter_slots = adapter_slots
         self.model = HtpBody(shape)
         self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
-        # Rows for positions 0 .. C-1, the same names and values as LlamaForExport's tables with
+        # Rows for positions 0 .. C-1, the same names and values as DecoderForExport's tables with
         # max_seq_len = C, so both programs' foundation data match (the tables are derived from
         # the config, not loaded). Padding tokens past the cache take position C-1 (HostKVCache).
-        positions = torch.arange(cache_len, dtype=torch.float32)
-        angles = torch.outer(positions, inv_freq.float())
-        angles = torch.cat((angles, angles), dim=-1)
-        self.register_buffer("rope_cos", angles.cos() * rope_attention_scaling, persistent=False)
-        self.register_buffer("rope_sin", angles.sin() * rope_attention_scaling, persistent=False)
+        self.table_names = {table: ROPE_BUFFERS[table] for table in rope_tables}
+        for table, (cos, sin) in rope_tables.items():
+            cos_name, sin_name = ROPE_BUFFERS[table]
+            self.register_buffer(cos_name, cos[:cache_len].contiguous(), persistent=False)
+            self.register_buffer(sin_name, sin[:cache_len].contiguous(), persistent=False)
 
     def forward(self, tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales, *adapter_tensors):
         adapters = AdapterInputs(self.sites, self.adapter_slots, adapter_scales, adapter_tensors)
-        cos = torch.index_select(self.rope_cos, 0, input_pos)  # [T, D], shared by every layer
-        sin = torch.index_select(self.rope_sin, 0, input_pos)
+        rows = {  # [T, rotary_dim] per table, shared by the layers that read it
+            table: (torch.index_select(getattr(self, cos_name), 0, input_pos),
+                    torch.index_select(getattr(self, sin_name), 0, input_pos))
+            for table, (cos_name, sin_name) in self.table_names.items()
+        }
+        empty = torch.zeros(tokens.shape[1], 0)
         x = self.model.embed_tokens(tokens)
+        if self.shape.embedding_scale != 1.0:
+            x = x * self.shape.embedding_scale
         new_k, new_v = [], []
         for index, layer in enumerate(self.model.layers):
+            cos, sin = rows.get(layer.rope_table, (empty, empty))
             x, k, v = layer(x, cos, sin, attention_mask, k_cache[index], v_cache[index], adapters)
             new_k.append(k)
             new_v.append(v)
@@ -217,15 +261,15 @@ def adapter_method_inputs(
 class HostKVCache:
     """Drives an HTP-shaped forward from the host: keeps the KV cache, chunks, pads and writes back.
 
-    `prefill` and `decode` are callables taking the flat inputs in HtpLlama's order and returning
-    (logits, new_k, new_v): an eager HtpLlama, or a lowered program's method. Tokens go through
+    `prefill` and `decode` are callables taking the flat inputs in HtpDecoder's order and returning
+    (logits, new_k, new_v): an eager HtpDecoder, or a lowered program's method. Tokens go through
     `prefill` in chunks of its length T (the last chunk padded with token 0); a single token goes
     through `decode` (chunk length 1) when one is given. Cache row p holds position p.
     """
 
     def __init__(
         self,
-        shape: LlamaShape,
+        shape: DecoderShape,
         cache_len: int,
         prefill: Callable,
         prefill_len: int,

@@ -19,8 +19,8 @@ from torch.export import ExportedProgram, export
 
 from etlora.format.errors import EtloraError
 
-from .foundation import Foundation
-from .htp_model import HtpLlama
+from .foundation import Foundation, foundation_rope_tables
+from .htp_model import HtpDecoder
 from .program import (
     LoweredProgram,
     Lowering,
@@ -48,12 +48,12 @@ class HtpShape:
         return self.chunk_len, self.cache_len if self.cache_len is not None else spec.max_seq_len
 
 
-def build_htp_model(foundation: Foundation, spec: ProgramSpec, htp: HtpShape = HtpShape()) -> HtpLlama:
-    """HtpLlama with the foundation's weights, loaded through program.build_model (its strict
+def build_htp_model(foundation: Foundation, spec: ProgramSpec, htp: HtpShape = HtpShape()) -> HtpDecoder:
+    """HtpDecoder with the foundation's weights, loaded through program.build_model (its strict
     name check, tied embeddings) so that both programs hold the same state dict by construction."""
     chunk_len, cache_len = htp.resolve(spec)
-    model = HtpLlama(
-        foundation.shape, foundation.inv_freq, foundation.rope_attention_scaling,
+    model = HtpDecoder(
+        foundation.shape, foundation_rope_tables(foundation, cache_len),
         chunk_len, cache_len, list(spec.sites), spec.adapter_slots,
     )
     # assign=True shares the tensors instead of copying a second foundation. Both models keep
@@ -132,7 +132,7 @@ class LoweredHtpProgram:
 def lower_htp_shaped(
     foundation: Foundation, spec: ProgramSpec, htp: HtpShape = HtpShape(), lowering: Lowering | None = None
 ) -> LoweredHtpProgram:
-    """torch.export HtpLlama with static shapes, check it, lower it (program.lower_exported).
+    """torch.export HtpDecoder with static shapes, check it, lower it (program.lower_exported).
 
     `lowering`: qnn_lowering.qnn_htp_lowering for the real HTP program; None lowers for
     spec.backend (XNNPACK: the stand-in that proves the graph here). A lowering that reads

@@ -22,14 +22,14 @@ from etlora.format.adapter_format import ProgramSlots
 from etlora.format.backends import Backend
 from etlora.format.errors import EtloraError
 
-from .foundation import Foundation
-from .model import Attention, LlamaForExport
+from .foundation import Foundation, foundation_rope_tables
+from .model import ROPE_BUFFERS, Attention, DecoderForExport
 from .quantization import FoundationQuantization, foundation_path
 
 FORMAT_VERSION = 3  # 3: cached_attention takes the family features; 2: KV cache [1, S, kv_heads, head_dim]
 FOUNDATION_TAG = "foundation"
 # Buffers computed from the foundation's config rather than loaded from its checkpoint.
-DERIVED_CONSTANTS = ("rope_cos", "rope_sin")
+DERIVED_CONSTANTS = tuple(name for names in ROPE_BUFFERS.values() for name in names)
 
 
 Tagger = Callable[[str], "str | None"]  # constant path -> external data file tag, or None
@@ -85,13 +85,12 @@ class LoweredProgram:
     delegation: Delegation = Delegation()
 
 
-def build_model(foundation: Foundation, spec: ProgramSpec) -> LlamaForExport:
+def build_model(foundation: Foundation, spec: ProgramSpec) -> DecoderForExport:
     """The export model with the foundation's weights loaded (strictly: every name must match),
     not yet quantized (`spec.quantization.apply`)."""
-    model = LlamaForExport(
+    model = DecoderForExport(
         foundation.shape,
-        foundation.inv_freq,
-        foundation.rope_attention_scaling,
+        foundation_rope_tables(foundation, spec.max_seq_len),
         spec.max_seq_len,
         list(spec.sites),
         spec.adapter_slots,
@@ -102,7 +101,7 @@ def build_model(foundation: Foundation, spec: ProgramSpec) -> LlamaForExport:
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise EtloraError(
-            f"{foundation.source}: checkpoint does not match a Llama of this config: "
+            f"{foundation.source}: checkpoint does not match a {foundation.shape.family.value} of this config: "
             f"missing {missing[:3]}, unexpected {unexpected[:3]} (hint: unsupported variant?)"
         )
     return model.eval()

@@ -101,7 +101,7 @@ class FoundationQuantization:
         return label
 
     def check(self, shape) -> None:
-        """Every quantized row must be a whole number of groups (shape: LlamaShape); names the layer."""
+        """Every quantized row must be a whole number of groups (shape: DecoderShape); names the layer."""
         from .model import LINEAR_MODULES, site_path
 
         if self.group_size:

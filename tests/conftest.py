@@ -20,8 +20,25 @@ TOKENS = [1, 17, 42, 99, 3, 250, 7, 64]
 TARGETS = "q_proj,v_proj,o_proj,down_proj"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--heavy", action="store_true", help="also run the tests marked heavy")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tests on the real model (minutes)")
+    config.addinivalue_line(
+        "markers", "heavy: end-to-end tests too long for CI's budget; run only with --heavy"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """`heavy` tests run only with --heavy: the default run, which CI runs, skips them with the reason."""
+    if config.getoption("--heavy"):
+        return
+    skip = pytest.mark.skip(reason="heavy (several minutes each): run with --heavy")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

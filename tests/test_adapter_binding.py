@@ -16,7 +16,7 @@ import pytest
 import etlora
 from etlora.export.adapter_file import write_adapter_ptd
 from etlora.export.adapters import load_adapter
-from etlora.export.model import LlamaShape
+from etlora.export.families import DecoderShape
 from etlora.format.adapter_format import ProgramSlots, check_adapter_for_program, read_adapter_ptd
 from etlora.format.errors import AdapterError, BundleError, EtloraError
 from etlora.format.manifest import read_manifest
@@ -24,8 +24,8 @@ from etlora.format.manifest import read_manifest
 from conftest import TOKENS
 
 
-def _shape(manifest) -> LlamaShape:
-    return LlamaShape(**manifest.foundation.config)
+def _shape(manifest) -> DecoderShape:
+    return DecoderShape.from_summary(manifest.foundation.config)
 
 
 def _bad_adapter_files(bundle_dir, fixtures_dir, out_dir):

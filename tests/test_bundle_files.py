@@ -11,7 +11,7 @@ from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSeria
 
 from etlora.export import ExportOptions, add_adapter, export_bundle
 from etlora.format.adapter_format import read_adapter_ptd
-from etlora.format.manifest import read_manifest
+from etlora.format.manifest import FORMAT_VERSION, read_manifest
 
 from conftest import MAX_SEQ_LEN, TARGETS
 
@@ -92,7 +92,7 @@ def test_add_adapter_equals_export_output(bundle_copy, other_bundle, fixtures_di
 
 def test_manifest_sizes_and_sha256_match_files(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 5
+    assert manifest["format_version"] == FORMAT_VERSION
     assert all(record["alora_invocation_tokens"] is None for record in manifest["adapters"].values())
     from etlora.export.qnn_sdk import check_qnn_sdk
 

@@ -157,7 +157,7 @@ def test_runner_reads_the_bundle_through_the_manifest(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     future = subprocess.run([runner, "--bundle", str(bundle_copy), "--tokens", "1,2,3"],
                             capture_output=True, text=True, timeout=120)
-    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5" in future.stderr
+    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5, 6" in future.stderr
 
 
 # A two-program bundle: model_htp.pte is a placeholder here (no QNN SDK to compile one), which the
@@ -181,10 +181,10 @@ def htp_bundle(bundle_copy):
 
 
 def test_both_readers_agree_on_an_htp_program(htp_bundle):
-    from etlora.format.manifest import verify_files
+    from etlora.format.manifest import FORMAT_VERSION, verify_files
 
     manifest = read_manifest(htp_bundle)
-    assert manifest.format_version == 5 and verify_files(htp_bundle, manifest) == []
+    assert manifest.format_version == FORMAT_VERSION and verify_files(htp_bundle, manifest) == []
     assert manifest.htp_program.__dict__ == HTP_ENTRY
     assert _runtime.Bundle(str(htp_bundle)).htp_program == {**HTP_ENTRY, "path": f"{htp_bundle}/model_htp.pte"}
     # A rewrite (add-adapter, remove-adapter) keeps the entry.

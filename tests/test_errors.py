@@ -91,9 +91,9 @@ def test_corrupt_adapter_safetensors(model_dir, fixtures_dir, tmp_path, fixture)
 def read_manifest_shape(model_dir):
     from transformers import AutoConfig
 
-    from etlora.export.model import LlamaShape
+    from etlora.export.families import DecoderShape
 
-    return LlamaShape.from_hf_config(AutoConfig.from_pretrained(model_dir))
+    return DecoderShape.from_hf_config(AutoConfig.from_pretrained(model_dir))
 
 
 def test_missing_adapter_directory_and_config(model_dir, tmp_path):
@@ -202,5 +202,5 @@ def test_wrong_model_input(tmp_path):
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps(config))
     (tmp_path / "gpt2" / "model.safetensors").write_bytes(b"")
-    with pytest.raises(EtloraError, match=r"expected a Llama-family model"):
+    with pytest.raises(EtloraError, match=r"expected one of the model types llama, qwen2, .* received model_type .gpt2."):
         export_bundle(tmp_path / "gpt2", {}, tmp_path / "out", ExportOptions(max_rank=4, target_modules="q_proj"))

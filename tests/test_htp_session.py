@@ -3,7 +3,7 @@
 On a phone it runs the QNN-compiled model_htp.pte; here the same layout lowered to XNNPACK
 (lower_htp_shaped) stands in for it. Built from the bundle fixture's own spec, it reads the bundle's
 foundation.ptd and the bundle's adapter files, so one adapter file drives both programs. Its
-logits must equal the eager HtpLlama driven by Python's HostKVCache, the same lowered program
+logits must equal the eager HtpDecoder driven by Python's HostKVCache, the same lowered program
 driven from Python, and the XNNPACK Session of the bundle, through a chunked prefill (the last
 chunk padded) and one-token decode steps.
 """
@@ -170,13 +170,13 @@ def test_adapter_refusals(htp, bundle, fixtures_dir, tmp_path):
     from etlora import _runtime
     from etlora.export.adapter_file import ProgramSlots, write_adapter_ptd
     from etlora.export.adapters import load_adapter
-    from etlora.export.model import LlamaShape
+    from etlora.export.families import DecoderShape
 
     manifest = htp["manifest"]
     program = manifest.program
     foreign = ProgramSlots(tuple(program.sites), tuple(tuple(d) for d in program.site_dims), program.max_rank,
                            "f" * 64)
-    shape = LlamaShape(**manifest.foundation.config)
+    shape = DecoderShape.from_summary(manifest.foundation.config)
     path = tmp_path / "foreign.ptd"
     write_adapter_ptd(load_adapter("support", fixtures_dir / "support", shape), foreign, path)
 

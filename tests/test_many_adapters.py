@@ -20,7 +20,7 @@ import torch
 from etlora.export.adapter_file import write_adapter_ptd
 from etlora.export.adapters import load_adapter
 from etlora.export.bundle import adapter_record
-from etlora.export.model import LlamaShape
+from etlora.export.families import DecoderShape
 from etlora.format.adapter_format import AdapterDtype
 from etlora.format.manifest import FileRecord, read_manifest
 
@@ -85,7 +85,7 @@ def hundred_bundle(bundle, fixtures_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("many") / "bundle"
     shutil.copytree(bundle, out)
     manifest = read_manifest(out)
-    shape = LlamaShape(**manifest.foundation.config)
+    shape = DecoderShape.from_summary(manifest.foundation.config)
     template = load_adapter("legal", fixtures_dir / "legal", shape)
     generator = torch.Generator().manual_seed(100)
     files, records = dict(manifest.files), dict(manifest.adapters)

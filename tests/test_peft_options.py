@@ -186,10 +186,10 @@ def test_rank_pattern_pads_and_alpha_pattern_folds_into_lora_b(model_dir, tmp_pa
     from transformers import AutoConfig
 
     from etlora.export.adapters import load_adapter
-    from etlora.export.model import LlamaShape
+    from etlora.export.families import DecoderShape
 
     adapter_dir = make_adapter(model_dir, tmp_path / "adapter", rank_pattern={"q_proj": 2}, alpha_pattern={"v_proj": 3.0})
-    adapter = load_adapter("x", adapter_dir, LlamaShape.from_hf_config(AutoConfig.from_pretrained(model_dir)))
+    adapter = load_adapter("x", adapter_dir, DecoderShape.from_hf_config(AutoConfig.from_pretrained(model_dir)))
     raw = load_file(adapter_dir / "adapter_model.safetensors")
     assert (adapter.rank, adapter.alpha, adapter.scaling) == (4, 8.0, 2.0)
     prefix = "base_model.model.model.layers.0.self_attn"

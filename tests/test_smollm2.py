@@ -91,6 +91,7 @@ def test_adapter_effect_shows_in_nine_of_ten_held_out_prompts(smollm2_bundle, na
     assert base_hits <= 2, f"{name}: the foundation alone already shows the effect in {base_hits}/10"
 
 
+@pytest.mark.heavy  # the 8da4w export of SmolLM2 alone takes 7 minutes on 2 cores
 @pytest.mark.parametrize("name", demo_adapters())
 def test_adapter_effect_shows_on_the_8da4w_foundation(smollm2_8da4w_bundle, name):
     """The float adapters, trained on the float model, still do their job on the 4-bit foundation."""
@@ -98,6 +99,7 @@ def test_adapter_effect_shows_on_the_8da4w_foundation(smollm2_8da4w_bundle, name
     assert hits >= EFFECT_8DA4W_MIN, f"{name}: effect in {hits}/10: {answers}"
 
 
+@pytest.mark.heavy
 def test_8da4w_greedy_output_agrees_with_fp32(smollm2_bundle, smollm2_8da4w_bundle):
     """Position-by-position agreement of greedy tokens with the fp32 bundle, no adapter."""
     fp32, quantized = etlora.load(smollm2_bundle), etlora.load(smollm2_8da4w_bundle)
@@ -225,8 +227,8 @@ def test_pool_workers_stay_awake_through_decode(smollm2_bundle):
     assert sleeping["sleeps_per_token"] > 4 * max(spinning["sleeps_per_token"], 1), (spinning, sleeping)
 
 
-@pytest.mark.parametrize("which", ["fp32", "8da4w"])
-def test_arm_runner_writes_the_same_text_as_x86(smollm2_bundle, smollm2_8da4w_bundle, device_build, which):
+@pytest.mark.parametrize("which", ["fp32", pytest.param("8da4w", marks=pytest.mark.heavy)])
+def test_arm_runner_writes_the_same_text_as_x86(request, smollm2_bundle, device_build, which):
     """The aarch64 runner under qemu and the x86 runner, same bundle, adapter and prompt: the same
     greedy tokens (a short prompt: emulation runs SmolLM2 at about 1 token/s)."""
     import shutil
@@ -234,7 +236,7 @@ def test_arm_runner_writes_the_same_text_as_x86(smollm2_bundle, smollm2_8da4w_bu
 
     from conftest import run_on_arm
 
-    bundle = smollm2_bundle if which == "fp32" else smollm2_8da4w_bundle
+    bundle = smollm2_bundle if which == "fp32" else request.getfixturevalue("smollm2_8da4w_bundle")
     args = ["--bundle", str(bundle), "--adapter", "shout", "--prompt", "What is the opposite of hot?",
             "--max-new-tokens", "8", "--no-packed-cache"]
     runner = shutil.which("etlora_runner") or str(Path(sysconfig.get_path("scripts")) / "etlora_runner")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from etlora.export.adapter_file import adapter_ptd_bytes
 from etlora.export.adapters import load_adapter
-from etlora.export.model import LlamaShape
+from etlora.export.families import DecoderShape
 from etlora.format.adapter_format import ProgramSlots
 from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama, tiny_llama_config
 
@@ -27,7 +27,7 @@ def main() -> None:
         scratch = Path(scratch)
         model = make_tiny_llama(scratch / "model")
         adapter_dir = make_lora_adapter(model, scratch / "adapter", rank=2, target_modules=["q_proj"], layers_to_transform=[0])
-        shape = LlamaShape.from_hf_config(tiny_llama_config())
+        shape = DecoderShape.from_hf_config(tiny_llama_config())
         adapter = load_adapter("fixture", adapter_dir, shape)
         site = "model.layers.0.self_attn.q_proj"
         slots = ProgramSlots((site,), ((64, 64),), 2, "0" * 64)

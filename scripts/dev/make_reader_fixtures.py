@@ -40,7 +40,7 @@ from etlora.format.manifest import (
     AdapterRecord, FileRecord, FoundationRecord, HtpProgramRecord, Manifest, ProgramRecord, QuantizationRecord,
     TokenizerRecord, read_manifest, verify_files,
 )
-from etlora.export.model import LlamaShape
+from etlora.export.families import DecoderShape
 from etlora.export.quantization import FoundationQuantization
 from etlora.export.tokenizer_file import TOKENIZER_DIR, TOKENIZER_TEXT_FILE, write_tokenizer_files
 from etlora.testing.fixtures import (
@@ -73,7 +73,7 @@ def write_fixtures(out: Path) -> None:
     """Every fixture, into a fresh `out`."""
     if out.exists():
         shutil.rmtree(out)
-    shape = LlamaShape.from_hf_config(tiny_llama_config())
+    shape = DecoderShape.from_hf_config(tiny_llama_config())
     sites = program_sites(shape, TARGETS)
     program = ProgramRecord(file="model.pte", backend="xnnpack", max_rank=MAX_RANK, adapter_slots=2, max_seq_len=64,
                             sites=sites, site_dims=[list(shape.linear_dims(site.rsplit(".", 1)[1])) for site in sites],
@@ -95,7 +95,7 @@ def write_fixtures(out: Path) -> None:
     write_damaged_adapters(out, program, slots, adapters["plain"], shape)
 
 
-def _adapter(name: str, directory: Path, shape: LlamaShape):
+def _adapter(name: str, directory: Path, shape: DecoderShape):
     """The adapter as load_adapter reads it, with scratch paths replaced so that reruns give the same bytes."""
     return replace(load_adapter(name, directory, shape), source=f"tiny PEFT adapter '{name}'", base_model="tiny-llama")
 
@@ -104,7 +104,7 @@ def _record(adapter, dtype: AdapterDtype) -> AdapterRecord:
     return adapter_record(adapter, f"adapters/{adapter.name}.ptd", dtype)
 
 
-def _foundation(shape: LlamaShape, quantization: FoundationQuantization) -> FoundationRecord:
+def _foundation(shape: DecoderShape, quantization: FoundationQuantization) -> FoundationRecord:
     record = QuantizationRecord()
     if quantization.quantized:
         record = QuantizationRecord(
@@ -113,7 +113,7 @@ def _foundation(shape: LlamaShape, quantization: FoundationQuantization) -> Foun
             head_bits=quantization.head_bits, quantized_modules=["lm_head", "model.layers.*.self_attn.q_proj"],
             float_weights={"model.norm.weight": 256})
     return FoundationRecord(file="foundation.ptd", fingerprint=FINGERPRINT, source="tiny-llama",
-                            config=json.loads(json.dumps(shape.__dict__)),
+                            config=shape.summary(),
                             weights_id=quantization.weights_id(FINGERPRINT), quantization=record)
 
 
@@ -137,6 +137,14 @@ def _write_bundle(directory: Path, manifest: Manifest, contents: dict[str, bytes
         del data["htp_program"]
     if version < 2:
         del data["foundation"]["weights_id"], data["foundation"]["quantization"]
+    if version < 6:  # a Llama's config as etlora wrote it before model families
+        config = data["foundation"]["config"]
+        data["foundation"]["config"] = {
+            **{key: config[key] for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                                            "num_heads", "num_kv_heads", "head_dim", "rms_norm_eps",
+                                            "tie_word_embeddings", "mlp_bias")},
+            "attention_bias": config["qkv_bias"],
+        }
     _write_json(directory, data)
 
 
@@ -165,7 +173,8 @@ def write_valid_bundles(out: Path, program, slots, adapters, tokenizer, shape) -
     manifest, contents = one_adapter(_record(plain, AdapterDtype.FP32), fp32, htp_program=HTP)
     _write_bundle(valid / "v4_htp", manifest, {**contents, HTP.file: PLACEHOLDER}, version=4)
 
-    # The current version, as `etlora export --quantize 8da4w --quantize-embedding 4` writes it.
+    # As `etlora export --quantize 8da4w --quantize-embedding 4` wrote it at version 5 (the last
+    # version before model families; every bundle the tests export is of the current version).
     half = replace(plain, name="half", source="tiny PEFT adapter 'plain', stored as fp16")
     bundle = valid / "v5_alora"
     tokenizer_files = write_tokenizer_files(tokenizer, bundle / TOKENIZER_DIR)
@@ -180,7 +189,7 @@ def write_valid_bundles(out: Path, program, slots, adapters, tokenizer, shape) -
     contents = {**programs, "adapters/plain.ptd": fp32, "adapters/half.ptd": fp16,
                 "adapters/invoked.ptd": adapter_ptd_bytes(invoked, slots, AdapterDtype.FP32)}
     contents.update({name: (bundle / name).read_bytes() for name in tokenizer_files})
-    _write_bundle(bundle, manifest, contents)
+    _write_bundle(bundle, manifest, contents, version=5)
     write_tokenizer_encodings(out, tokenizer)
 
     for directory in sorted(valid.iterdir()):

@@ -185,7 +185,7 @@ void refused_manifests() {
   const std::string future((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT(!future.empty(), "malformed/manifest_future_version.json not found");
   expect_error(etlora::Bundle::parse(future, "/future").status(), StatusCode::kInvalidArgument,
-               {"/future/manifest.json: bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5 (hint: "
+               {"/future/manifest.json: bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5, 6 (hint: "
                 "re-export the bundle with this etlora, or upgrade etlora)"},
                "future version");
 

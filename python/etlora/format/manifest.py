@@ -16,11 +16,12 @@ from .quantization import QuantScheme
 
 FORMAT_NAME = "etlora-bundle"
 # 2: foundation.quantization and foundation.weights_id; 3: adapters[].dtype; 4: htp_program;
-# 5: adapters[].alora_invocation_tokens
-FORMAT_VERSION = 5
+# 5: adapters[].alora_invocation_tokens; 6: model families (foundation.config.family and its
+# features; program format 3)
+FORMAT_VERSION = 6
 # version 1 is an fp32 foundation; versions 1-2 have fp32 adapters; versions 1-3 no HTP program;
 # versions 1-4 no activated LoRA (every adapter applies to every token)
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILE = "model.pte"
 HTP_PROGRAM_FILE = "model_htp.pte"

@@ -42,6 +42,51 @@ def make_tiny_llama(out_dir: str | Path, seed: int = 0, **config_overrides) -> P
     return Path(out_dir)
 
 
+# Tiny configurations of each family with its special features switched on: GQA everywhere, and
+# Llama 3's scaled RoPE, Qwen2's q/k/v biases, Qwen3's q/k norms with an explicit head_dim, SmolLM3's
+# layers without RoPE, Gemma 3's sliding window of a few tokens, its own local RoPE base, (1 + w)
+# norms, scaled embedding, GELU and query_pre_attn_scalar, Phi-3's fused projections and partial
+# rotary factor.
+_COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               tie_word_embeddings=False)
+FAMILY_CONFIGS = {
+    "llama3": ("LlamaConfig", dict(rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
+    "qwen2": ("Qwen2Config", dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "qwen3": ("Qwen3Config", dict(head_dim=24, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "smollm3": ("SmolLM3Config", dict(pad_token_id=0, no_rope_layers=[1, 0, 1])),
+    "gemma3_text": ("Gemma3TextConfig", dict(
+        head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
+    "phi3": ("Phi3Config", dict(pad_token_id=0, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+}
+
+
+def make_tiny_model(out_dir: str | Path, family: str, seed: int = 0, **config_overrides) -> Path:
+    """A random model of one family (FAMILY_CONFIGS) saved as a Hugging Face checkpoint. Norm
+    weights are randomized too, so that a norm convention wrongly read (Gemma's 1 + w) shows."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    class_name, fields = FAMILY_CONFIGS[family]
+    config = getattr(transformers, class_name)(**{**_COMMON, **fields, **config_overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):  # Gemma stores w of (1 + w), the others the scale
+                parameter.copy_((0.0 if family == "gemma3_text" else 1.0) + 0.1 * torch.randn_like(parameter))
+            elif name.endswith("bias"):
+                parameter.copy_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def edit_config(adapter: Path, **fields) -> Path:
     """Overwrite fields of a saved PEFT adapter's adapter_config.json (tests of options etlora refuses)."""
     path = Path(adapter) / "adapter_config.json"
@@ -67,11 +112,11 @@ def make_lora_adapter(
     occurrence of these tokens on); PEFT supports those for CAUSAL_LM only, so task_type defaults to it.
     """
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     # A checkpoint directory, or a model already loaded (PEFT then adds the adapter to it in place).
-    foundation = model_dir if isinstance(model_dir, torch.nn.Module) else LlamaForCausalLM.from_pretrained(model_dir)
+    foundation = model_dir if isinstance(model_dir, torch.nn.Module) else AutoModelForCausalLM.from_pretrained(model_dir)
     if alora_invocation_tokens is not None:
         lora_overrides.setdefault("task_type", "CAUSAL_LM")
         lora_overrides["alora_invocation_tokens"] = list(alora_invocation_tokens)
@@ -90,9 +135,9 @@ def make_lora_adapter(
 def peft_logits(model_dir: str | Path, adapter_dir: str | Path | None, token_ids: list[int], strength: float = 1.0):
     """Reference: last-position logits from transformers (+ PEFT), adapter scaled by `strength`."""
     from peft import PeftModel
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
         if strength != 1.0:
@@ -144,14 +189,14 @@ def peft_reference_logits(
     """
     from peft import PeftModel
     from peft.tuners.lora.variants import calculate_alora_offsets
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if adapters is None:
         adapters = {}
     elif not isinstance(adapters, Mapping):
         adapters = {adapters: 1.0}
     input_ids = torch.tensor([list(token_ids)])
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     if not adapters:
         with torch.no_grad():
