@@ -39,6 +39,7 @@ from .model import ROPE_BUFFERS
 from .program import ProgramSpec, lower_program
 from .program_plan import ProgramPlan, plan_programs
 from .quantization import FoundationQuantization, module_patterns, sizes_by_pattern
+from .tokenizer_file import check_tokenizer
 
 Step = Callable[[str], ContextManager]
 Log = Callable[[str], None]
@@ -64,6 +65,7 @@ class ExportOptions:
     soc: Soc = DEFAULT_SOC  # what the HTP program is compiled for
     quantization: FoundationQuantization = FoundationQuantization()  # adapters stay float
     adapter_dtype: AdapterDtype = AdapterDtype.FP32  # of the adapter files; the math is float32
+    tokenizer: bool = True  # False: leave the checkpoint's tokenizer out (token ids only)
 
 
 def adapter_record(adapter: LoraAdapter, file: str, dtype: AdapterDtype) -> AdapterRecord:
@@ -122,6 +124,10 @@ def export_bundle(
     log(plan.line)
     with step("loading foundation"):
         foundation = load_foundation(model_path, options.max_seq_len)
+        if not options.tokenizer:
+            foundation = replace(foundation, tokenizer=None)
+        elif foundation.tokenizer is not None:  # refused now, not after minutes of lowering
+            check_tokenizer(foundation.tokenizer)
     with step("loading adapters"):
         adapters = [load_adapter(name, path, foundation.shape) for name, path in adapter_dirs.items()]
         spec = _program_spec(foundation.shape, adapters, options)

@@ -35,6 +35,11 @@ def gpt2_byte_decoder() -> dict[str, int]:
     return {chr(char): byte for byte, char in zip(printable, stand_ins)}
 
 
+def check_tokenizer(tokenizer) -> None:
+    """Refuses, before any export work, a tokenizer the C++ runtime would encode differently."""
+    _check_supported(json.loads(tokenizer.backend_tokenizer.to_str()))
+
+
 def _check_supported(spec: dict) -> None:
     """Refuses tokenizers the C++ runtime would encode differently from Hugging Face."""
     model = spec.get("model") or {}
@@ -59,7 +64,7 @@ def _check_supported(spec: dict) -> None:
         raise EtloraError(
             "tokenizer: the C++ runtime reads byte-level BPE with the GPT-2 split pattern only; got "
             + "; ".join(problems)
-            + " (hint: export without the tokenizer, or tokenize on the host)"
+            + " (hint: etlora export --no-tokenizer, and tokenize on the host)"
         )
 
 

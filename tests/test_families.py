@@ -23,6 +23,7 @@ from etlora.testing.fixtures import FAMILY_CONFIGS, make_lora_adapter, make_tiny
 TOLERANCE = 1e-4
 TOKENS = [1, 17, 42, 99, 3, 250, 7, 64, 5, 128, 33, 200]
 MAX_SEQ_LEN = 32
+INVOCATION = [42, 99]  # TOKENS[2:4]
 # PEFT's names for every linear module of a block; Phi-3 fuses q/k/v and gate/up.
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
@@ -46,6 +47,9 @@ def family_case(request, tmp_path_factory):
         "all": make_lora_adapter(model_dir, root / "all", rank=4, target_modules=targets, seed=5),
         "attn": make_lora_adapter(model_dir, root / "attn", rank=8, target_modules=targets[:2], seed=6,
                                   use_rslora=True),
+        # An activated LoRA: applies from the last occurrence of its invocation tokens on.
+        "invoked": make_lora_adapter(model_dir, root / "invoked", rank=4, target_modules=targets[:1], seed=7,
+                                     alora_invocation_tokens=INVOCATION),
     }
     bundle = root / "bundle"
     export_bundle(model_dir, adapters, bundle, ExportOptions(max_seq_len=MAX_SEQ_LEN, adapter_slots=2))
@@ -150,3 +154,94 @@ def test_htp_shaped_model_equals_peft(family_case, tmp_path):
         _close(prefilled, expected[:10], f"{family} HTP-shaped prefill")
         for position in range(10, len(TOKENS)):
             _close(host.forward([TOKENS[position]]).numpy()[-1], expected[position], f"{family} HTP decode at {position}")
+
+
+def test_activated_lora_equals_peft(family_case):
+    """Before its invocation the aLoRA is the foundation; from it on, PEFT's gated update."""
+    family, model_dir, adapters, bundle = family_case
+    session = etlora.load(bundle, adapters={"invoked": 1.0})
+    for end in (2, 4, len(TOKENS)):
+        expected = peft_reference_logits(model_dir, {adapters["invoked"]: 1.0}, TOKENS[:end])[-1]
+        _close(session.logits(TOKENS[:end]), expected, f"{family} aLoRA, {end} tokens")
+
+
+def test_add_adapter_serves_it_exactly(family_case, tmp_path):
+    from etlora.export import add_adapter
+
+    family, model_dir, adapters, bundle = family_case
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns(".etlora-cache"))
+    added = make_lora_adapter(model_dir, tmp_path / "added", rank=2, target_modules=_targets(family)[-2:], seed=8)
+    add_adapter(copy, "added", added)
+    expected = peft_reference_logits(model_dir, {added: 1.0}, TOKENS)[-1]
+    _close(etlora.load(copy, adapters={"added": 1.0}).logits(TOKENS), expected, f"{family} added adapter")
+
+
+@pytest.mark.slow  # a quantized export per family (about 20 s each)
+def test_8da4w_runtime_equals_the_quantized_model_in_pytorch(family_case, tmp_path):
+    """--quantize 8da4w --quantize-embedding 4 per family: the runtime against the same quantized
+    model run by PyTorch (torchao's reference kernels), the 'all' adapter active; within 2% of the
+    logits' range, as tests/test_quantization.py explains."""
+    import torch
+
+    from etlora.export import ExportOptions, export_bundle
+    from etlora.export.adapter_file import padded_adapter_tensors
+    from etlora.export.adapters import load_adapter
+    from etlora.export.bundle import _program_spec
+    from etlora.export.foundation import load_foundation
+    from etlora.export.program import build_model
+    from etlora.export.quantization import FoundationQuantization
+    from etlora.format.manifest import read_manifest
+
+    family, model_dir, adapters, _ = family_case
+    quantization = FoundationQuantization.from_options("8da4w", 32, embedding_bits=4)
+    options = ExportOptions(max_seq_len=MAX_SEQ_LEN, quantization=quantization)
+    bundle = tmp_path / "bundle"
+    export_bundle(model_dir, {"all": adapters["all"]}, bundle, options)
+    received = etlora.load(bundle, adapters={"all": 1.0}).logits(TOKENS)
+
+    foundation = load_foundation(model_dir)
+    active = load_adapter("all", adapters["all"], foundation.shape)
+    spec = _program_spec(foundation.shape, [active], options)
+    model = build_model(foundation, spec)
+    quantization.apply(model)
+    slots = read_manifest(bundle).program_slots()
+    chosen = padded_adapter_tensors(active, slots)
+    tensors = [chosen[f"{site}.{part}"] for site in slots.sites for part in ("lora_a", "lora_b")]
+    with torch.no_grad():
+        expected = model(torch.tensor([TOKENS]), torch.arange(len(TOKENS)), torch.tensor([active.scaling]),
+                         *tensors).reshape(-1).numpy()
+    scale = float(np.max(np.abs(expected)))
+    error = float(np.max(np.abs(received - expected)))
+    assert error < 0.02 * scale, f"{family}: max abs error {error:.3g} on logits up to {scale:.3g}"
+
+
+def _longrope_phi3(directory: Path) -> Path:
+    """Phi-3 with LongRoPE (Phi-3.5 / Phi-4-mini style), original context 16 of 64."""
+    half = int(16 * 0.5) // 2  # head_dim 16, partial_rotary_factor 0.5: 4 frequencies
+    return make_tiny_model(directory, "phi3", seed=4, max_position_embeddings=64,
+                           original_max_position_embeddings=16,
+                           rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                            "partial_rotary_factor": 0.5,
+                                            "short_factor": [1.0 + 0.25 * i for i in range(half)],
+                                            "long_factor": [2.0 + i for i in range(half)],
+                                            "original_max_position_embeddings": 16})
+
+
+def test_longrope_short_factors_within_the_original_context(tmp_path):
+    from etlora.export import ExportOptions, export_bundle
+
+    model_dir = _longrope_phi3(tmp_path / "model")
+    export_bundle(model_dir, {}, tmp_path / "bundle", ExportOptions(max_seq_len=16, target_modules="none"))
+    expected = peft_reference_logits(model_dir, {}, TOKENS)
+    _close(etlora.load(tmp_path / "bundle").logits(TOKENS), expected[-1], "phi3 LongRoPE")
+
+
+def test_longrope_beyond_the_original_context_is_refused(tmp_path):
+    from etlora.export import ExportOptions, export_bundle
+    from etlora.format.errors import EtloraError
+
+    model_dir = _longrope_phi3(tmp_path / "model")
+    with pytest.raises(EtloraError, match=r"original_max_position_embeddings 16; --max-seq-len 32 is beyond it"):
+        export_bundle(model_dir, {}, tmp_path / "bundle", ExportOptions(max_seq_len=32, target_modules="none"))
+    assert not (tmp_path / "bundle").exists()

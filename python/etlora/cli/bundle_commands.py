@@ -53,6 +53,7 @@ def cmd_export(args) -> int:
         soc=Soc(args.soc),
         quantization=quantization,
         adapter_dtype=AdapterDtype.parse(args.adapter_dtype),
+        tokenizer=not args.no_tokenizer,
     )
     export_bundle(args.model, adapters, out, options, step=_step,
                   log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
@@ -185,6 +186,9 @@ def add_parsers(commands) -> None:
     export.add_argument("--adapter-dtype", default="fp32", metavar="DTYPE",
                         help="how adapter files store LoRA weights: fp32 (default) or fp16, half the size; "
                              "the runtime computes LoRA in float32 either way")
+    export.add_argument("--no-tokenizer", action="store_true",
+                        help="leave the checkpoint's tokenizer out: the bundle then takes token ids only "
+                             "(for tokenizers the C++ runtime does not read yet)")
     export.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     export.set_defaults(run=cmd_export)
 
