@@ -181,7 +181,7 @@ class DecoderShape:
         return fields
 
 
-def text_config(config, source) -> object:
+def text_config(config) -> object:
     """The decoder's config: a `gemma3` checkpoint nests its text tower's."""
     if getattr(config, "model_type", None) == "gemma3":
         return config.text_config
@@ -230,13 +230,18 @@ def check_config(config, source, max_seq_len: int | None = None) -> Family:
             raise EtloraError(
                 f"{source}: {name} {getattr(config, name)} is not supported (expected none, as Gemma 3 has)"
             )
-    activation = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
+    activation = _activation_name(config)
     if activation not in _ACTIVATIONS:
         raise EtloraError(
             f"{source}: MLP activation {activation!r} is not supported (expected one of "
             f"{', '.join(_ACTIVATIONS)})"
         )
     return family
+
+
+def _activation_name(config) -> str:
+    """Gemma names its MLP activation hidden_activation, the others hidden_act."""
+    return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
 
 
 def _layer_types(config) -> list[str]:
@@ -265,7 +270,7 @@ def decoder_shape(config) -> DecoderShape:
             rope_table=RopeTable.LOCAL if sliding and gemma else RopeTable.GLOBAL,
         ))
     attention_bias = bool(getattr(config, "attention_bias", False))
-    activation = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
+    activation = _activation_name(config)
     return DecoderShape(
         family=family,
         vocab_size=config.vocab_size,

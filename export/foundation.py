@@ -55,7 +55,7 @@ def _load_hf_directory(directory: Path):
         config = AutoConfig.from_pretrained(directory)
     except (ValueError, OSError, KeyError) as error:
         raise EtloraError(f"{directory / 'config.json'}: not a readable model config ({error})") from None
-    check_config(text_config(config, directory), directory)  # before reading gigabytes of weights
+    check_config(text_config(config), directory)  # before reading gigabytes of weights
     shards = sorted(directory.glob("*.safetensors"))
     if not shards:
         raise EtloraError(f"{directory}: expected model weights in *.safetensors, found none")
@@ -100,7 +100,7 @@ def load_foundation(path: str | Path, max_seq_len: int | None = None) -> Foundat
         config, state_dict = _load_gguf(source)
     else:
         config, state_dict = _load_hf_directory(source)
-    config = text_config(config, source)
+    config = text_config(config)
     check_config(config, source, max_seq_len)
     state_dict = _decoder_tensors(state_dict)
     shape = decoder_shape(config)

@@ -245,3 +245,28 @@ def test_longrope_beyond_the_original_context_is_refused(tmp_path):
     with pytest.raises(EtloraError, match=r"original_max_position_embeddings 16; --max-seq-len 32 is beyond it"):
         export_bundle(model_dir, {}, tmp_path / "bundle", ExportOptions(max_seq_len=32, target_modules="none"))
     assert not (tmp_path / "bundle").exists()
+
+
+def test_an_adapter_for_modules_the_family_lacks_is_refused(tmp_path):
+    """Split q/k/v (a Llama's) on a Phi-3, whose checkpoint fuses them: refused naming its modules."""
+    from etlora.export.adapters import load_adapter
+    from etlora.export.foundation import load_foundation
+    from etlora.format.errors import AdapterError
+
+    llama = make_tiny_model(tmp_path / "llama", "llama3")
+    adapter = make_lora_adapter(llama, tmp_path / "split", rank=2, target_modules=["q_proj"])
+    phi3 = load_foundation(make_tiny_model(tmp_path / "phi3", "phi3"))
+    with pytest.raises(AdapterError, match=r"targets model\.layers\.0\.self_attn\.q_proj, absent from the foundation "
+                                           r"\(phi3: 3 layers, linear modules qkv_proj, o_proj, gate_up_proj, down_proj\)"):
+        load_adapter("split", adapter, phi3.shape)
+
+
+def test_dynamic_rope_is_refused_before_the_weights(tmp_path):
+    from etlora.export import ExportOptions, export_bundle
+    from etlora.format.errors import EtloraError
+
+    model_dir = make_tiny_model(tmp_path / "model", "llama3",
+                                rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    (model_dir / "model.safetensors").write_bytes(b"not read")
+    with pytest.raises(EtloraError, match=r"RoPE type 'dynamic' changes with the sequence length"):
+        export_bundle(model_dir, {}, tmp_path / "bundle", ExportOptions(target_modules="none"))
