@@ -62,7 +62,7 @@ _MODELING = {
 SUPPORTED_MODEL_TYPES = tuple(family.value for family in Family) + ("gemma3",)
 # RoPE variants whose frequencies change with the sequence length cannot be baked into a table.
 DYNAMIC_ROPE_TYPES = ("dynamic",)
-_ACTIVATIONS = {"silu": Activation.SILU, "gelu_pytorch_tanh": Activation.GELU_TANH}
+_ACTIVATIONS = tuple(activation.value for activation in Activation)
 _SLIDING = "sliding_attention"
 
 
@@ -286,7 +286,7 @@ def decoder_shape(config) -> DecoderShape:
         o_bias=attention_bias and family is not Family.QWEN2,
         mlp_bias=bool(getattr(config, "mlp_bias", False)),
         qk_norm=family in (Family.QWEN3, Family.GEMMA3),
-        activation=_ACTIVATIONS[activation],
+        activation=Activation(activation),
         embedding_scale=math.sqrt(config.hidden_size) if gemma else 1.0,
         sandwich_norms=gemma,
         attention_scale=(config.query_pre_attn_scalar ** -0.5) if gemma else head_dim**-0.5,

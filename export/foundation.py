@@ -43,7 +43,7 @@ def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _load_hf_directory(directory: Path):
+def _load_hf_directory(directory: Path, max_seq_len: int | None):
     from transformers import AutoConfig
 
     if not (directory / "config.json").is_file():
@@ -55,7 +55,7 @@ def _load_hf_directory(directory: Path):
         config = AutoConfig.from_pretrained(directory)
     except (ValueError, OSError, KeyError) as error:
         raise EtloraError(f"{directory / 'config.json'}: not a readable model config ({error})") from None
-    check_config(text_config(config), directory)  # before reading gigabytes of weights
+    check_config(text_config(config), directory, max_seq_len)  # before reading gigabytes of weights
     shards = sorted(directory.glob("*.safetensors"))
     if not shards:
         raise EtloraError(f"{directory}: expected model weights in *.safetensors, found none")
@@ -96,12 +96,12 @@ def load_foundation(path: str | Path, max_seq_len: int | None = None) -> Foundat
     source = Path(path)
     if not source.exists():
         raise EtloraError(f"{source}: model not found (expected a checkpoint directory or .gguf file)")
-    if source.is_file():
+    if source.is_file():  # a GGUF's config comes with its weights
         config, state_dict = _load_gguf(source)
+        check_config(text_config(config), source, max_seq_len)
     else:
-        config, state_dict = _load_hf_directory(source)
+        config, state_dict = _load_hf_directory(source, max_seq_len)
     config = text_config(config)
-    check_config(config, source, max_seq_len)
     state_dict = _decoder_tensors(state_dict)
     shape = decoder_shape(config)
     if shape.tie_word_embeddings:
