@@ -45,6 +45,12 @@ printf '%s\n3.28\n' "$CMAKE_VERSION" | sort -V -C 2>/dev/null && [ "$CMAKE_VERSI
   fail "cmake $CMAKE_VERSION is older than 3.28, which ExecuTorch's CMake package needs (hint: pip install 'cmake>=3.28')"
 BUILD="${BUILD:-$REPO/build-device/$ARCH}"
 mkdir -p "$BUILD"
+# One build at a time per build folder: two runs at once (parallel test workers) would share one CMake
+# cache, and the second configure would redirect the first one's install.
+if command -v flock >/dev/null; then
+  exec 9>"$BUILD/.lock"
+  flock 9
+fi
 
 if [ -z "$SDK" ]; then
   WHEELS="$BUILD/wheels"
@@ -82,7 +88,7 @@ started=$(date +%s)
   -DCMAKE_INSTALL_PREFIX="$(mkdir -p "$OUT" && cd "$OUT" && pwd)" >"$BUILD/configure.log" ||
   fail "cmake configure failed (log: $BUILD/configure.log)"
 "$CMAKE" --build "$BUILD/cmake" -j "$(nproc)" >"$BUILD/build.log" 2>&1 || fail "build failed (log: $BUILD/build.log)"
-"$CMAKE" --install "$BUILD/cmake" >"$BUILD/install.log" || fail "install failed (log: $BUILD/install.log)"
+"$CMAKE" --install "$BUILD/cmake" --prefix "$(cd "$OUT" && pwd)" >"$BUILD/install.log" || fail "install failed (log: $BUILD/install.log)"
 seconds=$(( $(date +%s) - started ))
 
 echo "built etlora for $ARCH in ${seconds} s (ExecuTorch $SDK_VERSION SDK at $SDK) into $OUT:"
