@@ -1,13 +1,19 @@
-"""Session fixtures: one tiny random Llama, three PEFT adapters, and bundles exported from them."""
+"""Session fixtures: one tiny random Llama, three PEFT adapters, and bundles exported from them; one
+tiny model of each family with its adapters and bundle (family_case); the aarch64 runner under qemu."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
+from typing import Callable, NamedTuple
 
+import numpy as np
 import pytest
 
-from etlora.testing.fixtures import make_lora_adapter, make_tiny_llama, make_tiny_tokenizer
+from etlora.testing.fixtures import (FAMILY_CONFIGS, make_lora_adapter, make_tiny_llama, make_tiny_model,
+                                     make_tiny_tokenizer)
 
 # Two adapters of different ranks and target sets, plus one added later with add-adapter.
 ADAPTERS = {
@@ -121,8 +127,109 @@ def device_build(tmp_path_factory) -> Path:
 
 
 def run_on_arm(device_build: Path, *args: str, timeout: int = 600):
-    """etlora_runner for aarch64 under qemu-aarch64, as it would run on a board."""
+    """etlora_runner for aarch64 under qemu-aarch64, as it would run on a board.
+
+    The guest's library path names the cross sysroot first: with Debian's libc6:arm64 installed
+    (multiarch), the host's /etc/ld.so.cache sends the guest's loader (the sysroot's) to
+    /lib/aarch64-linux-gnu/libc.so.6, another glibc build than the loader's, and the runner spins
+    forever in its first thread start."""
     import subprocess
 
-    return subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(device_build / "bin" / "etlora_runner"),
-                           *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["qemu-aarch64", "-L", ARM_SYSROOT, "-E", f"LD_LIBRARY_PATH={ARM_SYSROOT}/lib",
+                           str(device_build / "bin" / "etlora_runner"), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+ARM_SYSROOT = "/usr/aarch64-linux-gnu"
+
+
+def arm_logits(device_build: Path, bundle: Path, tokens: list[int], *args: str) -> np.ndarray:
+    """Every logit of the last position, as the aarch64 runner prints them (6 decimals)."""
+    result = run_on_arm(device_build, "--bundle", str(bundle), "--tokens", ",".join(map(str, tokens)),
+                        "--show", "1000000", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("logits[:"))
+    return np.array([float(v) for v in line.split("]:", 1)[1].split()], dtype=np.float64)
+
+
+def arm_bound(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(max |difference|, allowed): 1e-4 x the largest |logit| plus the print's rounding
+    (tests/test_device.py argues the bound)."""
+    return float(np.abs(reference - other).max()), 1e-4 * max(1.0, float(np.abs(reference).max())) + 1e-6
+
+
+# --- one tiny model per family (tests/test_families.py, tests/test_families_device.py) ---------------
+
+FAMILY_TOKENS = [1, 17, 42, 99, 3, 250, 7, 64, 5, 128, 33, 200]  # longer than Gemma's window of 4
+FAMILY_MAX_SEQ_LEN = 32
+INVOCATION = [42, 99]  # FAMILY_TOKENS[2:4]
+# PEFT's names for every linear module of a block; Phi-3 fuses q/k/v and gate/up.
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+FAMILY_ADAPTERS = ("all", "attn", "invoked", "patterned")
+
+
+def family_targets(family: str) -> list[str]:
+    return PHI3_LINEAR if family == "phi3" else ALL_LINEAR
+
+
+def rank_and_alpha_patterns(family: str) -> dict:
+    """PEFT's per-module ranks and alphas over a rank-4 adapter: one module lower (Phi-3's fused
+    qkv_proj as one module), one site of layer 1 above (the adapter's rank becomes 8), two alphas."""
+    fused = family == "phi3"
+    return dict(rank_pattern={"qkv_proj" if fused else "q_proj": 2, "model.layers.1.mlp.down_proj": 8},
+                alpha_pattern={"o_proj": 3.0, "gate_up_proj" if fused else "up_proj": 12.0})
+
+
+class FamilyCase(NamedTuple):
+    family: str
+    model_dir: Path
+    adapters: dict[str, Path]  # FAMILY_ADAPTERS -> PEFT adapter dir
+    bundle: Path  # shared by every test of the run: copy it before anything that changes it
+
+
+def _build_family_case(root: Path, family: str) -> None:
+    """The tiny model (seed 3) and four adapters: 'all' (rank 4, every linear module), 'attn' (rank 8,
+    rsLoRA, two attention modules), 'invoked' (an activated LoRA on INVOCATION), 'patterned'
+    (rank_and_alpha_patterns); exported with two slots."""
+    from etlora.export import ExportOptions, export_bundle
+
+    model_dir = make_tiny_model(root / "model", family, seed=3)
+    targets = family_targets(family)
+    adapters = {
+        "all": make_lora_adapter(model_dir, root / "all", rank=4, target_modules=targets, seed=5),
+        "attn": make_lora_adapter(model_dir, root / "attn", rank=8, target_modules=targets[:2], seed=6,
+                                  use_rslora=True),
+        "invoked": make_lora_adapter(model_dir, root / "invoked", rank=4, target_modules=targets[:1], seed=7,
+                                     alora_invocation_tokens=INVOCATION),
+        "patterned": make_lora_adapter(model_dir, root / "patterned", rank=4, target_modules=targets, seed=9,
+                                       **rank_and_alpha_patterns(family)),
+    }
+    export_bundle(model_dir, adapters, root / "bundle", ExportOptions(max_seq_len=FAMILY_MAX_SEQ_LEN, adapter_slots=2))
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """`build(folder)` once per test run, by whichever pytest-xdist worker asks first; the others wait
+    for it and reuse the folder (exports take most of a family test's time). Built in place, so
+    that recorded paths stay valid, and marked complete last; a half-built folder is built again."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    shared = shared / "built_once"
+    shared.mkdir(exist_ok=True)
+    folder, complete = shared / name, shared / f"{name}.complete"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not complete.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            complete.touch()
+    return folder
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_CONFIGS))
+def family_case(request, tmp_path_factory) -> FamilyCase:
+    family = request.param
+    root = built_once(tmp_path_factory, f"family-{family}", lambda folder: _build_family_case(folder, family))
+    return FamilyCase(family, root / "model", {name: root / name for name in FAMILY_ADAPTERS}, root / "bundle")

@@ -19,29 +19,19 @@ import numpy as np
 import pytest
 
 import etlora
-from conftest import run_on_arm
+from conftest import arm_bound, arm_logits, run_on_arm
 
-TOKENS = "1,2,3,4,5"
+PROMPT = [1, 2, 3, 4, 5]
+TOKENS = ",".join(map(str, PROMPT))
 REPO = Path(__file__).resolve().parent.parent
-
-
-def arm_logits(device_build, bundle, *args: str) -> np.ndarray:
-    result = run_on_arm(device_build, "--bundle", str(bundle), "--tokens", TOKENS, "--show", "1000000", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("logits[:"))
-    return np.array([float(v) for v in line.split("]:", 1)[1].split()], dtype=np.float64)
-
-
-def within(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    return float(np.abs(reference - other).max()), 1e-4 * max(1.0, float(np.abs(reference).max())) + 1e-6
 
 
 @pytest.mark.parametrize("adapter", [None, "legal"])
 def test_arm_runner_matches_the_x86_runtime(bundle_copy, device_build, adapter):
-    x86 = etlora.load(bundle_copy, adapters={adapter: 1.0} if adapter else {}).logits([1, 2, 3, 4, 5])
-    arm = arm_logits(device_build, bundle_copy, *(["--adapter", adapter] if adapter else []))
+    x86 = etlora.load(bundle_copy, adapters={adapter: 1.0} if adapter else {}).logits(PROMPT)
+    arm = arm_logits(device_build, bundle_copy, PROMPT, *(["--adapter", adapter] if adapter else []))
     assert arm.shape == x86.shape
-    diff, bound = within(x86, arm)
+    diff, bound = arm_bound(x86, arm)
     assert diff <= bound, (diff, bound)
     assert np.argmax(arm) == np.argmax(x86)
 
@@ -49,9 +39,9 @@ def test_arm_runner_matches_the_x86_runtime(bundle_copy, device_build, adapter):
 def test_arm_kernel_paths_neon_and_portable_agree(bundle_copy, device_build):
     neon = run_on_arm(device_build, "--bundle", str(bundle_copy), "--tokens", TOKENS, "--kernel-path", "neon")
     assert neon.returncode == 0 and "kernel path: neon" in neon.stdout, neon.stderr  # auto picks neon too
-    first = arm_logits(device_build, bundle_copy, "--adapter", "legal", "--kernel-path", "neon")
-    second = arm_logits(device_build, bundle_copy, "--adapter", "legal", "--kernel-path", "portable")
-    diff, bound = within(first, second)
+    first = arm_logits(device_build, bundle_copy, PROMPT, "--adapter", "legal", "--kernel-path", "neon")
+    second = arm_logits(device_build, bundle_copy, PROMPT, "--adapter", "legal", "--kernel-path", "portable")
+    diff, bound = arm_bound(first, second)
     assert diff <= bound, (diff, bound)
     refused = run_on_arm(device_build, "--bundle", str(bundle_copy), "--tokens", TOKENS, "--kernel-path", "avx512")
     assert refused.returncode != 0 and "expected a kernel path of this build" in refused.stderr
@@ -59,7 +49,7 @@ def test_arm_kernel_paths_neon_and_portable_agree(bundle_copy, device_build):
 
 def test_packed_file_of_another_cpu_is_never_mapped(bundle_copy, device_build):
     """Same bundle, same executorch release, two CPUs: each packs into its own file, by name."""
-    x86_first = etlora.load(bundle_copy, adapters={"legal": 1.0}).logits([1, 2, 3, 4, 5])
+    x86_first = etlora.load(bundle_copy, adapters={"legal": 1.0}).logits(PROMPT)
     cache = bundle_copy / ".etlora-cache"
     (x86_file,) = [p for p in cache.glob("*.bin")]
     x86_digest = hashlib.sha256(x86_file.read_bytes()).hexdigest()
@@ -71,7 +61,7 @@ def test_packed_file_of_another_cpu_is_never_mapped(bundle_copy, device_build):
     assert hashlib.sha256(x86_file.read_bytes()).hexdigest() == x86_digest  # untouched by the ARM run
     again = etlora.load(bundle_copy, adapters={"legal": 1.0})
     assert again.packed_cache.source == "mapped"
-    np.testing.assert_array_equal(again.logits([1, 2, 3, 4, 5]), x86_first)
+    np.testing.assert_array_equal(again.logits(PROMPT), x86_first)
 
 
 def _script(*args: str) -> subprocess.CompletedProcess:

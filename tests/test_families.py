@@ -4,7 +4,8 @@ transformers + PEFT at every position, for no adapter, one, two at 1.0 and -0.5,
 (bit-exact to none); prefill in chunks then decode; the same numbers through etlora_runner --tokens.
 
 The prompt (12 tokens) is longer than Gemma's window of 4, so sliding-window layers are checked past
-the window.
+the window. The models, adapters and bundles are conftest's family_case, built once per run and shared
+with tests/test_families_device.py (ARM, packed cache, report, rank and alpha patterns).
 """
 
 from __future__ import annotations
@@ -18,42 +19,12 @@ import numpy as np
 import pytest
 
 import etlora
-from etlora.testing.fixtures import FAMILY_CONFIGS, make_lora_adapter, make_tiny_model, peft_reference_logits
+from conftest import ALL_LINEAR, family_targets
+from conftest import FAMILY_MAX_SEQ_LEN as MAX_SEQ_LEN
+from conftest import FAMILY_TOKENS as TOKENS
+from etlora.testing.fixtures import make_lora_adapter, make_tiny_model, peft_reference_logits
 
 TOLERANCE = 1e-4
-TOKENS = [1, 17, 42, 99, 3, 250, 7, 64, 5, 128, 33, 200]
-MAX_SEQ_LEN = 32
-INVOCATION = [42, 99]  # TOKENS[2:4]
-# PEFT's names for every linear module of a block; Phi-3 fuses q/k/v and gate/up.
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-
-
-def _targets(family: str) -> list[str]:
-    return PHI3_LINEAR if family == "phi3" else ALL_LINEAR
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILY_CONFIGS))
-def family_case(request, tmp_path_factory):
-    """(family, model dir, adapter dirs, bundle) with adapters 'all' (rank 4, every linear module)
-    and 'attn' (rank 8, rsLoRA, attention modules only), two slots."""
-    from etlora.export import ExportOptions, export_bundle
-
-    family = request.param
-    root = tmp_path_factory.mktemp(family)
-    model_dir = make_tiny_model(root / "model", family, seed=3)
-    targets = _targets(family)
-    adapters = {
-        "all": make_lora_adapter(model_dir, root / "all", rank=4, target_modules=targets, seed=5),
-        "attn": make_lora_adapter(model_dir, root / "attn", rank=8, target_modules=targets[:2], seed=6,
-                                  use_rslora=True),
-        # An activated LoRA: applies from the last occurrence of its invocation tokens on.
-        "invoked": make_lora_adapter(model_dir, root / "invoked", rank=4, target_modules=targets[:1], seed=7,
-                                     alora_invocation_tokens=INVOCATION),
-    }
-    bundle = root / "bundle"
-    export_bundle(model_dir, adapters, bundle, ExportOptions(max_seq_len=MAX_SEQ_LEN, adapter_slots=2))
-    return family, model_dir, adapters, bundle
 
 
 def _close(received: np.ndarray, expected: np.ndarray, what: str) -> None:
@@ -171,17 +142,18 @@ def test_add_adapter_serves_it_exactly(family_case, tmp_path):
     family, model_dir, adapters, bundle = family_case
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns(".etlora-cache"))
-    added = make_lora_adapter(model_dir, tmp_path / "added", rank=2, target_modules=_targets(family)[-2:], seed=8)
+    added = make_lora_adapter(model_dir, tmp_path / "added", rank=2, target_modules=family_targets(family)[-2:], seed=8)
     add_adapter(copy, "added", added)
     expected = peft_reference_logits(model_dir, {added: 1.0}, TOKENS)[-1]
     _close(etlora.load(copy, adapters={"added": 1.0}).logits(TOKENS), expected, f"{family} added adapter")
 
 
 @pytest.mark.slow  # a quantized export per family (about 20 s each)
-def test_8da4w_runtime_equals_the_quantized_model_in_pytorch(family_case, tmp_path):
-    """--quantize 8da4w --quantize-embedding 4 per family: the runtime against the same quantized
-    model run by PyTorch (torchao's reference kernels), the 'all' adapter active; within 2% of the
-    logits' range, as tests/test_quantization.py explains."""
+@pytest.mark.parametrize("scheme", ["8da4w-emb4", "8da8w"])
+def test_quantized_runtime_equals_the_quantized_model_in_pytorch(family_case, tmp_path, scheme):
+    """--quantize 8da4w --quantize-embedding 4, and --quantize 8da8w, per family: the runtime against
+    the same quantized model run by PyTorch (torchao's reference kernels), the 'all' adapter active;
+    within 2% of the logits' range, as tests/test_quantization.py explains."""
     import torch
 
     from etlora.export import ExportOptions, export_bundle
@@ -194,7 +166,8 @@ def test_8da4w_runtime_equals_the_quantized_model_in_pytorch(family_case, tmp_pa
     from etlora.format.manifest import read_manifest
 
     family, model_dir, adapters, _ = family_case
-    quantization = FoundationQuantization.from_options("8da4w", 32, embedding_bits=4)
+    quantization = {"8da4w-emb4": FoundationQuantization.from_options("8da4w", 32, embedding_bits=4),
+                    "8da8w": FoundationQuantization.from_options("8da8w", None)}[scheme]
     options = ExportOptions(max_seq_len=MAX_SEQ_LEN, quantization=quantization)
     bundle = tmp_path / "bundle"
     export_bundle(model_dir, {"all": adapters["all"]}, bundle, options)
@@ -213,7 +186,7 @@ def test_8da4w_runtime_equals_the_quantized_model_in_pytorch(family_case, tmp_pa
                          *tensors).reshape(-1).numpy()
     scale = float(np.max(np.abs(expected)))
     error = float(np.max(np.abs(received - expected)))
-    assert error < 0.02 * scale, f"{family}: max abs error {error:.3g} on logits up to {scale:.3g}"
+    assert error < 0.02 * scale, f"{family} {scheme}: max abs error {error:.3g} on logits up to {scale:.3g}"
 
 
 def _longrope_phi3(directory: Path) -> Path:

@@ -28,9 +28,8 @@ MALFORMED = Path(__file__).parent / "fixtures" / "malformed"
 _LOAD = """
 import json, os, sys
 import etlora
-bundle, packed, residency = sys.argv[1], sys.argv[2] == "on", sys.argv[4]
-session = etlora.load(bundle, adapters={"support": 1.0}, packed_cache=packed,
-                      packed_cache_residency=residency)
+bundle, packed, residency, adapters = sys.argv[1], sys.argv[2] == "on", sys.argv[4], json.loads(sys.argv[5])
+session = etlora.load(bundle, adapters=adapters, packed_cache=packed, packed_cache_residency=residency)
 tokens = [int(t) for t in sys.argv[3].split(",")]
 info = dict(session.packed_cache.__dict__)
 # Bytes of the packed cache file still mapped after the load, from /proc/self/maps.
@@ -44,10 +43,14 @@ print(json.dumps({"packed_cache": info, "logits": session.logits(tokens).tolist(
 """
 
 
-def load_in_fresh_process(bundle: Path, packed: bool = True,
-                          residency: str = "copy") -> tuple[dict, np.ndarray]:
+def load_in_fresh_process(bundle: Path, packed: bool = True, residency: str = "copy",
+                          adapters: dict[str, float] | None = None,
+                          tokens: list[int] = TOKENS) -> tuple[dict, np.ndarray]:
+    """(what the load did with the packed cache file, the last position's logits); adapters
+    default to support at 1.0."""
+    adapters = {"support": 1.0} if adapters is None else adapters
     out = subprocess.run([sys.executable, "-c", _LOAD, str(bundle), "on" if packed else "off",
-                          ",".join(map(str, TOKENS)), residency],
+                          ",".join(map(str, tokens)), residency, json.dumps(adapters)],
                          check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["packed_cache"], np.asarray(result["logits"], dtype=np.float32)
