@@ -6,8 +6,8 @@ none of that: it takes standard ATen ops with shapes fixed at export, and it can
 mutate a cache in place. So this twin, like ExecuTorch's static Llama for Qualcomm
 (examples/qualcomm/oss_scripts/llama), is a pure function of fixed-size tensors:
 
-    forward(tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales, *adapter_tensors)
-        -> (logits, new_k, new_v)
+    forward(tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales,
+            [sliding_mask,] *adapter_tensors) -> (logits, new_k, new_v)
 
     tokens          int64   [1, T]            T = chunk_len (e.g. 32 for prefill, 1 for decode)
     input_pos       int64   [T]               the position of every token, 0 .. C-1 (RoPE rows)
@@ -16,6 +16,9 @@ mutate a cache in place. So this twin, like ExecuTorch's static Llama for Qualco
     k_cache         float32 [L, kv_heads, C, head_dim]   keys stored rotated (after RoPE)
     v_cache         float32 [L, kv_heads, C, head_dim]   C = cache_len
     adapter_scales  float32 [slots]           strength * scaling of the adapter in each slot
+    sliding_mask    float32 [1, T, C + T]     only for a model with sliding-window layers (Gemma 3):
+                                              attention_mask, and each query sees only the last W
+                                              positions (its own included); those layers read it
     adapter_tensors float32, for slot in slots, for site in sites: <site>.lora_a [1, in, R],
                     <site>.lora_b [1, R, out]: the same order as DecoderForExport and the same
                     keys and layout as an adapter .ptd (adapter_file.py), so one file feeds both
@@ -58,14 +61,16 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def check_htp_shape(shape: DecoderShape) -> None:
-    """Refuse what the HTP-shaped program does not build yet, naming it."""
+def sliding_window_of(shape: DecoderShape) -> int:
+    """The one window W of the model's sliding-window layers (0: none). The program has one mask
+    input for them, so a model whose layers slide over different windows is refused by name."""
     windows = sorted({layer.sliding_window for layer in shape.layers if layer.sliding_window})
-    if windows:
+    if len(windows) > 1:
         raise EtloraError(
-            f"the HTP program has no sliding-window mask yet; this {shape.family.value} model has "
-            f"sliding-window layers (window {windows[0]}) (hint: --backend xnnpack)"
+            f"the HTP program has one sliding-window mask; this {shape.family.value} model's layers slide "
+            f"over {len(windows)} different windows {windows} (hint: --backend xnnpack)"
         )
+    return windows[0] if windows else 0
 
 
 class HtpAttention(nn.Module):
@@ -117,6 +122,7 @@ class HtpDecoderLayer(nn.Module):
     def __init__(self, shape: DecoderShape, layer: int):
         super().__init__()
         self.sandwich_norms = shape.sandwich_norms
+        self.sliding = shape.layers[layer].sliding_window > 0  # reads the program's sliding_mask
         self.rotary_dim = shape.layers[layer].rotary_dim
         self.rope_table = shape.layers[layer].rope_table
         self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
@@ -147,8 +153,9 @@ class HtpBody(nn.Module):
 
 
 class HtpDecoder(nn.Module):
-    """forward(tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales, *adapter_tensors)
-    -> (logits [1, T, vocab], new_k, new_v [L, kv_heads, T, head_dim]); see the module docstring."""
+    """forward(tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales, [sliding_mask,]
+    *adapter_tensors) -> (logits [1, T, vocab], new_k, new_v [L, kv_heads, T, head_dim]); see the
+    module docstring."""
 
     def __init__(
         self,
@@ -162,7 +169,7 @@ class HtpDecoder(nn.Module):
         super().__init__()
         if chunk_len < 1 or cache_len < 1:
             raise ValueError(f"chunk_len and cache_len must be >= 1, received {chunk_len}, {cache_len}")
-        check_htp_shape(shape)
+        self.sliding_window = sliding_window_of(shape)
         self.shape = shape
         self.chunk_len = chunk_len
         self.cache_len = cache_len
@@ -179,7 +186,9 @@ class HtpDecoder(nn.Module):
             self.register_buffer(cos_name, cos[:cache_len].contiguous(), persistent=False)
             self.register_buffer(sin_name, sin[:cache_len].contiguous(), persistent=False)
 
-    def forward(self, tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales, *adapter_tensors):
+    def forward(self, tokens, input_pos, attention_mask, k_cache, v_cache, adapter_scales, *extra_inputs):
+        sliding_mask = extra_inputs[0] if self.sliding_window else None
+        adapter_tensors = extra_inputs[1:] if self.sliding_window else extra_inputs
         adapters = AdapterInputs(self.sites, self.adapter_slots, adapter_scales, adapter_tensors)
         rows = {  # [T, rotary_dim] per table, shared by the layers that read it
             table: (torch.index_select(getattr(self, cos_name), 0, input_pos),
@@ -193,7 +202,8 @@ class HtpDecoder(nn.Module):
         new_k, new_v = [], []
         for index, layer in enumerate(self.model.layers):
             cos, sin = rows.get(layer.rope_table, (empty, empty))
-            x, k, v = layer(x, cos, sin, attention_mask, k_cache[index], v_cache[index], adapters)
+            mask = sliding_mask if layer.sliding else attention_mask
+            x, k, v = layer(x, cos, sin, mask, k_cache[index], v_cache[index], adapters)
             new_k.append(k)
             new_v.append(v)
         logits = self.lm_head(self.model.norm(x))
@@ -211,20 +221,26 @@ class HtpDecoder(nn.Module):
             torch.zeros(cache),
             torch.zeros(cache),
             scales,
+            *([attention_mask(0, t, c, self.sliding_window)] if self.sliding_window else []),
             *lora,
         )
 
 
-def attention_mask(start: int, chunk_len: int, cache_len: int) -> torch.Tensor:
+def attention_mask(start: int, chunk_len: int, cache_len: int, sliding_window: int = 0) -> torch.Tensor:
     """[1, T, C + T] additive mask for a chunk whose first token sits at position `start`.
 
     Cache rows 0 .. start-1 are filled and visible to every query; rows from `start` on are stale
     or empty. Within the chunk, query i sees rows 0 .. i (causal): padding after the last real
-    token is never seen by a real one.
+    token is never seen by a real one. With a `sliding_window` W > 0, query i (position start + i)
+    also sees no position at or before start + i - W, as the kernel's window (attention_op.py).
     """
     visible = torch.zeros(chunk_len, cache_len + chunk_len, dtype=torch.bool)
     visible[:, :start] = True
     visible[:, cache_len:] = torch.ones(chunk_len, chunk_len, dtype=torch.bool).tril()
+    if sliding_window > 0:
+        query_pos = torch.arange(start, start + chunk_len).unsqueeze(1)
+        key_pos = torch.cat((torch.arange(cache_len), torch.arange(start, start + chunk_len))).unsqueeze(0)
+        visible &= key_pos > query_pos - sliding_window
     mask = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))
     return mask.unsqueeze(0)
 
@@ -280,6 +296,7 @@ class HostKVCache:
         self.cache_len = cache_len
         self.prefill, self.prefill_len, self.decode = prefill, prefill_len, decode
         self.adapter_scales, self.adapter_tensors = adapter_inputs or (torch.zeros(0), [])
+        self.sliding_window = sliding_window_of(shape)
         cache = (shape.num_layers, shape.num_kv_heads, cache_len, shape.head_dim)
         self.k_cache = torch.zeros(cache)
         self.v_cache = torch.zeros(cache)
@@ -315,6 +332,7 @@ class HostKVCache:
             self.k_cache,
             self.v_cache,
             self.adapter_scales,
+            *([attention_mask(start, chunk_len, self.cache_len, self.sliding_window)] if self.sliding_window else []),
             *self.adapter_tensors,
         )
         # Only the real tokens' rows enter the cache; padding rows are dropped.

@@ -33,7 +33,9 @@ from .program import (
     with_external_constants,
 )
 
-HTP_FORMAT_VERSION = 1  # 1: KV cache as inputs [L, kv_heads, C, D], new rows as outputs
+# 1: KV cache as inputs [L, kv_heads, C, D], new rows as outputs; 2: etlora_sliding_window, and a
+# sliding_mask input after adapter_scales when it is > 0
+HTP_FORMAT_VERSION = 2
 DEFAULT_CHUNK_LEN = 32
 
 
@@ -165,6 +167,7 @@ def lower_htp_shaped(
         "etlora_program_kind": "htp",
         "etlora_chunk_len": chunk_len,
         "etlora_cache_len": cache_len,
+        "etlora_sliding_window": model.sliding_window,
     }
     lowered = lower_exported(traced, lowering, constant_methods, tagger)
     delegation = lowered.delegation

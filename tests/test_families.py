@@ -83,10 +83,37 @@ def test_runner_prints_the_same_logits(family_case):
     assert np.max(np.abs(printed - expected)) <= TOLERANCE + 1e-6, (family, printed, expected)
 
 
+def test_htp_program_refuses_layers_with_different_windows():
+    """One sliding-window mask input: a model whose layers slide over two windows is refused by name,
+    one window is read as it is, and a model without windows has none."""
+    import dataclasses
+
+    import pytest
+
+    from etlora.export.families import Activation, DecoderShape, Family, LayerAttention, RopeTable
+    from etlora.export.htp_model import sliding_window_of
+    from etlora.format.errors import EtloraError
+
+    layer = LayerAttention(rotary_dim=16, sliding_window=4, rope_table=RopeTable.LOCAL)
+    shape = DecoderShape(
+        family=Family.GEMMA3, vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+        num_kv_heads=1, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True, qkv_bias=False, o_bias=False,
+        mlp_bias=False, qk_norm=True, activation=Activation.GELU_TANH, embedding_scale=32**0.5,
+        sandwich_norms=True, attention_scale=16**-0.5, layers=(layer, layer),
+    )
+    one_window = dataclasses.replace(shape, layers=(layer, dataclasses.replace(layer, sliding_window=0)))
+    assert sliding_window_of(one_window) == 4
+    assert sliding_window_of(dataclasses.replace(shape, layers=(dataclasses.replace(layer, sliding_window=0),))) == 0
+    two_windows = dataclasses.replace(shape, layers=(layer, dataclasses.replace(layer, sliding_window=8)))
+    with pytest.raises(EtloraError, match=r"one sliding-window mask; this gemma3_text model's layers slide over "
+                                          r"2 different windows \[4, 8\] \(hint: --backend xnnpack\)"):
+        sliding_window_of(two_windows)
+
+
 def test_htp_shaped_model_equals_peft(family_case, tmp_path):
     """The HTP-shaped model (export/htp_model.py), eager, fed the adapter files as the runtime reads
-    them: prefill in chunks of 4 (the last padded) then decode, against PEFT. A family with
-    sliding-window layers is refused by name (the host-built mask has no window yet)."""
+    them: prefill in chunks of 4 (the last padded) then decode, against PEFT. Gemma 3's window of 4
+    is shorter than the prompt: its layers read the host-built sliding mask past the window."""
     import torch
 
     from etlora.export.adapter_file import write_adapter_ptd
@@ -97,17 +124,12 @@ def test_htp_shaped_model_equals_peft(family_case, tmp_path):
     from etlora.export.program import ProgramSpec
     from etlora.format.adapter_format import read_adapter_ptd
     from etlora.format.backends import Backend
-    from etlora.format.errors import EtloraError
 
     family, model_dir, adapters, _ = family_case
     foundation = load_foundation(model_dir)
     modules = ALL_LINEAR
     spec = ProgramSpec(tuple(program_sites(foundation.shape, modules)), tuple(modules), max_rank=8,
                        adapter_slots=2, max_seq_len=MAX_SEQ_LEN, backend=Backend.XNNPACK)
-    if any(layer.sliding_window for layer in foundation.shape.layers):
-        with pytest.raises(EtloraError, match="no sliding-window mask yet"):
-            build_htp_model(foundation, spec, HtpShape(4, MAX_SEQ_LEN))
-        return
     slots = spec.slots(foundation)
     chosen = []
     for name, strength in (("all", 1.0), ("attn", -0.5)):
@@ -125,6 +147,28 @@ def test_htp_shaped_model_equals_peft(family_case, tmp_path):
         _close(prefilled, expected[:10], f"{family} HTP-shaped prefill")
         for position in range(10, len(TOKENS)):
             _close(host.forward([TOKENS[position]]).numpy()[-1], expected[position], f"{family} HTP decode at {position}")
+
+
+def test_htp_session_runs_the_lowered_htp_program(family_case, tmp_path):
+    """The HTP-shaped program lowered (the XNNPACK stand-in for QNN) and run by the C++ HtpSession on
+    the bundle's foundation.ptd and adapter files: chunks of 4 then decode, against PEFT. For Gemma 3
+    the host builds the sliding-window mask past its window of 4."""
+    from etlora import _runtime
+    from etlora.testing.htp_stand_in import lower_bundle_htp_shaped
+
+    family, model_dir, adapters, bundle = family_case
+    stand_in = lower_bundle_htp_shaped(bundle, model_dir, 4, tmp_path / "model_htp.pte")
+    session = _runtime.HtpSession(str(stand_in.path), str(stand_in.foundation_path))
+    windows = {layer.sliding_window for layer in stand_in.foundation.shape.layers} - {0}
+    assert session.sliding_window == (windows.pop() if windows else 0)
+    session.set_adapters([(str(bundle / stand_in.manifest.adapters[name].file), strength)
+                          for name, strength in (("all", 1.0), ("attn", -0.5))])
+    expected = peft_reference_logits(model_dir, {adapters["all"]: 1.0, adapters["attn"]: -0.5}, TOKENS)
+    _close(np.asarray(session.forward(TOKENS[:10], 0)), expected[9], f"{family} HtpSession prefill")
+    assert session.last_chunks == 3
+    for position in range(10, len(TOKENS)):
+        _close(np.asarray(session.forward(TOKENS[position:position + 1], position)), expected[position],
+               f"{family} HtpSession decode at {position}")
 
 
 def test_activated_lora_equals_peft(family_case):

@@ -75,7 +75,7 @@ def test_properties(htp, bundle):
     assert (session.chunk_len, session.cache_len) == (CHUNK_LEN, MAX_SEQ_LEN)
     assert session.sites == program.sites and session.max_rank == program.max_rank
     assert [list(d) for d in session.site_shapes] == program.site_dims
-    assert session.adapter_slots == 2 and session.format_version == 1
+    assert session.adapter_slots == 2 and session.format_version == 2 and session.sliding_window == 0
     assert session.vocab_size == htp["foundation"].shape.vocab_size
     assert session.foundation_fingerprint == htp["manifest"].foundation.fingerprint
 

@@ -108,6 +108,9 @@ void bind_sessions(py::module_& m) {
           "active. Hand it a QNN program only after choose_backend said 'htp'.")
       .def_property_readonly("chunk_len", [](const PyHtpSession& s) { return s.session().htp_info().chunk_len; })
       .def_property_readonly("cache_len", [](const PyHtpSession& s) { return s.session().htp_info().cache_len; })
+      .def_property_readonly("sliding_window",
+                             [](const PyHtpSession& s) { return s.session().htp_info().sliding_window; },
+                             "W of the model's sliding-window layers (0: none).")
       .def_property_readonly("last_chunks", [](const PyHtpSession& s) { return s.session().last_chunks(); },
                              "Runs of the program the last forward() took.");
   def_running(htp);

@@ -7,8 +7,9 @@
 // tensors; it returns the logits of every position and the chunk's new K/V
 // rows. This session owns the cache and every input buffer, splits a call's
 // tokens into chunks of T (the last one padded, padding positions clamped to
-// C - 1, as export/htp_model.py's HostKVCache does), builds the mask, runs the
-// method and writes the real rows back into the cache.
+// C - 1, as export/htp_model.py's HostKVCache does), builds the mask (and the
+// sliding-window mask of a model with sliding-window layers), runs the method
+// and writes the real rows back into the cache.
 //
 // On a phone the program is the QNN-compiled one; everywhere else the same
 // layout lowered to XNNPACK (export/htp_program.py lower_htp_shaped) runs
@@ -31,13 +32,16 @@
 
 namespace etlora {
 
-// The HTP program layout this runtime reads (etlora_format_version of model_htp.pte).
-constexpr int64_t kHtpFormatVersion = 1;
+// The HTP program layouts this runtime reads (etlora_format_version of model_htp.pte): 1, and 2,
+// which adds etlora_sliding_window and, when it is > 0, a sliding_mask input.
+constexpr int64_t kOldestHtpFormatVersion = 1;
+constexpr int64_t kHtpFormatVersion = 2;
 
 // What the HTP program's constant methods and input shapes say beyond ProgramInfo.
 struct HtpProgramInfo {
   int64_t chunk_len = 0;   // T: tokens per run of `forward` (etlora_chunk_len)
   int64_t cache_len = 0;   // C: cache rows (etlora_cache_len)
+  int64_t sliding_window = 0;  // W of the sliding-window layers, 0: none (etlora_sliding_window)
   int64_t num_layers = 0;  // L, from the k_cache input's shape
   int64_t kv_heads = 0;
   int64_t head_dim = 0;

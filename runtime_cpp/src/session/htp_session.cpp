@@ -42,7 +42,8 @@ constexpr size_t kMaskInput = 2;
 constexpr size_t kKCacheInput = 3;
 constexpr size_t kVCacheInput = 4;
 constexpr size_t kScalesInput = 5;
-constexpr size_t kFirstAdapterInput = 6;
+constexpr size_t kSlidingMaskInput = 6;  // format 2, etlora_sliding_window > 0 only; the adapter
+                                         // inputs follow the fixed ones
 constexpr size_t kOutputs = 3;  // logits, new_k, new_v
 
 // A buffer larger than this many elements is refused as an impossible layout
@@ -87,11 +88,12 @@ struct HtpSession::Impl {
   std::vector<int64_t> tokens;     // [1, T]
   std::vector<int64_t> positions;  // [T]
   std::vector<float> mask;         // [1, T, C + T]
+  std::vector<float> sliding_mask;  // [1, T, C + T], empty without sliding-window layers
   std::vector<float> k_cache;      // [L, kv_heads, C, head_dim]
   std::vector<float> v_cache;
   std::vector<float> scales;       // [S]
   std::vector<float> zeros;        // backs the LoRA inputs of absent sites and empty slots
-  std::vector<TensorPtr> fixed_inputs;  // tokens, positions, mask, k, v, scales
+  std::vector<TensorPtr> fixed_inputs;  // tokens, positions, mask, k, v, scales[, sliding mask]
 };
 
 HtpSession::HtpSession() : impl_(std::make_unique<Impl>()) {}
@@ -165,7 +167,7 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   ProgramInfo& info = session->info_;
   HtpProgramInfo& htp = session->htp_;
   if (Status version =
-          read_format_version(module, program_path, "HTP program " + program_path, kHtpFormatVersion,
+          read_format_version(module, program_path, "HTP program " + program_path, kOldestHtpFormatVersion,
                               kHtpFormatVersion, info);
       !version.ok()) {
     return version;
@@ -186,16 +188,24 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   }
   htp.chunk_len = *chunk;
   htp.cache_len = *cache;
+  if (info.format_version >= 2) {  // format 1 had no sliding-window layers
+    auto window = constant_int(module, program_path, "etlora_sliding_window");
+    if (!window.ok()) return window.status();
+    htp.sliding_window = *window;
+  }
   info.max_seq_len = htp.cache_len;  // the cache bounds every position
   const int64_t int32_max = std::numeric_limits<int32_t>::max();
   if (htp.chunk_len < 1 || htp.chunk_len > int32_max || htp.cache_len < 1 || htp.cache_len > int32_max ||
+      htp.sliding_window < 0 ||
       checked_elements({htp.chunk_len, htp.cache_len + htp.chunk_len}) < 0 ||
       checked_elements({htp.chunk_len, info.vocab_size}) < 0) {
     return Status(StatusCode::kIncompatible,
                   "program " + program_path + ": constant methods give an impossible layout (chunk_len " +
                       std::to_string(htp.chunk_len) + ", cache_len " + std::to_string(htp.cache_len) +
-                      ", vocab_size " + std::to_string(info.vocab_size) + ")");
+                      ", sliding_window " + std::to_string(htp.sliding_window) + ", vocab_size " +
+                      std::to_string(info.vocab_size) + ")");
   }
+  const size_t first_adapter_input = htp.sliding_window > 0 ? kSlidingMaskInput + 1 : kSlidingMaskInput;
 
   // forward: loaded once, for the session's lifetime; its signature checked against the above.
   if (Error err = module.load_method("forward"); err != Error::Ok) {
@@ -207,11 +217,12 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   auto meta = module.method_meta("forward");
   const size_t site_count = info.sites.size();
   const size_t expected_inputs =
-      kFirstAdapterInput + 2 * site_count * static_cast<size_t>(info.adapter_slots);
+      first_adapter_input + 2 * site_count * static_cast<size_t>(info.adapter_slots);
   if (!meta.ok() || meta->num_inputs() != expected_inputs || meta->num_outputs() != kOutputs) {
     return Status(StatusCode::kIncompatible,
                   "HTP program " + program_path + ": forward is expected to take " +
-                      std::to_string(expected_inputs) + " inputs (6 + 2 * sites * slots) and return " +
+                      std::to_string(expected_inputs) + " inputs (" + std::to_string(first_adapter_input) +
+                      " + 2 * sites * slots) and return " +
                       std::to_string(kOutputs) + " outputs, it takes " +
                       (meta.ok() ? std::to_string(meta->num_inputs()) : std::string("?")) +
                       " and returns " + (meta.ok() ? std::to_string(meta->num_outputs()) : std::string("?")));
@@ -255,10 +266,13 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
       {"input", kVCacheInput, "v_cache", ScalarType::Float, cache_shape},
       {"input", kScalesInput, "adapter_scales", ScalarType::Float, {info.adapter_slots}},
   };
+  if (htp.sliding_window > 0) {
+    expected.push_back({"input", kSlidingMaskInput, "sliding_mask", ScalarType::Float, {1, T, C + T}});
+  }
   for (int64_t slot = 0; slot < info.adapter_slots; ++slot) {
     for (size_t i = 0; i < site_count; ++i) {
       const auto [in, out] = info.site_shapes[i];
-      const size_t index = kFirstAdapterInput + 2 * (slot * site_count + i);
+      const size_t index = first_adapter_input + 2 * (slot * site_count + i);
       expected.push_back({"input", index, "lora_a", ScalarType::Float, {1, in, info.max_rank}});
       expected.push_back({"input", index + 1, "lora_b", ScalarType::Float, {1, info.max_rank, out}});
     }
@@ -301,6 +315,10 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
       make_tensor_ptr(cache_sizes, impl.v_cache.data(), ScalarType::Float),
       make_tensor_ptr({i32(info.adapter_slots)}, impl.scales.data(), ScalarType::Float),
   };
+  if (htp.sliding_window > 0) {
+    impl.sliding_mask.assign(T * (C + T), 0.0f);
+    impl.fixed_inputs.push_back(make_tensor_ptr({1, i32(T), i32(C + T)}, impl.sliding_mask.data(), ScalarType::Float));
+  }
   for (size_t index = 0; index < impl.fixed_inputs.size(); ++index) {
     if (Error err = module.set_input("forward", *impl.fixed_inputs[index], index); err != Error::Ok) {
       return Status(StatusCode::kRuntimeError,
@@ -310,7 +328,7 @@ StatusOr<std::unique_ptr<HtpSession>> HtpSession::open_unguarded(
   }
   const std::string label = "HTP program " + program_path;
   session->adapters_ = std::make_unique<SessionAdapterState>(
-      slot_binder(module, kFirstAdapterInput, site_count, label), info, program_path, label, impl.zeros.data(),
+      slot_binder(module, first_adapter_input, site_count, label), info, program_path, label, impl.zeros.data(),
       ResidencyBudget{options.max_resident_adapters, options.max_resident_adapter_bytes}, C);
   Status no_adapters = session->adapters_->registry.bind_empty(session->adapters_->bind);
   if (!no_adapters.ok()) return no_adapters;
@@ -368,14 +386,24 @@ Status HtpSession::run_chunk(const int64_t* tokens, int64_t count, int64_t start
     impl.positions[i] = std::min(start + i, C - 1);
   }
   // Additive mask: cache rows 0 .. start-1 visible to every query, the rest of
-  // the cache not; within the chunk, query i sees rows 0 .. i (causal).
+  // the cache not; within the chunk, query i sees rows 0 .. i (causal). The
+  // sliding mask also hides, from query i (position start + i), every position
+  // at or before start + i - W: cache rows below it, and chunk rows i - W and before.
   const float hidden = -std::numeric_limits<float>::infinity();
+  const int64_t W = htp_.sliding_window;
   for (int64_t i = 0; i < T; ++i) {
     float* row = impl.mask.data() + i * width;
     std::fill(row, row + start, 0.0f);
     std::fill(row + start, row + C, hidden);
     std::fill(row + C, row + C + i + 1, 0.0f);
     std::fill(row + C + i + 1, row + width, hidden);
+    if (W > 0) {
+      float* sliding = impl.sliding_mask.data() + i * width;
+      std::copy(row, row + width, sliding);
+      const int64_t oldest = start + i - W + 1;  // the first position query i still sees
+      std::fill(sliding, sliding + std::clamp<int64_t>(oldest, 0, start), hidden);
+      std::fill(sliding + C, sliding + C + std::clamp<int64_t>(oldest - start, 0, i + 1), hidden);
+    }
   }
   auto outputs = impl.module->execute("forward");
   if (!outputs.ok()) {
