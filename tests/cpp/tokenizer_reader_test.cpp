@@ -40,7 +40,7 @@ void fixture_tokenizer(const std::string& bundles) {
   EXPECT(tokenizer.has_chat_template() && tokenizer.chat_prefix() == "<|im_start|>user\n" &&
              tokenizer.chat_suffix() == "<|im_end|>\n<|im_start|>assistant\n",
          "chat template '%s' ... '%s'", tokenizer.chat_prefix().c_str(), tokenizer.chat_suffix().c_str());
-  auto eos = tokenizer.token_bytes(2);
+  auto eos = tokenizer.decode({2});
   EXPECT(eos.ok() && *eos == "<|im_end|>", "token 2");
 
   // One line per text: the text's bytes in hex, then Hugging Face's ids.

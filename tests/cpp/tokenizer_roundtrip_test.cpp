@@ -38,7 +38,7 @@ int main() {
     EXPECT(streamed == text, "streamed '%s' gave '%s'", text.c_str(), streamed.c_str());
   }
   for (int64_t id : tok.eos_ids()) {
-    auto literal = tok.token_bytes(id);
+    auto literal = tok.decode({id});
     EXPECT(literal.ok() && tok.encode("a" + *literal + "b").size() >= 3, "eos %lld", static_cast<long long>(id));
     const auto ids = tok.encode(*literal);
     EXPECT(ids.size() == 1 && ids[0] == id, "eos %lld is not matched as one token", static_cast<long long>(id));

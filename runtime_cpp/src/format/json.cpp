@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 
 namespace etlora {
 
@@ -242,13 +243,32 @@ class JsonParser {
   Status error_;
 };
 
-StatusOr<JsonValue> parse_json(const std::string& text, const std::string& what) {
-  if (text.size() > kMaxJsonBytes) {
+StatusOr<JsonValue> parse_json(const std::string& text, const std::string& what, size_t max_bytes) {
+  if (text.size() > max_bytes) {
     return Status(StatusCode::kInvalidArgument, what + ": " + std::to_string(text.size()) +
-                                                    " bytes, more than the " + std::to_string(kMaxJsonBytes) +
-                                                    " a manifest may have");
+                                                    " bytes, more than the " + std::to_string(max_bytes) +
+                                                    " a " + (max_bytes == kMaxJsonBytes ? "manifest" : "file of its kind") +
+                                                    " may have");
   }
   return JsonParser(text, what).parse();
+}
+
+StatusOr<JsonValue> read_json_file(const std::string& path, size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status(StatusCode::kNotFound, path + ": not found or not readable");
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  if (size < 0) return Status(StatusCode::kNotFound, path + ": not a readable file");
+  if (static_cast<uint64_t>(size) > max_bytes) {
+    return Status(StatusCode::kInvalidArgument, path + ": expected at most " + std::to_string(max_bytes) +
+                                                    " bytes, got " + std::to_string(size) +
+                                                    " (hint: damaged or not the file it should be)");
+  }
+  std::string text(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  in.read(text.data(), size);
+  if (!in) return Status(StatusCode::kNotFound, path + ": read failed");
+  return parse_json(text, path, max_bytes);
 }
 
 }  // namespace etlora
