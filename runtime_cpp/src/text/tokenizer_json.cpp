@@ -482,7 +482,9 @@ class TokenizerJsonReader {
     for (const AddedToken& token : parts.added_tokens) {
       if (token.special) parts.is_special[token.id] = true;
       if (token.normalized) {
-        parts.normalized_matcher.add(normalize(parts.normalizer, token.content), &token);
+        // tokenizers keeps (and decodes) a normalized token as its normalized content.
+        parts.id_to_token[token.id] = normalize(parts.normalizer, token.content);
+        parts.normalized_matcher.add(parts.id_to_token[token.id], &token);
       } else {
         parts.raw_matcher.add(token.content, &token);
       }

@@ -178,29 +178,6 @@ std::string lowercase(const std::string& text) {
     }
     if (c == 0x130) {  // İ lowercases to i + combining dot above (SpecialCasing)
       out += "i\xCC\x87";
-    } else if (c == 0x3A3) {  // Σ: final sigma after a letter and not before one
-      auto letter_at = [&](size_t pos, bool backwards) {
-        while (backwards ? pos > 0 : pos < text.size()) {
-          size_t start = pos;
-          if (backwards) {
-            start = pos - 1;
-            while (start > 0 && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
-          }
-          int32_t other = 0;
-          size_t other_length = 0;
-          if (!decode_utf8(text, start, other, other_length)) return false;
-          const utf8proc_category_t category = utf8proc_category(other);
-          const bool ignorable = category == UTF8PROC_CATEGORY_MN || category == UTF8PROC_CATEGORY_ME ||
-                                 category == UTF8PROC_CATEGORY_CF || other == 0x27 || other == 0xB7 ||
-                                 other == 0x2019;
-          if (!ignorable) return utf8proc_isupper(other) || utf8proc_islower(other) ||
-                                 category == UTF8PROC_CATEGORY_LT;
-          pos = backwards ? start : start + other_length;
-        }
-        return false;
-      };
-      const bool final_sigma = letter_at(at, true) && !letter_at(at + length, false);
-      append_utf8(out, final_sigma ? 0x3C2 : 0x3C3);
     } else {
       append_utf8(out, utf8proc_tolower(c));
     }

@@ -26,7 +26,8 @@ bool is_word_char(int32_t code_point);    // letters, marks, Nd, Nl, Pc (the \w 
 
 // `text` (valid UTF-8) in the normalization form.
 std::string normalize_unicode(const std::string& text, UnicodeForm form);
-// Full lowercase mapping per code point (utf8proc's simple mapping; final sigma as Rust's).
+// Lowercase per code point, as Rust's char::to_lowercase: utf8proc's simple mapping, and İ as
+// i + U+0307 (no context: a final Σ becomes σ, as in tokenizers).
 std::string lowercase(const std::string& text);
 
 }  // namespace etlora::text
