@@ -1,6 +1,6 @@
 // The C++ tokenizer on its own: decode(encode(x)) == x, special tokens as one
 // id, streamed text equal to the whole. Reads ETLORA_TEST_TOKENIZER (a
-// tokenizer/etlora_tokenizer.txt), else the committed fixture's
+// tokenizer/tokenizer.json), else the committed fixture's
 // (ETLORA_FIXTURE_TOKENIZER, set by tests/cpp/CMakeLists.txt).
 #include <cstdlib>
 
@@ -14,7 +14,7 @@ int main() {
   if (!path || !*path) path = ETLORA_FIXTURE_TOKENIZER;
 #endif
   if (!path || !*path) {
-    std::printf("skipped: set ETLORA_TEST_TOKENIZER to an etlora_tokenizer.txt\n");
+    std::printf("skipped: set ETLORA_TEST_TOKENIZER to a tokenizer.json\n");
     return etlora_test::kSkipped;
   }
   auto loaded = etlora::Tokenizer::load(path);

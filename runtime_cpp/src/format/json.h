@@ -49,7 +49,11 @@ constexpr size_t kMaxTokenizerJsonBytes = size_t{96} << 20;
 StatusOr<JsonValue> parse_json(const std::string& text, const std::string& what,
                                size_t max_bytes = kMaxJsonBytes);
 
-// Reads and parses the file at `path`, refusing one larger than `max_bytes` before reading it.
-StatusOr<JsonValue> read_json_file(const std::string& path, size_t max_bytes);
+// Reads and parses the file at `path`, refusing one larger than `max_bytes` before reading it;
+// `what` names it in errors ("tokenizer file DIR/tokenizer.json").
+StatusOr<JsonValue> read_json_file(const std::string& path, const std::string& what, size_t max_bytes);
+
+// A number as messages show it: whole numbers without a fraction ("70000", "2.5").
+std::string json_number_text(double number);
 
 }  // namespace etlora

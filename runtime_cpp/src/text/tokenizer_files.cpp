@@ -37,7 +37,7 @@ class ChatFileReader {
   ChatFileReader(std::string path, Tokenizer& tokenizer) : path_(std::move(path)), tokenizer_(tokenizer) {}
 
   Status read() {
-    auto json = read_json_file(path_, kMaxJsonBytes);
+    auto json = read_json_file(path_, "chat file " + path_, kMaxJsonBytes);
     if (!json.ok()) return json.status();
     const JsonValue& root = *json;
     if (!root.is(Kind::kObject)) return fail("", "a JSON object", JsonValue::kind_name(root.kind()));
@@ -54,7 +54,7 @@ class ChatFileReader {
     const JsonValue* version = root.find("format_version");
     if (version == nullptr || !version->is(Kind::kNumber) || version->number() != kChatFileVersion) {
       return fail("format_version", std::to_string(kChatFileVersion),
-                  version && version->is(Kind::kNumber) ? std::to_string(version->number()) : "something else",
+                  version && version->is(Kind::kNumber) ? json_number_text(version->number()) : "something else",
                   "written by a newer etlora? re-export the bundle with this version");
     }
     const JsonValue* stops = root.find("stop_token_ids");
@@ -67,7 +67,7 @@ class ChatFileReader {
       if (!id.is(Kind::kNumber) || id.number() != std::floor(id.number()) || id.number() < 0 ||
           id.number() >= static_cast<double>(vocab) || !tokenizer_.parts_present(static_cast<int64_t>(id.number()))) {
         return fail("stop_token_ids[" + std::to_string(i) + "]", "an id of a token in tokenizer.json (0.." + std::to_string(vocab - 1) + ")",
-                    id.is(Kind::kNumber) ? std::to_string(id.number()) : JsonValue::kind_name(id.kind()));
+                    id.is(Kind::kNumber) ? json_number_text(id.number()) : JsonValue::kind_name(id.kind()));
       }
       tokenizer_.eos_ids_.push_back(static_cast<int64_t>(id.number()));
     }
@@ -104,7 +104,7 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::load(const std::string& path) {
     if (is_line_format(path)) {
       return Status(StatusCode::kIncompatible,
                     "tokenizer file " + path + ": expected a Hugging Face tokenizer.json (bundle format 7), got "
-                    "tokenizer/etlora_tokenizer.txt, the retired line format of bundles <= 6 (hint: re-export the "
+                    "the retired line format of bundles <= 6 (tokenizer/etlora_tokenizer.txt) (hint: re-export the "
                     "bundle with this etlora; token ids still work without a tokenizer)");
     }
     std::ifstream probe(path, std::ios::binary);

@@ -23,7 +23,7 @@ class TokenizerJsonReader {
   explicit TokenizerJsonReader(std::string path) : path_(std::move(path)) {}
 
   StatusOr<std::unique_ptr<TokenizerParts>> read() {
-    auto json = read_json_file(path_, kMaxTokenizerJsonBytes);
+    auto json = read_json_file(path_, "tokenizer file " + path_, kMaxTokenizerJsonBytes);
     if (!json.ok()) return json.status();
     const JsonValue& root = *json;
     if (!root.is(Kind::kObject)) return fail("", "a JSON object", JsonValue::kind_name(root.kind()));
@@ -73,7 +73,7 @@ class TokenizerJsonReader {
     if (!value.is(Kind::kNumber) || value.number() != std::floor(value.number()) || value.number() < low ||
         value.number() > high) {
       return fail(where, "a whole number in " + std::to_string(low) + ".." + std::to_string(high),
-                  value.is(Kind::kNumber) ? std::to_string(value.number()) : JsonValue::kind_name(value.kind()));
+                  value.is(Kind::kNumber) ? json_number_text(value.number()) : JsonValue::kind_name(value.kind()));
     }
     out = static_cast<int64_t>(value.number());
     return Status();
