@@ -157,7 +157,8 @@ def write_tokenizer_files(tokenizer, out_dir: Path) -> list[str]:
     Returns the written names relative to the bundle, e.g. "tokenizer/tokenizer.json", sorted.
     """
     out_dir = Path(out_dir)
-    chat_text = chat_file_text(tokenizer)  # validates before anything is written
+    check_tokenizer(tokenizer)  # refuses before anything is written
+    chat_text = chat_file_text(tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -91,12 +91,12 @@ def tiny_tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_file(tiny_tokenizer, tmp_path_factory) -> Path:
-    """tokenizer/etlora_tokenizer.txt written for tiny_tokenizer."""
-    from etlora.export.tokenizer_file import TOKENIZER_TEXT_FILE, write_tokenizer_files
+    """tokenizer/tokenizer.json (with etlora_chat.json beside it) written for tiny_tokenizer."""
+    from etlora.export.tokenizer_file import TOKENIZER_JSON, write_tokenizer_files
 
     out = tmp_path_factory.mktemp("tiny_tokenizer_files") / "tokenizer"
     write_tokenizer_files(tiny_tokenizer, out)
-    return out / TOKENIZER_TEXT_FILE
+    return out / TOKENIZER_JSON
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@
 //                 [--no-chat-template]
 //     streams the generated text to stdout, then prints prefill and decode
 //     speed to stderr. Files by convention: DIR/model.pte, DIR/foundation.ptd,
-//     DIR/tokenizer/etlora_tokenizer.txt, DIR/adapters/NAME.ptd.
+//     DIR/tokenizer/tokenizer.json, DIR/adapters/NAME.ptd.
 //
 //   etlora_runner --model model.pte --data foundation.ptd
 //                 [--adapter path.ptd[=strength]]... --tokens 1,2,3
@@ -272,6 +272,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: --kernel-path: %s\n", path.message().c_str());
       return 2;
     }
+  }
+  if (!options.encode_file.empty()) {
+    auto tokenizer = etlora::Tokenizer::load(options.tokenizer);
+    if (!tokenizer.ok()) {
+      std::fprintf(stderr, "error: %s\n", tokenizer.status().message().c_str());
+      return 1;
+    }
+    return encode_lines(**tokenizer, options.encode_file);
   }
   auto facts = test_facts();
   if (!facts.ok()) {
