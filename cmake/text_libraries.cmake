@@ -26,7 +26,7 @@ foreach(_name pcre2 utf8proc)
     message(FATAL_ERROR
       "etlora: expected ${_header} and ${_archive} for ${CMAKE_LIBRARY_ARCHITECTURE} (the tokenizer needs them), "
       "got include '${ETLORA_${_upper}_INCLUDE_DIR}', library '${ETLORA_${_upper}_LIBRARY}' "
-      "(hint: sudo scripts/setup_system.sh, or apt-get install ${_package}${_arch_suffix})")
+      "(hint: scripts/setup_system.sh, or apt-get install ${_package}${_arch_suffix})")
   endif()
   add_library(etlora::${_name} STATIC IMPORTED GLOBAL)
   set_target_properties(etlora::${_name} PROPERTIES
