@@ -258,6 +258,14 @@ int main(int argc, char** argv) {
     usage(options.help ? stdout : stderr);
     return options.help ? 0 : 2;
   }
+  if (!options.encode_file.empty()) {  // the tokenizer alone: no thread pool, no program
+    auto tokenizer = etlora::Tokenizer::load(options.tokenizer);
+    if (!tokenizer.ok()) {
+      std::fprintf(stderr, "error: %s\n", tokenizer.status().message().c_str());
+      return 1;
+    }
+    return encode_lines(**tokenizer, options.encode_file);
+  }
   const auto load_start = std::chrono::steady_clock::now();
   if (options.verbose) etlora::set_runtime_log_verbose(true);
   etlora::install_runtime_log_filter();
@@ -272,14 +280,6 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: --kernel-path: %s\n", path.message().c_str());
       return 2;
     }
-  }
-  if (!options.encode_file.empty()) {
-    auto tokenizer = etlora::Tokenizer::load(options.tokenizer);
-    if (!tokenizer.ok()) {
-      std::fprintf(stderr, "error: %s\n", tokenizer.status().message().c_str());
-      return 1;
-    }
-    return encode_lines(**tokenizer, options.encode_file);
   }
   auto facts = test_facts();
   if (!facts.ok()) {

@@ -45,6 +45,8 @@ std::vector<Span> Regex::find_all(const std::string& text) const {
   while (at <= text.size()) {
     const int found = pcre2_match(code_->code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), at,
                                   PCRE2_NO_UTF_CHECK, data, nullptr);
+    // No further match; an error (PCRE2's match limit, far beyond what split patterns need on
+    // 200k-character inputs) ends the search too, and the rest stays one piece.
     if (found < 0) break;
     const PCRE2_SIZE* vector = pcre2_get_ovector_pointer(data);
     const size_t begin = vector[0], end = vector[1];

@@ -107,12 +107,6 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::load(const std::string& path) {
                     "the retired line format of bundles <= 6 (tokenizer/etlora_tokenizer.txt) (hint: re-export the "
                     "bundle with this etlora; token ids still work without a tokenizer)");
     }
-    std::ifstream probe(path, std::ios::binary);
-    if (!probe) {
-      return Status(StatusCode::kNotFound, "tokenizer file " + path +
-                                               ": not found or not readable (hint: a bundle keeps it in "
-                                               "tokenizer/tokenizer.json)");
-    }
     auto parts = text::read_tokenizer_json(path);
     if (!parts.ok()) return parts.status();
     std::unique_ptr<Tokenizer> tokenizer(new Tokenizer());

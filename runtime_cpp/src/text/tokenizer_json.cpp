@@ -462,10 +462,8 @@ class TokenizerJsonReader {
       parts.id_to_token[id] = *token;
       parts.present[id] = true;
     }
-    for (const JsonValue* value : {root.find("normalizer")}) {
-      if (value != nullptr && !value->is(Kind::kNull)) {
-        if (Status s = normalizer(*value, "normalizer", parts.normalizer); !s.ok()) return s;
-      }
+    if (const JsonValue* value = root.find("normalizer"); value != nullptr && !value->is(Kind::kNull)) {
+      if (Status s = normalizer(*value, "normalizer", parts.normalizer); !s.ok()) return s;
     }
     if (const JsonValue* value = root.find("pre_tokenizer"); value != nullptr && !value->is(Kind::kNull)) {
       if (Status s = pre_tokenizer(*value, "pre_tokenizer", parts.pre_tokenizer); !s.ok()) return s;
