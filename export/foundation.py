@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from etlora.format.errors import EtloraError
 
 from .families import DecoderShape, RopeTable, check_config, decoder_shape, rope_tables, text_config, to_program_state_dict
+from .gguf_foundation import load_gguf
 
 
 @dataclass(frozen=True)
@@ -79,26 +80,13 @@ def _load_tokenizer(source: Path):
     return None
 
 
-def _load_gguf(path: Path):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
-    except Exception as error:  # transformers raises many types for a bad GGUF
-        raise EtloraError(f"{path}: could not read GGUF model ({error})") from None
-    return hf_model.config, hf_model.state_dict()
-
-
 def load_foundation(path: str | Path, max_seq_len: int | None = None) -> Foundation:
     """Read a checkpoint, check it is a family we can export, and fingerprint its weights."""
     source = Path(path)
     if not source.exists():
         raise EtloraError(f"{source}: model not found (expected a checkpoint directory or .gguf file)")
-    if source.is_file():  # a GGUF's config comes with its weights
-        config, state_dict = _load_gguf(source)
-        check_config(text_config(config), source, max_seq_len)
+    if source.is_file():  # a GGUF: its metadata checked against what transformers reads, then its weights
+        config, state_dict = load_gguf(source, max_seq_len)
     else:
         config, state_dict = _load_hf_directory(source, max_seq_len)
     config = text_config(config)
