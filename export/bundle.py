@@ -225,7 +225,7 @@ def _quantization_record(foundation, spec: ProgramSpec, quantized_modules: tuple
 
 
 def _write_tokenizer(foundation, staging: Path) -> tuple[list[str], TokenizerRecord | None]:
-    from .tokenizer_file import TOKENIZER_DIR, TOKENIZER_TEXT_FILE, write_tokenizer_files
+    from .tokenizer_file import TOKENIZER_DIR, TOKENIZER_JSON, write_tokenizer_files
 
     if foundation.tokenizer is None:
         return [], None
@@ -235,7 +235,7 @@ def _write_tokenizer(foundation, staging: Path) -> tuple[list[str], TokenizerRec
             f"vocabulary {foundation.shape.vocab_size} (hint: tokenizer from another model?)"
         )
     written = write_tokenizer_files(foundation.tokenizer, staging / TOKENIZER_DIR)
-    return written, TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{TOKENIZER_TEXT_FILE}")
+    return written, TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{TOKENIZER_JSON}")
 
 
 def add_adapter(

@@ -101,8 +101,8 @@ def test_manifest_sizes_and_sha256_match_files(bundle):
     assert manifest["foundation"]["quantization"]["scheme"] == "fp32"
     assert manifest["foundation"]["weights_id"] == manifest["foundation"]["fingerprint"]
     tokenizer_files = {name for name in manifest["files"] if name.startswith("tokenizer/")}
-    assert {"tokenizer/tokenizer.json", "tokenizer/etlora_tokenizer.txt"} <= tokenizer_files
-    assert manifest["tokenizer"] == {"directory": "tokenizer", "runtime_file": "tokenizer/etlora_tokenizer.txt"}
+    assert {"tokenizer/tokenizer.json", "tokenizer/etlora_chat.json"} <= tokenizer_files
+    assert manifest["tokenizer"] == {"directory": "tokenizer", "runtime_file": "tokenizer/tokenizer.json"}
     assert set(manifest["files"]) - tokenizer_files == {
         "model.pte", "foundation.ptd", "adapters/support.ptd", "adapters/legal.ptd"
     }

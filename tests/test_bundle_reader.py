@@ -157,7 +157,7 @@ def test_runner_reads_the_bundle_through_the_manifest(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     future = subprocess.run([runner, "--bundle", str(bundle_copy), "--tokens", "1,2,3"],
                             capture_output=True, text=True, timeout=120)
-    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5, 6" in future.stderr
+    assert future.returncode == 1 and "bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5, 6, 7" in future.stderr
 
 
 # A two-program bundle: model_htp.pte is a placeholder here (no QNN SDK to compile one), which the

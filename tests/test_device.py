@@ -90,3 +90,27 @@ def test_build_device_refuses_bad_input_before_compiling(tmp_path, device_build)
     old = _script("--arch", "aarch64", "--out", str(tmp_path / "out"), "--sdk", str(fake))
     assert old.returncode == 2 and "is ExecuTorch 1.4.0, the runtime is written for 1.5.1" in old.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing built
+
+
+def test_arm_tokenizer_gives_the_x86_ids(device_build, tmp_path):
+    """The aarch64 runner (PCRE2's ARM JIT, utf8proc) encodes as x86 and as Hugging Face do."""
+    import json
+
+    from etlora.testing.tokenizer_kinds import TokenizerKind, added_contents, build_tokenizer, sample_texts
+    from test_cpp import runner_path
+    from test_tokenizer import runner_encode_line
+
+    for kind in (TokenizerKind.LLAMA3, TokenizerKind.QWEN2, TokenizerKind.LLAMA2_BYTE_FALLBACK,
+                 TokenizerKind.DIGITS_AND_SPLITS, TokenizerKind.ADDED_TOKENS):
+        hf = build_tokenizer(kind)
+        folder = tmp_path / kind.value
+        folder.mkdir()
+        hf.save(str(folder / "tokenizer.json"))
+        texts = sample_texts(300, seed=13, inserts=added_contents(hf))
+        (folder / "texts.jsonl").write_text("".join(json.dumps(text) + "\n" for text in texts))
+        arguments = ["--tokenizer", str(folder / "tokenizer.json"), "--encode", str(folder / "texts.jsonl")]
+        arm = run_on_arm(device_build, *arguments)
+        x86 = subprocess.run([runner_path(), *arguments], capture_output=True, text=True, timeout=120)
+        assert arm.returncode == 0 and x86.returncode == 0, arm.stderr + x86.stderr
+        assert arm.stdout == x86.stdout, kind
+        assert arm.stdout.splitlines() == [runner_encode_line(hf, text) for text in texts], kind

@@ -40,30 +40,24 @@ class PyTokenStream {
 
 void bind_text(py::module_& m) {
   py::class_<etlora::Tokenizer, std::shared_ptr<etlora::Tokenizer>>(m, "Tokenizer")
-      .def(py::init(&load_tokenizer), py::arg("path"), "Load tokenizer/etlora_tokenizer.txt.")
-      .def("encode", &etlora::Tokenizer::encode, py::arg("text"),
-           "Token ids of text; special tokens in the text are matched literally; no bos added.")
+      .def(py::init(&load_tokenizer), py::arg("path"),
+           "Load a tokenizer.json (and etlora_chat.json beside it, when there).")
+      .def("encode", &etlora::Tokenizer::encode, py::arg("text"), py::arg("add_special_tokens") = false,
+           "Token ids of text, as tokenizers' encode(text, add_special_tokens) gives them.")
       .def("encode_prompt", &etlora::Tokenizer::encode_prompt, py::arg("text"), py::arg("chat"),
            "A prompt as generation sees it, the same for the runner and Session.generate: the chat "
-           "template when chat and the tokenizer has one, else bos (if the tokenizer adds it) + text.")
+           "template when chat and the tokenizer has one, else encode(text, add_special_tokens=True).")
       .def("encode_chat", &etlora::Tokenizer::encode_chat, py::arg("user_text"),
            "encode(chat_prefix + user_text + chat_suffix).")
       .def(
           "decode",
-          [](const etlora::Tokenizer& t, const std::vector<int64_t>& ids) {
-            auto bytes = t.decode(ids);
-            if (!bytes.ok()) raise_status(bytes.status());
-            return to_text(*bytes);
+          [](const etlora::Tokenizer& t, const std::vector<int64_t>& ids, bool skip_special_tokens) {
+            auto text = t.decode(ids, skip_special_tokens);
+            if (!text.ok()) raise_status(text.status());
+            return to_text(*text);
           },
-          py::arg("ids"), "The text of ids (invalid UTF-8 shows as U+FFFD).")
-      .def(
-          "decode_bytes",
-          [](const etlora::Tokenizer& t, const std::vector<int64_t>& ids) {
-            auto bytes = t.decode(ids);
-            if (!bytes.ok()) raise_status(bytes.status());
-            return py::bytes(*bytes);
-          },
-          py::arg("ids"), "The raw bytes of ids.")
+          py::arg("ids"), py::arg("skip_special_tokens") = false,
+          "The text of ids, as tokenizers' decode gives it (invalid UTF-8 shows as U+FFFD).")
       .def("stream", [](std::shared_ptr<etlora::Tokenizer> t) { return PyTokenStream(std::move(t)); },
            "A TokenStream: push(id) -> text ready to print, finish() -> the rest.")
       .def_property_readonly("path", &etlora::Tokenizer::path)

@@ -52,6 +52,7 @@ def main() -> None:
     files.update(tokenizer_attack_files())
     files.update(packed_weight_files())
     for name, data in files.items():
+        (OUT / name).parent.mkdir(parents=True, exist_ok=True)
         (OUT / name).write_bytes(data)
         print(f"{name}: {len(data)} bytes")
 
@@ -107,11 +108,63 @@ def ptd_attack_files(good: bytes) -> dict[str, bytes]:
     }
 
 
+# A small tokenizer.json (byte-level BPE, one merge, one special token) that the damaged ones start from.
+TOKENIZER_JSON = {
+    "version": "1.0", "truncation": None, "padding": None,
+    "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False,
+                      "normalized": False, "special": True}],
+    "normalizer": None,
+    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    "post_processor": None,
+    "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+    "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+              "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+              "vocab": {"<|endoftext|>": 0, "a": 1, "b": 2, "ab": 3}, "merges": [["a", "b"]]},
+}
+
+
+def _tokenizer_json(**edits) -> bytes:
+    """TOKENIZER_JSON with top-level members replaced; model.* keys edit the model."""
+    data = json.loads(json.dumps(TOKENIZER_JSON))
+    for key, value in edits.items():
+        if key.startswith("model_"):
+            data["model"][key[len("model_"):]] = value
+        else:
+            data[key] = value
+    return (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode()
+
+
 def tokenizer_attack_files() -> dict[str, bytes]:
-    header = b"etlora-tokenizer 1\nmodel byte_level_bpe gpt2\nbos none\neos 0\nspecial\nchat none\n"
+    """Damaged tokenizer.json files (tests/test_tokenizer.py and tests/cpp/tokenizer_reader_test.cpp assert
+    each error), and a tokenizer of the retired line format (bundles <= 6)."""
+    whole = _tokenizer_json()
+    template = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [70000], "tokens": ["<s>"]}}}
     return {
-        # A vocab count that would size a 10-billion-entry table from a 100-byte file.
-        "tokenizer_huge_vocab.txt": header + b"vocab 9999999999\n00\nend\n",
+        # Cut inside the vocab: not JSON any more.
+        "tokenizer_truncated.json": whole[: whole.index(b'"ab"') + 2],
+        # An id that would size a 10-billion-entry id -> token table.
+        "tokenizer_huge_id.json": _tokenizer_json(model_vocab={"a": 9999999999}, model_merges=[]),
+        # A merge whose parts are not in the vocab.
+        "tokenizer_merge_outside_vocab.json": _tokenizer_json(model_merges=["a z"]),
+        # A pre-tokenizer the runtime does not run.
+        "tokenizer_unsupported_pre_tokenizer.json": _tokenizer_json(pre_tokenizer={"type": "Whitespace"}),
+        # A split regex PCRE2 cannot compile.
+        "tokenizer_bad_regex.json": _tokenizer_json(pre_tokenizer={
+            "type": "Split", "pattern": {"Regex": "(\\p{L}+"}, "behavior": "Isolated", "invert": False}),
+        # The post-processor's bos id is outside the vocabulary.
+        "tokenizer_bos_outside_vocab.json": _tokenizer_json(post_processor=template),
+        # What tokenizer/etlora_tokenizer.txt began with in bundles of format <= 6.
+        "tokenizer_retired_line_format.txt": b"etlora-tokenizer 1\nmodel byte_level_bpe gpt2\nbos none\neos 0\n",
+        # A chat file from a future etlora beside a good tokenizer.json.
+        "chat_future_version/tokenizer.json": whole,
+        "chat_future_version/etlora_chat.json": json.dumps(
+            {"format": "etlora-chat", "format_version": 2, "stop_token_ids": [0], "single_user_turn": None}).encode(),
+        # A stop id no token has.
+        "chat_stop_outside_vocab/tokenizer.json": whole,
+        "chat_stop_outside_vocab/etlora_chat.json": json.dumps(
+            {"format": "etlora-chat", "format_version": 1, "stop_token_ids": [0, 4], "single_user_turn": None}).encode(),
     }
 
 

@@ -10,12 +10,13 @@ tokens, fingerprints): change both together. Run from the repository root:
 
 valid/      one bundle per readable format version: v1 (no weights_id, no quantization, no dtype),
             v2_8da8w (quantized foundation), v3_fp16 (an fp16 adapter), v4_htp (an htp_program
-            record), v5_alora (fp32, fp16 and activated-LoRA adapters, a tokenizer, 8da4w)
+            record), v5_alora (fp32, fp16 and activated-LoRA adapters, a tokenizer of the retired line
+            format, 8da4w), v7_tokenizer (the current version: tokenizer.json and etlora_chat.json)
 refused/    one manifest.json per way a manifest is refused (plus a symlink leading out)
 damaged_adapters/
             a manifest the reader accepts whose adapter files are each wrong in one way
-v5_tokenizer_encodings.txt
-            Hugging Face's token ids for a few texts, for the C++ tokenizer on valid/v5_alora
+v7_tokenizer_encodings.txt
+            Hugging Face's token ids for a few texts, for the C++ tokenizer on valid/v7_tokenizer
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from etlora.format.manifest import (
 )
 from etlora.export.families import DecoderShape
 from etlora.export.quantization import FoundationQuantization
-from etlora.export.tokenizer_file import TOKENIZER_DIR, TOKENIZER_TEXT_FILE, write_tokenizer_files
+from etlora.export.tokenizer_file import CHAT_FILE, TOKENIZER_DIR, TOKENIZER_JSON, write_tokenizer_files
 from etlora.testing.fixtures import (
     TINY_TOKENIZER_TEXT, make_lora_adapter, make_tiny_llama, make_tiny_tokenizer, tiny_llama_config,
 )
@@ -57,6 +58,9 @@ ALORA_TOKENS = [17, 42, 99]
 HTP = HtpProgramRecord(file="model_htp.pte", soc="SM8650", qnn_sdk_version="2.37.0.250724", chunk_len=32,
                        cache_len=128, foundation_in_context_bytes=123456)
 LAYER0 = "model.layers.0.self_attn"
+RETIRED_TOKENIZER_FILE = "etlora_tokenizer.txt"
+# The head of the retired line format (bundles <= 6); the runtime refuses it by name.
+RETIRED_TOKENIZER_TEXT = b"etlora-tokenizer 1\nmodel byte_level_bpe gpt2\nbos 1 0\neos 2 0\nspecial 0 1 2\n"
 
 
 def main() -> None:
@@ -177,19 +181,31 @@ def write_valid_bundles(out: Path, program, slots, adapters, tokenizer, shape) -
     # version before model families; every bundle the tests export is of the current version).
     half = replace(plain, name="half", source="tiny PEFT adapter 'plain', stored as fp16")
     bundle = valid / "v5_alora"
-    tokenizer_files = write_tokenizer_files(tokenizer, bundle / TOKENIZER_DIR)
+    tokenizer_files = [name for name in write_tokenizer_files(tokenizer, bundle / TOKENIZER_DIR)
+                       if not name.endswith(CHAT_FILE)]
+    (bundle / TOKENIZER_DIR / CHAT_FILE).unlink()
+    write_atomically(bundle / TOKENIZER_DIR / RETIRED_TOKENIZER_FILE, RETIRED_TOKENIZER_TEXT)
+    tokenizer_files.append(f"{TOKENIZER_DIR}/{RETIRED_TOKENIZER_FILE}")
     manifest = Manifest(
         program=program,
         foundation=_foundation(shape, FoundationQuantization.from_options("8da4w", None, embedding_bits=4)),
         files={},
         adapters={"plain": _record(plain, AdapterDtype.FP32), "half": _record(half, AdapterDtype.FP16),
                   "invoked": _record(invoked, AdapterDtype.FP32)},
-        tokenizer=TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{TOKENIZER_TEXT_FILE}"),
+        tokenizer=TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{RETIRED_TOKENIZER_FILE}"),
     )
     contents = {**programs, "adapters/plain.ptd": fp32, "adapters/half.ptd": fp16,
                 "adapters/invoked.ptd": adapter_ptd_bytes(invoked, slots, AdapterDtype.FP32)}
     contents.update({name: (bundle / name).read_bytes() for name in tokenizer_files})
     _write_bundle(bundle, manifest, contents, version=5)
+
+    # The current version: the model's tokenizer.json with etlora_chat.json beside it.
+    bundle = valid / "v7_tokenizer"
+    tokenizer_files = write_tokenizer_files(tokenizer, bundle / TOKENIZER_DIR)
+    manifest, contents = one_adapter(_record(plain, AdapterDtype.FP32), fp32,
+                                     tokenizer=TokenizerRecord(TOKENIZER_DIR, f"{TOKENIZER_DIR}/{TOKENIZER_JSON}"))
+    contents.update({name: (bundle / name).read_bytes() for name in tokenizer_files})
+    _write_bundle(bundle, manifest, contents)
     write_tokenizer_encodings(out, tokenizer)
 
     for directory in sorted(valid.iterdir()):
@@ -202,7 +218,7 @@ def write_tokenizer_encodings(out: Path, tokenizer) -> None:
     texts = [*TINY_TOKENIZER_TEXT, "Hello, world!", "<|im_start|>user\nhi<|im_end|>", "  two  spaces  ", "\n"]
     lines = [" ".join([text.encode().hex(), *map(str, tokenizer.encode(text, add_special_tokens=False))])
              for text in texts]
-    (out / "v5_tokenizer_encodings.txt").write_text("\n".join(lines) + "\n")
+    (out / "v7_tokenizer_encodings.txt").write_text("\n".join(lines) + "\n")
 
 
 def _edited(out: Path, edit) -> dict:

@@ -1,7 +1,7 @@
 """etlora's C++ under sanitizers (clang): fuzz campaigns and the ctest suite.
 
     python scripts/dev/sanitize.py fuzz --seconds 60 --json docs/results/fuzz.json
-    python scripts/dev/sanitize.py ctest --bundle B --tokenizer B/tokenizer/etlora_tokenizer.txt
+    python scripts/dev/sanitize.py ctest --bundle B --tokenizer B/tokenizer/tokenizer.json
 
 fuzz: builds tests/fuzz (libFuzzer targets, -DETLORA_FUZZ=ON, ASan + UBSan) into build-fuzz/, then
 runs each target for --seconds from the committed corpus (tests/fuzz/corpus/<reader>/) plus what
@@ -134,7 +134,7 @@ def main() -> None:
     fuzz.set_defaults(run=run_fuzz)
     ctest = commands.add_parser("ctest", help="the ctest programs under ASan+UBSan and under TSan")
     ctest.add_argument("--bundle", type=Path, required=True, help="a bundle with at least two adapters")
-    ctest.add_argument("--tokenizer", type=Path, required=True, help="an etlora_tokenizer.txt")
+    ctest.add_argument("--tokenizer", type=Path, required=True, help="a tokenizer.json (etlora_chat.json beside it is read too)")
     ctest.set_defaults(run=run_ctest)
     args = parser.parse_args()
     sys.exit(args.run(args))

@@ -30,12 +30,17 @@ done
 case "$ARCH" in
   aarch64)
     TOOLCHAIN="$REPO/cmake/aarch64-linux-gnu.cmake"; COMPILER="aarch64-linux-gnu-g++"
-    ELF_MACHINE=183; PLATFORM="manylinux_2_28_aarch64" ;;
+    ELF_MACHINE=183; PLATFORM="manylinux_2_28_aarch64"; TRIPLE="aarch64-linux-gnu" ;;
   "") fail "--arch is required (known: aarch64)" ;;
   *) fail "unknown architecture '$ARCH' (known: aarch64)" ;;
 esac
 [ -n "$OUT" ] || fail "--out DIR is required"
 command -v "$COMPILER" >/dev/null || fail "$COMPILER not found (hint: apt-get install g++-aarch64-linux-gnu)"
+# The tokenizer's static PCRE2 and utf8proc for the target (Debian multiarch, cmake/text_libraries.cmake).
+for library in libpcre2-8.a libutf8proc.a; do
+  [ -f "/usr/lib/$TRIPLE/$library" ] ||
+    fail "expected /usr/lib/$TRIPLE/$library for $ARCH (the tokenizer links it), got none (hint: scripts/setup_system.sh --arm64)"
+done
 # The cmake beside this python3 first (pip's `cmake` package, the dev extra), then PATH's.
 CMAKE="$(dirname "$(command -v python3)")/cmake"
 [ -x "$CMAKE" ] || CMAKE="$(command -v cmake || true)"

@@ -131,6 +131,13 @@ void valid_bundles() {
                parsed->program_path() == "/nonexistent-bundle/model.pte",
            "parse: %s", parsed.status().message().c_str());
   }
+  // Version 7 as this etlora writes it: the tokenizer is the model's tokenizer.json.
+  if (auto bundle = open_valid("valid/v7_tokenizer")) {
+    const std::string dir = bundles + "/valid/v7_tokenizer";
+    expect_common(*bundle, "valid/v7_tokenizer", 7);
+    EXPECT(bundle->tokenizer_path() == dir + "/tokenizer/tokenizer.json", "v7 tokenizer %s",
+           bundle->tokenizer_path().c_str());
+  }
 }
 
 // Every refused manifest: the file named, then what was expected and what was found.
@@ -158,7 +165,7 @@ void refused_manifests() {
        {"htp_program.file 'model_htp.pte' is not listed in files (expected every program file listed with its size "
         "and sha256)"}},
       {"htp_chunk_over_cache", {"htp_program.chunk_len: expected at most cache_len (128), got 256"}},
-      {"not_json", {"manifest.json at byte 2838: unterminated string"}},
+      {"not_json", {"manifest.json at byte 2836: unterminated string"}},
   };
   for (const auto& [name, parts] : cases) {
     const std::string dir = bundles + "/refused/" + name;
@@ -185,7 +192,7 @@ void refused_manifests() {
   const std::string future((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT(!future.empty(), "malformed/manifest_future_version.json not found");
   expect_error(etlora::Bundle::parse(future, "/future").status(), StatusCode::kInvalidArgument,
-               {"/future/manifest.json: bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5, 6 (hint: "
+               {"/future/manifest.json: bundle format version 99, this etlora reads versions 1, 2, 3, 4, 5, 6, 7 (hint: "
                 "re-export the bundle with this etlora, or upgrade etlora)"},
                "future version");
 

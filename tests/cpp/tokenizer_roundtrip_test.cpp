@@ -1,6 +1,6 @@
 // The C++ tokenizer on its own: decode(encode(x)) == x, special tokens as one
 // id, streamed text equal to the whole. Reads ETLORA_TEST_TOKENIZER (a
-// tokenizer/etlora_tokenizer.txt), else the committed fixture's
+// tokenizer/tokenizer.json), else the committed fixture's
 // (ETLORA_FIXTURE_TOKENIZER, set by tests/cpp/CMakeLists.txt).
 #include <cstdlib>
 
@@ -14,7 +14,7 @@ int main() {
   if (!path || !*path) path = ETLORA_FIXTURE_TOKENIZER;
 #endif
   if (!path || !*path) {
-    std::printf("skipped: set ETLORA_TEST_TOKENIZER to an etlora_tokenizer.txt\n");
+    std::printf("skipped: set ETLORA_TEST_TOKENIZER to a tokenizer.json\n");
     return etlora_test::kSkipped;
   }
   auto loaded = etlora::Tokenizer::load(path);
@@ -38,7 +38,7 @@ int main() {
     EXPECT(streamed == text, "streamed '%s' gave '%s'", text.c_str(), streamed.c_str());
   }
   for (int64_t id : tok.eos_ids()) {
-    auto literal = tok.token_bytes(id);
+    auto literal = tok.decode({id});
     EXPECT(literal.ok() && tok.encode("a" + *literal + "b").size() >= 3, "eos %lld", static_cast<long long>(id));
     const auto ids = tok.encode(*literal);
     EXPECT(ids.size() == 1 && ids[0] == id, "eos %lld is not matched as one token", static_cast<long long>(id));

@@ -17,11 +17,13 @@ from .quantization import QuantScheme
 FORMAT_NAME = "etlora-bundle"
 # 2: foundation.quantization and foundation.weights_id; 3: adapters[].dtype; 4: htp_program;
 # 5: adapters[].alora_invocation_tokens; 6: model families (foundation.config.family and its
-# features; program format 3)
-FORMAT_VERSION = 6
+# features; program format 3); 7: the tokenizer is the model's tokenizer.json (tokenizer.runtime_file)
+# with etlora_chat.json beside it, instead of the line format etlora_tokenizer.txt
+FORMAT_VERSION = 7
 # version 1 is an fp32 foundation; versions 1-2 have fp32 adapters; versions 1-3 no HTP program;
-# versions 1-4 no activated LoRA (every adapter applies to every token)
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+# versions 1-4 no activated LoRA (every adapter applies to every token); versions 1-6 carry the
+# retired tokenizer line format, which the runtime refuses by name (token ids still work)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 MANIFEST_NAME = "manifest.json"
 PROGRAM_FILE = "model.pte"
 HTP_PROGRAM_FILE = "model_htp.pte"
@@ -122,7 +124,9 @@ JSON_INTEGER_LIMIT = 2**53  # the C++ reader keeps numbers as double
 
 @dataclass(frozen=True)
 class TokenizerRecord:
-    """The checkpoint's tokenizer: Hugging Face files for Python, a line format for C++."""
+    """The checkpoint's tokenizer: the Hugging Face files in `directory`; `runtime_file` is the one the
+    C++ runtime reads (tokenizer.json from version 7, with etlora_chat.json beside it; the retired
+    etlora_tokenizer.txt before)."""
 
     directory: str
     runtime_file: str

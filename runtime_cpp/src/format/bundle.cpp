@@ -25,8 +25,9 @@ namespace {
 
 using Kind = JsonValue::Kind;
 
-// 4 added htp_program; versions 1-3 have none.
-constexpr int kReadableVersions[] = {1, 2, 3, 4, 5, 6};
+// 4 added htp_program; versions 1-3 have none. 7: tokenizer.runtime_file is the model's tokenizer.json
+// (versions 1-6: the retired line format, which Tokenizer::load refuses by name).
+constexpr int kReadableVersions[] = {1, 2, 3, 4, 5, 6, 7};
 constexpr size_t kMaxAloraTokens = 64;  // adapter_format.py's limit
 constexpr double kAloraTokenLimit = 2147483648.0;  // 2^31
 constexpr const char* kKnownSchemes[] = {"fp32", "8da4w", "8da8w"};

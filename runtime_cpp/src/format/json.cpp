@@ -2,7 +2,9 @@
 #include "format/json.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 namespace etlora {
 
@@ -242,13 +244,39 @@ class JsonParser {
   Status error_;
 };
 
-StatusOr<JsonValue> parse_json(const std::string& text, const std::string& what) {
-  if (text.size() > kMaxJsonBytes) {
+StatusOr<JsonValue> parse_json(const std::string& text, const std::string& what, size_t max_bytes) {
+  if (text.size() > max_bytes) {
     return Status(StatusCode::kInvalidArgument, what + ": " + std::to_string(text.size()) +
-                                                    " bytes, more than the " + std::to_string(kMaxJsonBytes) +
-                                                    " a manifest may have");
+                                                    " bytes, more than the " + std::to_string(max_bytes) +
+                                                    " a " + (max_bytes == kMaxJsonBytes ? "manifest" : "file of its kind") +
+                                                    " may have");
   }
   return JsonParser(text, what).parse();
+}
+
+StatusOr<JsonValue> read_json_file(const std::string& path, const std::string& what, size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status(StatusCode::kNotFound, what + ": not found or not readable");
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  if (size < 0) return Status(StatusCode::kNotFound, what + ": not a readable file");
+  if (static_cast<uint64_t>(size) > max_bytes) {
+    return Status(StatusCode::kInvalidArgument, what + ": expected at most " + std::to_string(max_bytes) +
+                                                    " bytes, got " + std::to_string(size) +
+                                                    " (hint: damaged or not the file it should be)");
+  }
+  std::string text(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  in.read(text.data(), size);
+  if (!in) return Status(StatusCode::kNotFound, what + ": read failed");
+  return parse_json(text, what, max_bytes);
+}
+
+std::string json_number_text(double number) {
+  if (number == std::floor(number) && std::fabs(number) < 1e15) return std::to_string(static_cast<long long>(number));
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", number);
+  return text;
 }
 
 }  // namespace etlora

@@ -40,10 +40,20 @@ class JsonValue {
   std::map<std::string, JsonValue> object_;
 };
 
-constexpr size_t kMaxJsonBytes = size_t{16} << 20;
+constexpr size_t kMaxJsonBytes = size_t{16} << 20;  // manifest.json and small files
+// A tokenizer.json holds the whole vocabulary and merges (Gemma 3's: 33 MB).
+constexpr size_t kMaxTokenizerJsonBytes = size_t{96} << 20;
 
-// Parses `text` (at most kMaxJsonBytes, nesting at most 64); `what` names the
+// Parses `text` (at most `max_bytes`, nesting at most 64); `what` names the
 // source in errors ("manifest.json at byte 120: expected ',' or '}'").
-StatusOr<JsonValue> parse_json(const std::string& text, const std::string& what);
+StatusOr<JsonValue> parse_json(const std::string& text, const std::string& what,
+                               size_t max_bytes = kMaxJsonBytes);
+
+// Reads and parses the file at `path`, refusing one larger than `max_bytes` before reading it;
+// `what` names it in errors ("tokenizer file DIR/tokenizer.json").
+StatusOr<JsonValue> read_json_file(const std::string& path, const std::string& what, size_t max_bytes);
+
+// A number as messages show it: whole numbers without a fraction ("70000", "2.5").
+std::string json_number_text(double number);
 
 }  // namespace etlora

@@ -25,6 +25,9 @@ void usage(FILE* stream) {
                "       etlora_runner --model model.pte --data foundation.ptd\n"
                "                     [--adapter path.ptd[=strength]]... --tokens 1,2,3\n"
                "                     [--show N]\n"
+               "       etlora_runner --tokenizer tokenizer.json --encode FILE\n"
+               "                     (FILE: one JSON string per line; prints each one's token ids,\n"
+               "                     then with the post-processor's special tokens after ' | ')\n"
                "       either form: [--show-cache] (XNNPACK weight cache figures on stderr)\n"
                "                    [--no-weight-cache] (load without the cache)\n"
                "                    [--packed-cache DIR | --no-packed-cache] (packed cache file;\n"
@@ -171,6 +174,8 @@ bool parse_args(int argc, char** argv, Options& options) {
       options.bundle = value;
     } else if (arg == "--tokenizer") {
       options.tokenizer = value;
+    } else if (arg == "--encode") {
+      options.encode_file = value;
     } else if (arg == "--prompt") {
       options.has_prompt = true;
       options.prompt = value;
@@ -187,6 +192,13 @@ bool parse_args(int argc, char** argv, Options& options) {
     }
   }
   const bool files_given = !options.model.empty() || !options.data.empty();
+  if (!options.encode_file.empty()) {  // the tokenizer alone, no program
+    if (options.tokenizer.empty() || !options.bundle.empty() || files_given) {
+      std::fprintf(stderr, "error: --encode takes --tokenizer FILE and no --bundle, --model or --data\n");
+      return false;
+    }
+    return true;
+  }
   if (options.bundle.empty() ? options.model.empty() || options.data.empty() : files_given) {
     std::fprintf(stderr, "error: --bundle, or --model and --data, are required (not both)\n");
     return false;

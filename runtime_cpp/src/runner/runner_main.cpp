@@ -5,7 +5,7 @@
 //                 [--no-chat-template]
 //     streams the generated text to stdout, then prints prefill and decode
 //     speed to stderr. Files by convention: DIR/model.pte, DIR/foundation.ptd,
-//     DIR/tokenizer/etlora_tokenizer.txt, DIR/adapters/NAME.ptd.
+//     DIR/tokenizer/tokenizer.json, DIR/adapters/NAME.ptd.
 //
 //   etlora_runner --model model.pte --data foundation.ptd
 //                 [--adapter path.ptd[=strength]]... --tokens 1,2,3
@@ -257,6 +257,14 @@ int main(int argc, char** argv) {
   if (!parse_args(argc, argv, options)) {
     usage(options.help ? stdout : stderr);
     return options.help ? 0 : 2;
+  }
+  if (!options.encode_file.empty()) {  // the tokenizer alone: no thread pool, no program
+    auto tokenizer = etlora::Tokenizer::load(options.tokenizer);
+    if (!tokenizer.ok()) {
+      std::fprintf(stderr, "error: %s\n", tokenizer.status().message().c_str());
+      return 1;
+    }
+    return encode_lines(**tokenizer, options.encode_file);
   }
   const auto load_start = std::chrono::steady_clock::now();
   if (options.verbose) etlora::set_runtime_log_verbose(true);

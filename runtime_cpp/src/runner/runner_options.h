@@ -21,6 +21,7 @@ struct Options {
   std::string model;
   std::string data;
   std::string tokenizer;
+  std::string encode_file;  // --encode: JSON strings, one per line, to token ids (no program)
   std::vector<etlora::AdapterChoice> adapters;  // as given: a bundle's adapter name, or a path
   std::vector<int64_t> tokens;
   int shown_logits = 8;

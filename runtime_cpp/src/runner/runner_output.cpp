@@ -3,11 +3,38 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 
 #include <etlora/kernel_path.h>
 #include <etlora/session.h>
 
+#include "format/json.h"
+
 namespace etlora_runner {
+
+int encode_lines(const etlora::Tokenizer& tok, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "error: --encode %s: not found or not readable\n", path.c_str());
+    return 1;
+  }
+  int number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++number;
+    auto text = etlora::parse_json(line, path + ":" + std::to_string(number));
+    if (!text.ok() || !text->is(etlora::JsonValue::Kind::kString)) {
+      std::fprintf(stderr, "error: %s:%d: expected a JSON string, got %s\n", path.c_str(), number,
+                   text.ok() ? etlora::JsonValue::kind_name(text->kind()) : text.status().message().c_str());
+      return 1;
+    }
+    for (bool special : {false, true}) {
+      if (special) std::fputs(" |", stdout);
+      for (int64_t id : tok.encode(text->string(), special)) std::printf(" %lld", static_cast<long long>(id));
+    }
+    std::fputc('\n', stdout);
+  }
+  return 0;
+}
 
 int generate_text(etlora::RunningProgram& program, const etlora::Tokenizer& tok, const std::string& text,
                   const Options& options, bool reuse_prefix) {

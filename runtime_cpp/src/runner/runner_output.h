@@ -16,6 +16,10 @@ namespace etlora_runner {
 int generate_text(etlora::RunningProgram& program, const etlora::Tokenizer& tok, const std::string& text,
                   const Options& options, bool reuse_prefix);
 
+// --encode: each line of `path` (a JSON string) as its ids, then ' | ' and its ids with special
+// tokens, on stdout; 0, or 1 after printing the error (the line number of a bad line).
+int encode_lines(const etlora::Tokenizer& tok, const std::string& path);
+
 // --tokens: the argmax and the first logits on stdout with the load, switch and run times.
 void print_logits(const etlora::RunningProgram& program, const std::vector<float>& values, const Options& options,
                   double load_ms, double adapter_ms, double run_ms);
