@@ -4,8 +4,10 @@
 #   scripts/device/build_device.sh --arch aarch64 --out DIR [--sdk SDK_DIR] [--build-dir B]
 #
 # DIR is the folder to copy to the device: DIR/bin/etlora_runner finds DIR/lib/*.so through
-# its rpath ($ORIGIN/../lib), so `qemu-aarch64 -L /usr/aarch64-linux-gnu DIR/bin/etlora_runner
-# --bundle B ...` runs here as it would on a board. Without --sdk, the executorch wheel for the
+# its rpath ($ORIGIN/../lib), so `qemu-aarch64 -L /usr/aarch64-linux-gnu -E
+# LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib DIR/bin/etlora_runner --bundle B ...` runs here as it
+# would on a board (the -E keeps the guest off Debian's libc6:arm64, another glibc build, when
+# multiarch has installed it: with it the runner hangs). Without --sdk, the executorch wheel for the
 # architecture is fetched with pip (the package registry) and its C++ SDK unpacked. Needs the
 # cross compiler (apt-get install g++-aarch64-linux-gnu) and CMake >= 3.28. See docs/device.md.
 set -euo pipefail
