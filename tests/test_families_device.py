@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import etlora
 from conftest import FAMILY_MAX_SEQ_LEN, FAMILY_TOKENS, arm_bound, arm_logits
@@ -130,3 +131,33 @@ def test_report_figures_match_the_manifest(family_case, tmp_path):
     assert report["naive"]["processes"] == [] and "--no-naive" in report["naive"]["note"]
     assert Report.from_dict(report).to_dict() == report
     assert "adapter cost beyond per-session state (patterned):" in (out / "report.md").read_text()
+
+
+@pytest.mark.heavy
+def test_report_naive_column_is_the_merged_model(family_case, tmp_path):
+    """The naive column of `etlora report` per family: one merged model per adapter (PEFT's
+    merge_and_unload), exported foundation-only. Its bundle must be the model the adapter makes (the
+    logits of PEFT at strength 1 at every position, within the runtime's 1e-4), the same size as the
+    family bundle's foundation and program (merging changes values, not shapes), and each merged model
+    is measured in its own process. Heavy: a merged export and two measured processes per family."""
+    from etlora.cli import main
+    from etlora.format.manifest import read_manifest
+
+    family, model_dir, adapters, bundle = family_case
+    copy = private_copy(bundle, tmp_path / "bundle")
+    out = tmp_path / "report"
+    assert main(["report", str(copy), "--adapters", "all", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["naive"]["note"] == "" and [p["adapter"] for p in report["naive"]["processes"]] == ["all"]
+    (process,) = report["naive"]["processes"]
+    assert process["loaded"]["pss"] > 0 and report["naive"]["total_pss"] == process["loaded"]["pss"]
+
+    naive_bundle = out / "naive_cache" / "all" / "bundle"
+    naive_manifest, manifest = read_manifest(naive_bundle), read_manifest(copy)
+    assert naive_manifest.adapters == {} and naive_manifest.foundation.config == manifest.foundation.config
+    assert (naive_bundle / "foundation.ptd").stat().st_size == (copy / "foundation.ptd").stat().st_size, family
+
+    session = etlora.load(naive_bundle)
+    logits = np.stack([session.forward([token], position) for position, token in enumerate(FAMILY_TOKENS)])
+    expected = peft_reference_logits(model_dir, adapters["all"], FAMILY_TOKENS)
+    assert np.max(np.abs(logits - expected)) <= TOLERANCE, (family, float(np.max(np.abs(logits - expected))))
