@@ -65,7 +65,7 @@ def test_adapter_file_holds_the_invocation_tokens(alora_bundle):
 
 def test_manifest_records_the_tokens_in_version_5(alora_bundle):
     data = json.loads((alora_bundle / "manifest.json").read_text())
-    assert data["format_version"] == FORMAT_VERSION == 6
+    assert data["format_version"] == FORMAT_VERSION == 7
     assert data["adapters"]["invoked"]["alora_invocation_tokens"] == INVOCATION
     assert data["adapters"]["support"]["alora_invocation_tokens"] is None
     manifest = read_manifest(alora_bundle)
